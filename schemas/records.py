@@ -1,0 +1,90 @@
+"""Records recd writes for others to read: recommendation lists, similar-item
+lists and model manifests. Each carries the model version and time that made it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MANIFEST_SCHEMA_VERSION = 1
+SOURCES = ("ann", "popular")  # plus "coldstart:<segment>"
+
+
+@dataclass(frozen=True)
+class RecommendationList:
+    """Value of ``rec:{user_id}``: a user's top-K with where it came from."""
+
+    user_id: str
+    items: list[str]
+    scores: list[float]
+    source: str  # "ann" | "coldstart:<segment>" | "popular"
+    model_version: str
+    updated_at: int  # epoch ms
+
+    def __post_init__(self) -> None:
+        if len(self.items) != len(self.scores):
+            raise ValueError("items and scores differ in length")
+        if self.source not in SOURCES and not self.source.startswith("coldstart:"):
+            raise ValueError(f"unknown source {self.source!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> RecommendationList:
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class SimilarList:
+    """Value of ``sim:{item_id}``: the items most like one item."""
+
+    item_id: str
+    items: list[str]
+    scores: list[float]
+    model_version: str
+    updated_at: int  # epoch ms
+
+    def __post_init__(self) -> None:
+        if len(self.items) != len(self.scores):
+            raise ValueError("items and scores differ in length")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> SimilarList:
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """The JSON file beside a model's weights (``manifest.json``); never pickled.
+
+    ``files`` names the weight files (npz) relative to the snapshot folder;
+    ``data_watermark`` says what data the model saw (event count, last event ms);
+    ``metrics`` holds held-out quality figures the quality gate compares.
+    """
+
+    version: str
+    model_type: str
+    config: dict[str, Any]
+    item_count: int
+    dim: int
+    trained_at: int  # epoch ms
+    files: list[str]
+    data_watermark: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    parent_version: str | None = None
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> ModelManifest:
+        data = json.loads(raw)
+        if data.get("schema_version") != MANIFEST_SCHEMA_VERSION:
+            raise ValueError(f"manifest schema_version {data.get('schema_version')!r} is not supported")
+        return cls(**data)
