@@ -1,0 +1,195 @@
+"""recd's one frozen settings object.
+
+Built once at start from defaults, then an optional TOML file (``--config``),
+then ``RECD_*`` environment variables (the environment wins), and passed down
+explicitly. ``describe()`` renders every setting for ``recd --help``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, get_type_hints
+
+from schemas.events import Limits
+
+ENV_PREFIX = "RECD_"
+
+DEFAULT_WEIGHTS = "view=1,click=2,add_to_cart=3,purchase=5,like=4,rating=4,dislike=-4,skip=-1"
+
+
+def _s(default: Any, doc: str) -> Any:
+    """A setting with its default and a one-line description for --help."""
+    if isinstance(default, tuple | dict):
+        return field(default_factory=lambda: default, metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used, with the variable or key that holds it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Kafka
+    kafka_bootstrap: str = _s("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated host:port")
+    events_topic: str = _s("recd.events", "topic of interaction events (key = user_id)")
+    profiles_topic: str = _s("recd.profiles", "topic of user profile events (key = user_id)")
+    dlq_suffix: str = _s(".dlq", "dead-letter topic = source topic + this suffix")
+    consumer_group: str = _s("recd", "consumer group shared by all recd replicas")
+    client_id: str = _s("recd", "Kafka client id prefix")
+    kafka_security_protocol: str = _s("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    kafka_sasl_mechanism: str = _s("", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER")
+    kafka_sasl_username: str = _s("", "SASL user name")
+    kafka_sasl_password: str = _s("", "SASL password (prefer the environment to the TOML file)")
+    kafka_ssl_cafile: str = _s("", "CA bundle to verify the brokers")
+    kafka_ssl_certfile: str = _s("", "client certificate (mutual TLS)")
+    kafka_ssl_keyfile: str = _s("", "client key (mutual TLS)")
+    poll_max_records: int = _s(2000, "most records taken in one poll (one Redis batch)")
+    poll_timeout_ms: int = _s(200, "poll timeout; the loop never blocks longer on the broker")
+    session_timeout_ms: int = _s(10000, "consumer session timeout (>= 6000 for Apache Kafka)")
+    # --- Redis
+    redis_url: str = _s("redis://127.0.0.1:6379/0", "Redis URL; rediss:// for TLS, user:password@ for ACL")
+    redis_prefix: str = _s("recd:", "prefix of every Redis key recd writes")
+    # --- Events
+    event_weights: dict[str, float] = _s(
+        {k: float(v) for k, v in (p.split("=") for p in DEFAULT_WEIGHTS.split(","))},
+        "implicit weight per event type, e.g. 'view=1,click=2,purchase=5'; <= 0 is not a positive",
+    )
+    rating_threshold: float = _s(4.0, "a rating counts as positive when value >= this (seed 000 keeps >= 4)")
+    max_event_bytes: int = _s(16384, "larger messages go to the dead-letter topic as oversized")
+    max_future_skew_s: int = _s(86400, "event times further than this in the future are refused")
+    history_len: int = _s(100, "events kept per user history (newest by event time)")
+    history_ttl_s: int = _s(90 * 86400, "a user's state expires this long after their last event (0 = never)")
+    trending_half_life_s: int = _s(86400, "half-life of the time-decayed trending score")
+    segment_keys: tuple[str, ...] = _s(
+        ("country", "age_band", "gender"),
+        "profile attributes forming cold-start segments, coarsest first",
+    )
+    # --- HTTP and metrics
+    http_host: str = _s("127.0.0.1", "address of the /metrics, /healthz, /readyz and lookup HTTP server")
+    metrics_port: int = _s(9108, "port of that server (0 = any free port)")
+    # --- Training
+    model_dir: str = _s("var/models", "folder of versioned model snapshots")
+    model_kind: str = _s("item2vec", "model trained by the scheduler: item2vec, mf, ncf")
+    device: str = _s("auto", "training device: auto (CUDA when present), cpu, cuda")
+    train_threads: int = _s(2, "CPU threads for training")
+    train_interval_s: int = _s(600, "fine-tune at least this often when new events arrived")
+    train_min_events: int = _s(1000, "...or as soon as this many new events arrived")
+    quality_tolerance: float = _s(0.05, "publish only if held-out recall@20 >= current * (1 - this)")
+    keep_versions: int = _s(5, "model versions kept for rollback")
+    # --- Serving
+    top_k: int = _s(10, "items per recommendation list")
+    serve_batch: int = _s(256, "changed users served per step")
+    index_kind: str = _s("auto", "faiss index: auto, flat, hnsw, ivf")
+    cold_min_history: int = _s(1, "users with fewer positive history items get cold-start lists")
+    new_item_slots: int = _s(1, "slots per list given to new items without embeddings")
+    roles: tuple[str, ...] = _s(("ingest", "serve", "train"), "roles of `recd run`")
+    log_level: str = _s("INFO", "logging level")
+
+    def __post_init__(self) -> None:
+        if self.history_len < 1 or self.history_len > 10_000:
+            raise ConfigError("RECD_HISTORY_LEN must be within 1..10000")
+        if self.poll_max_records < 1 or self.poll_timeout_ms < 1:
+            raise ConfigError("RECD_POLL_MAX_RECORDS and RECD_POLL_TIMEOUT_MS must be positive")
+        if self.top_k < 1:
+            raise ConfigError("RECD_TOP_K must be positive")
+        for name, weight in self.event_weights.items():
+            if not isinstance(weight, float):
+                raise ConfigError(f"RECD_EVENT_WEIGHTS: weight of {name!r} is not a number")
+        object.__setattr__(self, "event_weights", MappingProxyType(dict(self.event_weights)))
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.events_topic + self.dlq_suffix
+
+    def limits(self) -> Limits:
+        return Limits(max_bytes=self.max_event_bytes, max_future_ms=self.max_future_skew_s * 1000)
+
+    def kafka_security(self) -> dict[str, Any]:
+        """kafka-python keyword arguments for SASL/SSL (empty settings left out)."""
+        opts: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        pairs = {
+            "sasl_mechanism": self.kafka_sasl_mechanism,
+            "sasl_plain_username": self.kafka_sasl_username,
+            "sasl_plain_password": self.kafka_sasl_password,
+            "ssl_cafile": self.kafka_ssl_cafile,
+            "ssl_certfile": self.kafka_ssl_certfile,
+            "ssl_keyfile": self.kafka_ssl_keyfile,
+        }
+        opts.update({k: v for k, v in pairs.items() if v})
+        return opts
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _convert(name: str, kind: Any, raw: Any) -> Any:
+    """One raw value (env string or TOML value) -> the field's type."""
+    try:
+        if kind is bool:
+            return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
+        if kind is int or kind is float:
+            if isinstance(raw, bool):
+                raise ValueError("a boolean is not a number")
+            return kind(raw)
+        if kind == tuple[str, ...]:
+            items = raw if isinstance(raw, list) else str(raw).split(",")
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if kind == dict[str, float]:
+            pairs = raw.items() if isinstance(raw, dict) else (p.split("=", 1) for p in str(raw).split(",") if p)
+            return {str(k).strip(): float(v) for k, v in pairs}
+        return str(raw)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{env_name(name)} / {name}: cannot read {raw!r}: {exc}") from None
+
+
+def load_settings(
+    toml_path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Defaults <- TOML file <- RECD_* environment <- explicit overrides."""
+    env = os.environ if environ is None else environ
+    hints = get_type_hints(Settings)
+    names = {f.name for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    if toml_path is None and env.get(ENV_PREFIX + "CONFIG"):
+        toml_path = env[ENV_PREFIX + "CONFIG"]
+    if toml_path is not None:
+        try:
+            doc = tomllib.loads(Path(toml_path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {toml_path}: {exc}") from None
+        doc = doc.get("recd", doc)
+        unknown = sorted(set(doc) - names)
+        if unknown:
+            raise ConfigError(f"config file {toml_path}: unknown settings {', '.join(unknown)}")
+        values.update({k: _convert(k, hints[k], v) for k, v in doc.items()})
+    for name in names:
+        if env_name(name) in env:
+            values[name] = _convert(name, hints[name], env[env_name(name)])
+    values.update(overrides)
+    return Settings(**values)
+
+
+def describe() -> str:
+    """Every setting as 'RECD_NAME (default): description', for --help."""
+    lines = []
+    for f in dataclasses.fields(Settings):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        elif isinstance(default, dict):
+            default = ",".join(f"{k}={v:g}" for k, v in default.items())
+        lines.append(f"  {env_name(f.name):<30} {f.metadata['doc']} [default: {default}]")
+    return "\n".join(lines)

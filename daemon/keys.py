@@ -1,0 +1,121 @@
+"""Every Redis key recd reads or writes, and the format of its value.
+
+All names start with the configured prefix (``RECD_REDIS_PREFIX``, default
+``recd:``). Per-user state keys carry the user id as a hash tag (``{...}``) so a
+user's keys live in one Redis Cluster slot. The README's key table is this file.
+
+| key | type | value |
+|---|---|---|
+| ``rec:<user>`` | string | JSON ``RecommendationList`` (the lookup contract) |
+| ``sim:<item>`` | string | JSON ``SimilarList`` |
+| ``u:{<user>}:hist`` | string | packed history records, see ``HISTORY_RECORD`` |
+| ``u:{<user>}:prof`` | hash | profile attributes + ``_ts`` (event ms) + ``_seg`` (segment chain) |
+| ``items`` | hash | item id -> dense item number used in histories |
+| ``items:ids`` | hash | dense item number -> item id |
+| ``items:seq`` | string | last item number given out |
+| ``items:first`` | zset | item id -> first time seen (ms): new-item exposure |
+| ``pop`` | zset | item id -> all-time sum of positive event weights |
+| ``trend`` | zset | item id -> forward-decayed positive weight (half-life setting) |
+| ``trend:epoch`` | string | epoch seconds the trend scores are relative to |
+| ``seg:<segment>`` | zset | item id -> positive weight within a profile segment |
+| ``active`` | zset | user id -> last event time (ms) |
+| ``dirty`` | zset | user id -> earliest unserved change (message time, ms) |
+| ``dirty:inflight`` | zset | user id -> lease deadline (ms) of a serving worker |
+| ``stats`` | hash | ``applied``, ``duplicates``, ``stale``, ``profiles``, ``last_ts`` |
+| ``model:current`` | string | JSON ``{"version", "published_at", "path"}`` of the served model |
+| ``lock:train`` | string | holder id of the training leader (expires) |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# A history record: event second (u32), crc32 of event_id (u32), item number
+# (u32), event type code (u8), value * 10 (i16). Big-endian, 15 bytes, sorted
+# ascending by (second, crc) - the dedup key - so the newest records are last.
+HISTORY_RECORD = ">IIIBh"
+HISTORY_RECORD_SIZE = 15
+VALUE_SCALE = 10
+SEGMENT_SEPARATOR = "\n"  # between the levels of u:{user}:prof _seg, coarsest first
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str = "recd:"
+
+    def rec(self, user_id: str) -> str:
+        return f"{self.prefix}rec:{user_id}"
+
+    def sim(self, item_id: str) -> str:
+        return f"{self.prefix}sim:{item_id}"
+
+    def history(self, user_id: str) -> str:
+        return f"{self.prefix}u:{{{user_id}}}:hist"
+
+    def profile(self, user_id: str) -> str:
+        return f"{self.prefix}u:{{{user_id}}}:prof"
+
+    def segment(self, segment: str) -> str:
+        return f"{self.prefix}seg:{segment}"
+
+    def user_prefix(self) -> str:
+        """What history/profile keys start with (the Lua scripts build them from it)."""
+        return f"{self.prefix}u:"
+
+    @property
+    def items(self) -> str:
+        return f"{self.prefix}items"
+
+    @property
+    def item_ids(self) -> str:
+        return f"{self.prefix}items:ids"
+
+    @property
+    def item_seq(self) -> str:
+        return f"{self.prefix}items:seq"
+
+    @property
+    def item_first_seen(self) -> str:
+        return f"{self.prefix}items:first"
+
+    @property
+    def popularity(self) -> str:
+        return f"{self.prefix}pop"
+
+    @property
+    def trending(self) -> str:
+        return f"{self.prefix}trend"
+
+    @property
+    def trending_epoch(self) -> str:
+        return f"{self.prefix}trend:epoch"
+
+    @property
+    def active(self) -> str:
+        return f"{self.prefix}active"
+
+    @property
+    def dirty(self) -> str:
+        return f"{self.prefix}dirty"
+
+    @property
+    def dirty_inflight(self) -> str:
+        return f"{self.prefix}dirty:inflight"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}stats"
+
+    @property
+    def model_current(self) -> str:
+        return f"{self.prefix}model:current"
+
+    @property
+    def train_lock(self) -> str:
+        return f"{self.prefix}lock:train"
+
+    def all_patterns(self) -> list[str]:
+        """SCAN patterns covering everything recd owns (used by tests and `recd reset`)."""
+        return [f"{self.prefix}*"]
