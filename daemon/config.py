@@ -186,7 +186,7 @@ def describe() -> str:
     """Every setting as 'RECD_NAME (default): description', for --help."""
     lines = []
     for f in dataclasses.fields(Settings):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         if isinstance(default, tuple):
             default = ",".join(default)
         elif isinstance(default, dict):

@@ -206,7 +206,8 @@ def decode_profile(raw: bytes, limits: Limits, now_ms: int) -> ProfileEvent:
     attributes = _str_map(doc, "attributes", limits.max_attributes, limits.max_context_len)
     reserved = [name for name in attributes if name.startswith("_")]
     if reserved:
-        raise InvalidEvent("reserved_name", f"attribute names starting with '_' are reserved: {reserved[0][:40]!r}", "attributes")
+        detail = f"attribute names starting with '_' are reserved: {reserved[0][:40]!r}"
+        raise InvalidEvent("reserved_name", detail, "attributes")
     if "ts" not in doc:
         raise InvalidEvent("missing_field", "'ts' is required", "ts")
     return ProfileEvent(user_id, attributes, parse_ts(doc["ts"], limits, now_ms))

@@ -1,0 +1,152 @@
+"""Kafka source and dead-letter sink (kafka-python), used by one thread only.
+
+Offsets are committed explicitly, after Redis holds a batch's effects. Lag is
+computed from ``consumer.highwater()`` (from fetch responses), never from
+``end_offsets`` (wrong on the dev broker, see the README).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from daemon.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    value: bytes
+
+
+Offsets = dict[TopicPartition, int]  # next offset to read, per partition
+
+
+def _common(settings: Settings) -> dict[str, Any]:
+    return {"bootstrap_servers": settings.kafka_bootstrap.split(","), **settings.kafka_security()}
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, on_revoked: Callable[[list[TopicPartition]], None]) -> None:
+        self.on_revoked = on_revoked
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.on_revoked(list(revoked))
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+
+class KafkaSource:
+    """A consumer-group member on the events and profiles topics."""
+
+    def __init__(self, settings: Settings, on_revoked: Callable[[list[TopicPartition]], None]) -> None:
+        self.settings = settings
+        self.consumer = KafkaConsumer(
+            **_common(settings),
+            group_id=settings.consumer_group,
+            client_id=f"{settings.client_id}-ingest",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.poll_max_records,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 3),
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_wait_ms=100,
+            metrics_enabled=False,
+        )
+        self.consumer.subscribe(
+            [settings.events_topic, settings.profiles_topic], listener=_Listener(on_revoked)
+        )
+
+    def poll(self, timeout_ms: int) -> list[Message]:
+        batches = self.consumer.poll(timeout_ms=timeout_ms)
+        out: list[Message] = []
+        for records in batches.values():
+            out.extend(
+                Message(r.topic, r.partition, r.offset, r.timestamp, r.value or b"") for r in records
+            )
+        return out
+
+    def commit(self, offsets: Offsets) -> None:
+        if offsets:
+            self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Per assigned partition: high watermark - position (unknown partitions left out)."""
+        out: dict[TopicPartition, int] = {}
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                out[tp] = max(0, high - self.consumer.position(tp, timeout_ms=100))
+            except Exception:  # position unknown right after a rebalance
+                continue
+        return out
+
+    def pause_all(self) -> None:
+        self.consumer.pause(*self.consumer.assignment())
+
+    def resume_all(self) -> None:
+        self.consumer.resume(*self.consumer.paused())
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+
+
+class DeadLetterError(RuntimeError):
+    """Some dead letters were not acknowledged; they stay pending and are re-sent."""
+
+
+class DeadLetters:
+    """Sends refused messages, byte for byte, to ``<topic><dlq_suffix>`` with the reason in headers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.suffix = settings.dlq_suffix
+        self.producer = KafkaProducer(
+            **_common(settings), client_id=f"{settings.client_id}-dlq", acks="all", linger_ms=5,
+            retries=5, metrics_enabled=False,
+        )
+        self.pending: list[tuple[Message, list[tuple[str, bytes]], Any]] = []
+
+    def send(self, msg: Message, reason: str, detail: str) -> None:
+        headers = [
+            ("recd.reason", reason.encode()),
+            ("recd.detail", detail.encode("utf-8", "replace")[:1024]),
+            ("recd.source.topic", msg.topic.encode()),
+            ("recd.source.partition", str(msg.partition).encode()),
+            ("recd.source.offset", str(msg.offset).encode()),
+            ("recd.failed_at_ms", str(int(time.time() * 1000)).encode()),
+        ]
+        self._send(msg, headers)
+
+    def _send(self, msg: Message, headers: list[tuple[str, bytes]]) -> None:
+        future = self.producer.send(msg.topic + self.suffix, value=msg.value, headers=headers)
+        self.pending.append((msg, headers, future))
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Block until every dead letter is acknowledged; failed ones are re-sent and raise."""
+        if not self.pending:
+            return
+        self.producer.flush(timeout=timeout_s)
+        failed = [(m, h) for m, h, fut in self.pending if not fut.succeeded()]
+        self.pending = []
+        for msg, headers in failed:
+            self._send(msg, headers)
+        if failed:
+            raise DeadLetterError(f"{len(failed)} dead letters not acknowledged; re-sent")
+
+    def close(self) -> None:
+        self.producer.close(timeout=5)

@@ -1,0 +1,149 @@
+"""The batch Lua script against a real Redis: effects, bounds, idempotence."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import redis
+
+from bench.groundtruth import replay
+from daemon.keys import Keys
+from daemon.state import StateReader
+from daemon.store import RedisStore, StoreOptions, event_weight, segment_chain
+from schemas.events import EVENT_TYPES, InteractionEvent, ProfileEvent
+from tests.redisdump import dump
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_700_000_000_000
+WEIGHTS = {"view": 1.0, "click": 2.0, "purchase": 5.0, "rating": 4.0, "dislike": -3.0, "skip": 0.0}
+
+
+def make_store(client: redis.Redis, prefix: str, **opts: object) -> RedisStore:
+    options = StoreOptions(**{"history_len": 5, "weights": WEIGHTS, "segment_keys": ("country", "age"), **opts})
+    return RedisStore(client, Keys(prefix), options)  # type: ignore[arg-type]
+
+
+def ev(i: int, user: str = "u1", item: str | None = None, etype: str = "view", ts: int | None = None,
+       value: float | None = None) -> tuple[InteractionEvent, int]:
+    return InteractionEvent(f"e{i}", user, item or f"i{i}", etype, T0 + i * 1000 if ts is None else ts, value), T0
+
+
+def test_history_keeps_newest_in_time_order(rclient: redis.Redis, prefix: str) -> None:
+    store = make_store(rclient, prefix)
+    events = [ev(i) for i in (3, 1, 2, 7, 5, 6, 4)]  # out of order
+    assert store.apply_events(events, T0).applied == 7
+    hist = StateReader(rclient, Keys(prefix)).histories_by_item_id(["u1"])["u1"]
+    assert [item for item, _ in hist] == ["i3", "i4", "i5", "i6", "i7"]
+    assert [e.ts for _, e in hist] == sorted(e.ts for _, e in hist)
+
+
+def test_replayed_batch_changes_nothing(rclient: redis.Redis, prefix: str) -> None:
+    store = make_store(rclient, prefix)
+    store.apply_profiles([(ProfileEvent("u1", {"country": "US", "age": "25-34"}, T0), T0)])
+    events = [ev(i, user=f"u{i % 3}", item=f"i{i % 4}", etype=EVENT_TYPES[i % 8], value=float(i % 6))
+              for i in range(40)]
+    first = store.apply_events(events, T0)
+    stats = Keys(prefix).stats.encode()
+    before = dump(rclient, prefix)
+    again = store.apply_events(events, T0 + 99)
+    assert again.applied == 0 and again.duplicates + again.stale == first.applied
+    after = dump(rclient, prefix)
+    assert int(after.pop(stats)[b"duplicates"]) == again.duplicates  # only the counters move
+    before.pop(stats)
+    assert after == before
+
+
+def test_stale_event_outside_full_window_is_skipped(rclient: redis.Redis, prefix: str) -> None:
+    store = make_store(rclient, prefix)
+    store.apply_events([ev(i) for i in range(10, 15)], T0)
+    result = store.apply_events([ev(1)], T0)
+    assert (result.applied, result.stale) == (0, 1)
+    assert rclient.zscore(Keys(prefix).popularity, "i1") is None
+
+
+def test_popularity_trending_and_segments(rclient: redis.Redis, prefix: str) -> None:
+    store = make_store(rclient, prefix)
+    keys = Keys(prefix)
+    store.apply_profiles([(ProfileEvent("u1", {"country": "US", "age": "25-34"}, T0), T0)])
+    store.apply_events([
+        ev(1, item="a", etype="purchase"), ev(2, item="a", etype="view"), ev(3, item="b", etype="dislike"),
+        ev(4, item="c", etype="rating", value=3.0), ev(5, item="d", etype="rating", value=4.5),
+        ev(6, user="u2", item="b", etype="click"),
+    ], T0)
+    assert rclient.zscore(keys.popularity, "a") == 6.0
+    assert rclient.zscore(keys.popularity, "b") == 2.0  # the dislike adds nothing
+    assert rclient.zscore(keys.popularity, "c") is None  # rating below the threshold
+    assert rclient.zscore(keys.popularity, "d") == 4.0
+    assert rclient.zscore(keys.segment("country=US|age=25-34"), "a") == 6.0
+    assert rclient.zscore(keys.segment("country=US"), "b") is None  # u2 has no profile
+    trend = dict(rclient.zrange(keys.trending, 0, -1, withscores=True))
+    assert trend[b"a"] > trend[b"d"] > trend[b"b"] > 0
+    assert set(rclient.zrange(keys.dirty, 0, -1)) == {b"u1", b"u2"}
+
+
+def test_trending_decays_older_events(rclient: redis.Redis, prefix: str) -> None:
+    store = make_store(rclient, prefix, trending_half_life_s=3600)
+    store.apply_events([ev(1, item="old", ts=T0), ev(2, user="u2", item="new", ts=T0 + 7_200_000)], T0)
+    trend = dict(rclient.zrange(Keys(prefix).trending, 0, -1, withscores=True))
+    assert trend[b"new"] == pytest.approx(4 * trend[b"old"])
+
+
+def test_trending_rescales_far_future_without_overflow(rclient: redis.Redis, prefix: str) -> None:
+    store = make_store(rclient, prefix, trending_half_life_s=60)
+    store.apply_events([ev(1, item="x", ts=T0)], T0)
+    store.apply_events([ev(2, user="u2", item="y", ts=T0 + 200 * 60_000)], T0)  # 200 half-lives later
+    trend = dict(rclient.zrange(Keys(prefix).trending, 0, -1, withscores=True))
+    assert 0 < trend[b"y"] < 1e30 and trend[b"x"] < trend[b"y"] * 1e-50
+
+
+def test_profile_newest_wins_and_builds_segments(rclient: redis.Redis, prefix: str) -> None:
+    store = make_store(rclient, prefix)
+    r1 = store.apply_profiles([(ProfileEvent("u1", {"country": "DE", "age": "18-24"}, T0 + 10), T0)])
+    r2 = store.apply_profiles([(ProfileEvent("u1", {"country": "FR"}, T0), T0)])
+    assert (r1.applied, r2.applied, r2.duplicates) == (1, 0, 1)
+    prof = StateReader(rclient, Keys(prefix)).profiles(["u1", "nobody"])
+    assert prof["nobody"] is None
+    assert prof["u1"] is not None and prof["u1"].attributes == {"country": "DE", "age": "18-24"}
+    assert prof["u1"].segments == ["country=DE", "country=DE|age=18-24"]
+
+
+def test_ttl_applies_to_user_state(rclient: redis.Redis, prefix: str) -> None:
+    store = make_store(rclient, prefix, history_ttl_s=3600)
+    store.apply_events([ev(1)], T0)
+    assert 3500 < rclient.ttl(Keys(prefix).history("u1")) <= 3600
+
+
+def test_matches_reference_model_under_random_replays(rclient: redis.Redis, prefix: str) -> None:
+    rng = random.Random(7)
+    events = [ev(i, user=f"u{rng.randrange(6)}", item=f"i{rng.randrange(30)}", etype=rng.choice(EVENT_TYPES),
+                 ts=T0 + rng.randrange(100) * 1000, value=float(rng.randrange(1, 6))) for i in range(400)]
+    delivered = []  # at-least-once: random chunks re-delivered
+    pos = 0
+    while pos < len(events):
+        step = rng.randrange(1, 40)
+        back = rng.randrange(0, 30) if rng.random() < 0.4 else 0
+        delivered.extend(events[max(0, pos - back):pos + step])
+        pos += step
+    store = make_store(rclient, prefix)
+    for start in range(0, len(delivered), 37):
+        store.apply_events(delivered[start:start + 37], T0)
+    docs = [{"event_id": e.event_id, "user_id": e.user_id, "item_id": e.item_id, "type": e.type, "ts": e.ts,
+             "value": e.value} for e, _ in delivered]
+    expected = replay(docs, 5, WEIGHTS)
+    got = StateReader(rclient, Keys(prefix)).histories_by_item_id(sorted(expected.histories))
+    assert {u: [(e.ts, e.crc, item) for item, e in h] for u, h in got.items()} == expected.histories
+    pop = {k.decode(): v for k, v in rclient.zrange(Keys(prefix).popularity, 0, -1, withscores=True)}
+    assert pop == pytest.approx(dict(expected.popularity))
+    stats = rclient.hgetall(Keys(prefix).stats)
+    assert int(stats[b"applied"]) == expected.applied
+    assert int(stats[b"duplicates"]) + int(stats[b"stale"]) == expected.duplicates + expected.stale
+
+
+def test_event_weight_and_segment_chain() -> None:
+    rating = InteractionEvent("e", "u", "i", "rating", T0, 4.0)
+    assert event_weight(rating, WEIGHTS, 4.0) == 4.0
+    assert event_weight(rating, WEIGHTS, 4.5) == 0.0
+    assert segment_chain({"country": "US", "gender": "F"}, ("country", "age", "gender")) == ["country=US"]
+    assert segment_chain({"age": "25"}, ("country", "age")) == []
