@@ -69,6 +69,11 @@ class LocalProcess:
 def _kafka_ready(address: str) -> bool:
     from kafka import KafkaAdminClient
 
+    host, _, port = address.rpartition(":")
+    try:  # cheap first: a refused connection must not leak a half-built client
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
     try:
         admin = KafkaAdminClient(bootstrap_servers=address, api_version=(2, 1), request_timeout_ms=2000)
     except Exception:

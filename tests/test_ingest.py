@@ -1,0 +1,113 @@
+"""Ingest against the real broker and Redis: effects, dead letters, commits, metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from bench.groundtruth import replay
+from daemon.app import build_ingest
+from daemon.config import Settings
+from daemon.ingest import IngestWorker
+from daemon.keys import Keys
+from daemon.metrics import Metrics
+from daemon.produce import SyntheticSpec, encode, synthetic_events, synthetic_profiles
+from daemon.state import StateReader
+from daemon.store import segment_chain
+from tests.corpus import BAD_EVENTS, BAD_PROFILES
+from tests.kafkatools import committed, produce_raw, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+def run_until(worker: IngestWorker, rclient: redis.Redis, keys: Keys, applied: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        worker.step()
+        stats = rclient.hgetall(keys.stats)
+        done = int(stats.get(b"applied", 0)) + int(stats.get(b"duplicates", 0)) + int(stats.get(b"stale", 0))
+        if done >= applied:
+            return
+    raise AssertionError(f"ingest did not reach {applied} events in {timeout_s}s: {stats}")
+
+
+def test_events_bad_input_and_profiles(settings: Settings, rclient: redis.Redis) -> None:
+    now = int(time.time() * 1000)
+    spec = SyntheticSpec(users=50, items=40, seed=3, start_ms=now - 3_600_000, step_ms=20)
+    good = list(synthetic_events(spec, 600))
+    profiles = list(synthetic_profiles(spec, now - 7_200_000))
+    stream: list[tuple[bytes, bytes]] = []
+    for k, ev in enumerate(good):  # bad messages interleaved with good ones, same keys
+        stream.append((ev["user_id"].encode(), encode(ev)))
+        if k % 15 == 0 and k // 15 < len(BAD_EVENTS):
+            stream.append((ev["user_id"].encode(), BAD_EVENTS[k // 15][1]))
+    produce_raw(settings, settings.profiles_topic,
+                [(p["user_id"].encode(), encode(p)) for p in profiles] + [(b"u1", b[1]) for b in BAD_PROFILES])
+    produce_raw(settings, settings.events_topic, stream)
+
+    metrics = Metrics(CollectorRegistry())
+    worker = build_ingest(settings, metrics)
+    keys = Keys(settings.redis_prefix)
+    try:
+        run_until(worker, rclient, keys, len(good))
+        for _ in range(5):
+            worker.step()  # let the last commit happen
+    finally:
+        worker.shutdown()
+
+    segs = {p["user_id"]: segment_chain(p["attributes"], settings.segment_keys) for p in profiles}
+    expected = replay(good, settings.history_len, settings.event_weights, settings.rating_threshold, segs)
+    got = StateReader(rclient, keys).histories_by_item_id(sorted(expected.histories))
+    assert {u: [(e.ts, e.crc, i) for i, e in h] for u, h in got.items()} == expected.histories
+    pop = {k.decode(): v for k, v in rclient.zrange(keys.popularity, 0, -1, withscores=True)}
+    assert pop == pytest.approx(dict(expected.popularity))
+    for seg, items in expected.segments.items():
+        stored = {k.decode(): v for k, v in rclient.zrange(keys.segment(seg), 0, -1, withscores=True)}
+        assert stored == pytest.approx(dict(items))
+
+    dead = read_topic(settings, settings.dlq_topic, len(BAD_EVENTS))
+    assert len(dead) == len(BAD_EVENTS)
+    by_value = {bytes(r.value or b""): dict(r.headers) for r in dead}  # type: ignore[attr-defined]
+    for name, raw, reason in BAD_EVENTS:
+        headers = by_value[raw]
+        assert headers["recd.reason"] == reason.encode(), name
+        assert headers["recd.source.topic"] == settings.events_topic.encode()
+        assert int(headers["recd.source.offset"]) >= 0 and headers["recd.detail"]
+    dead_profiles = read_topic(settings, settings.profiles_topic + settings.dlq_suffix, len(BAD_PROFILES))
+    assert sorted(dict(r.headers)["recd.reason"].decode() for r in dead_profiles) == sorted(  # type: ignore[attr-defined]
+        b[2] for b in BAD_PROFILES)
+
+    for reason in {b[2] for b in BAD_EVENTS}:
+        count = sum(1 for b in BAD_EVENTS if b[2] == reason) + sum(1 for b in BAD_PROFILES if b[2] == reason)
+        assert metrics.registry.get_sample_value("recd_events_invalid_total", {"reason": reason}) == count
+    views = sum(1 for e in good if e["type"] == "view")
+    assert metrics.registry.get_sample_value("recd_events_total", {"type": "view"}) == views
+    assert metrics.registry.get_sample_value("recd_events_applied_total") == expected.applied
+    offsets = committed(settings, settings.events_topic)
+    assert sum(o or 0 for o in offsets.values()) == len(stream)
+
+
+def test_restart_resumes_from_commit_without_double_counting(settings: Settings, rclient: redis.Redis) -> None:
+    now = int(time.time() * 1000)
+    spec = SyntheticSpec(users=20, items=15, seed=5, start_ms=now - 60_000, step_ms=5)
+    events = list(synthetic_events(spec, 300))
+    produce_raw(settings, settings.events_topic, [(e["user_id"].encode(), encode(e)) for e in events[:150]])
+    keys = Keys(settings.redis_prefix)
+    worker = build_ingest(settings, Metrics(CollectorRegistry()))
+    run_until(worker, rclient, keys, 150)
+    worker.shutdown()
+    # the same events again (a producer retry) and the rest
+    produce_raw(settings, settings.events_topic, [(e["user_id"].encode(), encode(e)) for e in events])
+    worker = build_ingest(settings, Metrics(CollectorRegistry()))
+    run_until(worker, rclient, keys, 450)
+    worker.shutdown()
+    expected = replay(events, settings.history_len, settings.event_weights, settings.rating_threshold)
+    pop = {k.decode(): v for k, v in rclient.zrange(keys.popularity, 0, -1, withscores=True)}
+    assert pop == pytest.approx(dict(expected.popularity))
+    stats = rclient.hgetall(keys.stats)
+    assert int(stats[b"applied"]) == expected.applied
+    assert json.loads("[]") == []
