@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.structs import OffsetAndMetadata, TopicPartition
@@ -21,13 +21,30 @@ from daemon.config import Settings
 log = logging.getLogger(__name__)
 
 
+class Record(Protocol):
+    """What ingest reads of a consumed message (kafka-python's ConsumerRecord has these)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
+    """A Record made by hand (tests, in-memory sources)."""
+
     topic: str
     partition: int
     offset: int
-    timestamp_ms: int
-    value: bytes
+    timestamp: int
+    value: bytes | None
 
 
 Offsets = dict[TopicPartition, int]  # next offset to read, per partition
@@ -35,6 +52,11 @@ Offsets = dict[TopicPartition, int]  # next offset to read, per partition
 
 def _common(settings: Settings) -> dict[str, Any]:
     return {"bootstrap_servers": settings.kafka_bootstrap.split(","), **settings.kafka_security()}
+
+
+def _log_commit_failure(_offsets: object, response: object) -> None:
+    if isinstance(response, Exception):
+        log.warning("asynchronous commit failed (the batch will be redelivered): %s", response)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -70,18 +92,21 @@ class KafkaSource:
             [settings.events_topic, settings.profiles_topic], listener=_Listener(on_revoked)
         )
 
-    def poll(self, timeout_ms: int) -> list[Message]:
-        batches = self.consumer.poll(timeout_ms=timeout_ms)
-        out: list[Message] = []
-        for records in batches.values():
-            out.extend(
-                Message(r.topic, r.partition, r.offset, r.timestamp, r.value or b"") for r in records
-            )
-        return out
+    def poll(self, timeout_ms: int) -> dict[TopicPartition, list[Record]]:
+        """Records per partition, in offset order (empty after the timeout)."""
+        batches: dict[TopicPartition, list[Record]] = self.consumer.poll(timeout_ms=timeout_ms)
+        return batches
 
-    def commit(self, offsets: Offsets) -> None:
-        if offsets:
-            self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+    def commit(self, offsets: Offsets, wait: bool = True) -> None:
+        """Commit offsets; ``wait=False`` sends the commit without waiting for the answer (a lost
+        asynchronous commit only means a harmless redelivery)."""
+        if not offsets:
+            return
+        request = {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
+        if wait:
+            self.consumer.commit(request)
+        else:
+            self.consumer.commit_async(request, callback=_log_commit_failure)
 
     def lag(self) -> dict[TopicPartition, int]:
         """Per assigned partition: high watermark - position (unknown partitions left out)."""
@@ -114,14 +139,21 @@ class DeadLetters:
     """Sends refused messages, byte for byte, to ``<topic><dlq_suffix>`` with the reason in headers."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.suffix = settings.dlq_suffix
-        self.producer = KafkaProducer(
-            **_common(settings), client_id=f"{settings.client_id}-dlq", acks="all", linger_ms=5,
-            retries=5, metrics_enabled=False,
-        )
-        self.pending: list[tuple[Message, list[tuple[str, bytes]], Any]] = []
+        self._producer: KafkaProducer | None = None  # made on the first dead letter
+        self.pending: list[tuple[Record, list[tuple[str, bytes]], Any]] = []
 
-    def send(self, msg: Message, reason: str, detail: str) -> None:
+    @property
+    def producer(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = KafkaProducer(
+                **_common(self.settings), client_id=f"{self.settings.client_id}-dlq", acks="all",
+                linger_ms=5, retries=5, metrics_enabled=False,
+            )
+        return self._producer
+
+    def send(self, msg: Record, reason: str, detail: str) -> None:
         headers = [
             ("recd.reason", reason.encode()),
             ("recd.detail", detail.encode("utf-8", "replace")[:1024]),
@@ -132,8 +164,8 @@ class DeadLetters:
         ]
         self._send(msg, headers)
 
-    def _send(self, msg: Message, headers: list[tuple[str, bytes]]) -> None:
-        future = self.producer.send(msg.topic + self.suffix, value=msg.value, headers=headers)
+    def _send(self, msg: Record, headers: list[tuple[str, bytes]]) -> None:
+        future = self.producer.send(msg.topic + self.suffix, value=msg.value or b"", headers=headers)
         self.pending.append((msg, headers, future))
 
     def flush(self, timeout_s: float = 30.0) -> None:
@@ -149,4 +181,5 @@ class DeadLetters:
             raise DeadLetterError(f"{len(failed)} dead letters not acknowledged; re-sent")
 
     def close(self) -> None:
-        self.producer.close(timeout=5)
+        if self._producer is not None:
+            self._producer.close(timeout=5)

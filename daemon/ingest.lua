@@ -1,34 +1,53 @@
 -- recd: apply one batch of interaction events, atomically, in one round trip.
 -- KEYS: 1 items, 2 items:ids, 3 items:seq, 4 items:first, 5 pop, 6 trend,
---       7 trend:epoch, 8 active, 9 dirty, 10 stats
--- ARGV: 1 key prefix, 2 JSON {now, ttl, hl, n, u = [[user, [[sec, crc, item, code, val10, w, msg_ms], ...]], ...]}
+--       7 trend:epoch, 8 items:gen, 9 dirty, 10 stats, 11 segs
+-- ARGV: 1 key prefix, 2 JSON {now, ttl, hl, n, seg = [attribute names], gen, token,
+--       items = [[item id, item number or 0], ...],
+--       u = [[user, [[sec, crc, item index (1-based), code, val10, w, msg_ms], ...]], ...]}
+-- Returns {applied, duplicates, stale, new items, gen, {item index, number, ...}} or, when the
+-- caller's item numbers belong to another generation of the items hash, {-1, gen}.
+--
 -- History records (see daemon/keys.py): >IIIBh = sec, crc, item number, type code, value*10,
 -- sorted by (sec, crc). An event whose (sec, crc, item) is in the history is a duplicate; one
 -- older than the oldest record of a full history is stale (it would be trimmed at once, and a
 -- replay of an event that was trimmed is exactly this case). Neither changes anything.
+-- Popularity increments are summed per (key, item) and written once per batch; segment
+-- popularity is counted at the user's finest segment (coarser levels are unions of these).
+local call, unpack_rec, pack_rec, sub = redis.call, struct.unpack, struct.pack, string.sub
 local P = ARGV[1]
 local b = cjson.decode(ARGV[2])
 local R, FMT = 15, '>IIIBh'
-local now, ttl, hl, n = b.now, b.ttl, b.hl, b.n
-local cache = {}
+local now, ttl, hl, n, seg_names = b.now, b.ttl, b.hl, b.n, b.seg
+local items, incr, assigned = b.items, {}, {}
 local applied, dups, stale, new_items, last_ts = 0, 0, 0, 0, 0
-local stored_epoch = redis.call('GET', KEYS[7])
-local epoch = stored_epoch and tonumber(stored_epoch) or nil
 
-local function item_number(item)
-  local v = cache[item]
-  if v then return v end
-  v = redis.call('HGET', KEYS[1], item)
+local gen = call('GET', KEYS[8])
+if not gen then
+  call('SET', KEYS[8], b.token)
+  gen = b.token
+end
+if b.gen ~= gen then
+  for _, it in ipairs(items) do
+    if it[2] ~= 0 then return {-1, gen} end
+  end
+end
+
+-- Item number of batch item i: given by the caller, looked up, or assigned now.
+local function item_number(i)
+  local it = items[i]
+  if it[2] ~= 0 then return it[2] end
+  local v = call('HGET', KEYS[1], it[1])
   if not v then
-    v = redis.call('INCR', KEYS[3])
-    redis.call('HSET', KEYS[1], item, v)
-    redis.call('HSET', KEYS[2], v, item)
-    redis.call('ZADD', KEYS[4], 'NX', now, item)
+    v = call('INCR', KEYS[3])
+    call('HSET', KEYS[1], it[1], v)
+    call('HSET', KEYS[2], v, it[1])
+    call('ZADD', KEYS[4], 'NX', now, it[1])
     new_items = new_items + 1
   end
-  v = tonumber(v)
-  cache[item] = v
-  return v
+  it[2] = tonumber(v)
+  assigned[#assigned + 1] = i
+  assigned[#assigned + 1] = it[2]
+  return it[2]
 end
 
 local function less(t1, f1, t2, f2)
@@ -38,18 +57,18 @@ end
 -- 0-based slot where the record goes, -1 for a duplicate, -2 for stale
 local function find_slot(blob, count, sec, crc, inum)
   if count == 0 then return 0 end
-  local lt, lf = struct.unpack('>II', blob, (count - 1) * R + 1)
+  local lt, lf = unpack_rec('>II', blob, (count - 1) * R + 1)
   if less(lt, lf, sec, crc) then return count end
-  local ft, ff = struct.unpack('>II', blob, 1)
+  local ft, ff = unpack_rec('>II', blob, 1)
   if count >= n and less(sec, crc, ft, ff) then return -2 end
   local lo, hi = 0, count
   while lo < hi do
     local mid = math.floor((lo + hi) / 2)
-    local mt, mf = struct.unpack('>II', blob, mid * R + 1)
+    local mt, mf = unpack_rec('>II', blob, mid * R + 1)
     if less(mt, mf, sec, crc) then lo = mid + 1 else hi = mid end
   end
   while lo < count do
-    local mt, mf, mi = struct.unpack('>III', blob, lo * R + 1)
+    local mt, mf, mi = unpack_rec('>III', blob, lo * R + 1)
     if mt ~= sec or mf ~= crc then break end
     if mi == inum then return -1 end
     lo = lo + 1
@@ -57,47 +76,73 @@ local function find_slot(blob, count, sec, crc, inum)
   return lo
 end
 
-local function trend_weight(sec, w)
+-- Trend scores are relative to an epoch; move it (rescaling stored scores) before any
+-- factor could exceed 2^60, so scores stay finite for any span of event times.
+local function prepare_epoch()
+  local stored = call('GET', KEYS[7])
+  local epoch = stored and tonumber(stored) or nil
+  local max_sec = 0
+  for _, u in ipairs(b.u) do
+    for _, e in ipairs(u[2]) do
+      if e[1] > max_sec then max_sec = e[1] end
+    end
+  end
+  if max_sec == 0 then return epoch end
   if not epoch then
-    epoch = sec
-    redis.call('SET', KEYS[7], epoch)
-  end
-  local x = (sec - epoch) / hl
-  if x > 60 then
-    local shift = math.floor(x) - 30
-    redis.call('ZUNIONSTORE', KEYS[6], 1, KEYS[6], 'WEIGHTS', 2 ^ (-shift))
+    epoch = max_sec
+    call('SET', KEYS[7], epoch)
+  elseif (max_sec - epoch) / hl > 60 then
+    local shift = math.floor((max_sec - epoch) / hl) - 30
+    call('ZUNIONSTORE', KEYS[6], 1, KEYS[6], 'WEIGHTS', 2 ^ (-shift))
     epoch = epoch + shift * hl
-    redis.call('SET', KEYS[7], epoch)
-    x = (sec - epoch) / hl
+    call('SET', KEYS[7], epoch)
   end
-  return w * 2 ^ x
+  return epoch
 end
 
-local function segments(pk)
-  local s = redis.call('HGET', pk, '_seg')
-  local out = {}
-  if s then
-    for seg in string.gmatch(s, '[^\n]+') do out[#out + 1] = P .. 'seg:' .. seg end
+local function add(key, item, w)
+  local t = incr[key]
+  if not t then
+    t = {}
+    incr[key] = t
   end
-  return out
+  t[item] = (t[item] or 0) + w
 end
 
-local function count_positive(e, segs, pk)
-  local item, w = e[3], e[6]
-  redis.call('ZINCRBY', KEYS[5], w, item)
-  redis.call('ZINCRBY', KEYS[6], trend_weight(e[1], w), item)
-  if segs == nil then segs = segments(pk) end
-  for _, sk in ipairs(segs) do redis.call('ZINCRBY', sk, w, item) end
-  return segs
+-- The user's finest profile segment ('country=US|age_band=25-34|...'), or false.
+local function finest_segment(pk)
+  if #seg_names == 0 then return false end
+  local vals = call('HMGET', pk, unpack(seg_names))
+  local chain = false
+  for i, name in ipairs(seg_names) do
+    local v = vals[i]
+    if not v or v == '' then break end
+    v = string.gsub((string.gsub(v, '|', '/')), '\n', ' ')
+    chain = (chain and (chain .. '|') or '') .. name .. '=' .. v
+  end
+  return chain
 end
 
+local function insert(blob, count, pos, e, inum)
+  blob = sub(blob, 1, pos * R) .. pack_rec(FMT, e[1], e[2], inum, e[4], e[5])
+    .. sub(blob, pos * R + 1)
+  count = count + 1
+  if count > n then
+    blob = sub(blob, (count - n) * R + 1)
+    count = n
+  end
+  return blob, count
+end
+
+local epoch = prepare_epoch()
+local segments_seen = {}
 for _, u in ipairs(b.u) do
   local uid, evs = u[1], u[2]
   local hk = P .. 'u:{' .. uid .. '}:hist'
   local pk = P .. 'u:{' .. uid .. '}:prof'
-  local blob = redis.call('GET', hk) or ''
+  local blob = call('GET', hk) or ''
   local count = #blob / R
-  local segs, first_msg, user_last = nil, nil, nil
+  local seg, first_msg = nil, nil
   for _, e in ipairs(evs) do
     local inum = item_number(e[3])
     local pos = find_slot(blob, count, e[1], e[2], inum)
@@ -106,37 +151,42 @@ for _, u in ipairs(b.u) do
     elseif pos == -2 then
       stale = stale + 1
     else
-      blob = string.sub(blob, 1, pos * R) .. struct.pack(FMT, e[1], e[2], inum, e[4], e[5])
-        .. string.sub(blob, pos * R + 1)
-      count = count + 1
-      if count > n then
-        blob = string.sub(blob, (count - n) * R + 1)
-        count = n
-      end
+      blob, count = insert(blob, count, pos, e, inum)
       applied = applied + 1
-      if e[6] > 0 then segs = count_positive(e, segs, pk) end
+      local w, item = e[6], items[e[3]][1]
+      if w > 0 then
+        add(KEYS[5], item, w)
+        add(KEYS[6], item, w * 2 ^ ((e[1] - epoch) / hl))
+        if seg == nil then seg = finest_segment(pk) end
+        if seg then
+          add(P .. 'seg:' .. seg, item, w)
+          segments_seen[seg] = true
+        end
+      end
       if first_msg == nil or e[7] < first_msg then first_msg = e[7] end
-      if user_last == nil or e[1] > user_last then user_last = e[1] end
+      if e[1] > last_ts then last_ts = e[1] end
     end
   end
   if first_msg ~= nil then
     if ttl > 0 then
-      redis.call('SET', hk, blob, 'EX', ttl)
-      redis.call('EXPIRE', pk, ttl)
+      call('SET', hk, blob, 'EX', ttl)
+      call('EXPIRE', pk, ttl)
     else
-      redis.call('SET', hk, blob)
+      call('SET', hk, blob)
     end
-    redis.call('ZADD', KEYS[8], 'GT', user_last * 1000, uid)
-    redis.call('ZADD', KEYS[9], 'NX', first_msg, uid)
-    if user_last > last_ts then last_ts = user_last end
+    call('ZADD', KEYS[9], 'NX', first_msg, uid)
   end
 end
 
-if applied > 0 then redis.call('HINCRBY', KEYS[10], 'applied', applied) end
-if dups > 0 then redis.call('HINCRBY', KEYS[10], 'duplicates', dups) end
-if stale > 0 then redis.call('HINCRBY', KEYS[10], 'stale', stale) end
-if last_ts > 0 then
-  local prev = tonumber(redis.call('HGET', KEYS[10], 'last_ts') or '0')
-  if last_ts > prev then redis.call('HSET', KEYS[10], 'last_ts', last_ts) end
+for key, its in pairs(incr) do
+  for item, w in pairs(its) do call('ZINCRBY', key, w, item) end
 end
-return {applied, dups, stale, new_items}
+for seg, _ in pairs(segments_seen) do call('SADD', KEYS[11], seg) end
+if applied > 0 then call('HINCRBY', KEYS[10], 'applied', applied) end
+if dups > 0 then call('HINCRBY', KEYS[10], 'duplicates', dups) end
+if stale > 0 then call('HINCRBY', KEYS[10], 'stale', stale) end
+if last_ts > 0 then
+  local prev = tonumber(call('HGET', KEYS[10], 'last_ts') or '0')
+  if last_ts > prev then call('HSET', KEYS[10], 'last_ts', last_ts) end
+end
+return {applied, dups, stale, new_items, gen, assigned}

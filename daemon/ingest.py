@@ -21,29 +21,32 @@ from typing import Protocol
 from kafka.structs import TopicPartition
 
 from daemon.config import Settings
-from daemon.consumer import Message, Offsets
+from daemon.consumer import Offsets, Record
 from daemon.metrics import Metrics
-from daemon.store import BatchResult
+from daemon.store import BatchResult, Prepared
 from schemas.events import InteractionEvent, InvalidEvent, ProfileEvent, decode_interaction, decode_profile
 
 log = logging.getLogger(__name__)
 
+MAX_IN_FLIGHT = 2  # batches queued for Redis while the next is polled: keeps both sides busy
+
 
 class Source(Protocol):
-    def poll(self, timeout_ms: int) -> list[Message]: ...
-    def commit(self, offsets: Offsets) -> None: ...
+    def poll(self, timeout_ms: int) -> dict[TopicPartition, list[Record]]: ...
+    def commit(self, offsets: Offsets, wait: bool = True) -> None: ...
     def lag(self) -> dict[TopicPartition, int]: ...
     def close(self) -> None: ...
 
 
 class DeadLetterSink(Protocol):
-    def send(self, msg: Message, reason: str, detail: str) -> None: ...
+    def send(self, msg: Record, reason: str, detail: str) -> None: ...
     def flush(self, timeout_s: float = 30.0) -> None: ...
     def close(self) -> None: ...
 
 
 class Store(Protocol):
-    def apply_events(self, events: list[tuple[InteractionEvent, int]], now_ms: int) -> BatchResult: ...
+    def prepare(self, events: list[tuple[InteractionEvent, int]], now_ms: int) -> Prepared: ...
+    def apply_prepared(self, prepared: Prepared) -> BatchResult: ...
     def apply_profiles(self, profiles: list[tuple[ProfileEvent, int]]) -> BatchResult: ...
 
 
@@ -52,6 +55,7 @@ class Batch:
     """A polled, decoded batch and the offsets it covers."""
 
     events: list[tuple[InteractionEvent, int]] = field(default_factory=list)
+    prepared: Prepared | None = None  # events encoded for the script, done on the polling thread
     profiles: list[tuple[ProfileEvent, int]] = field(default_factory=list)
     offsets: Offsets = field(default_factory=dict)
     size: int = 0
@@ -85,7 +89,8 @@ class IngestWorker:
         self.clock = clock
         self.stopping = threading.Event()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="recd-redis")
-        self._inflight: tuple[Batch, Future[BatchResult]] | None = None
+        # Batches handed to the Redis thread, oldest first; written strictly in this order.
+        self._inflight: collections.deque[tuple[Batch, Future[BatchResult]]] = collections.deque()
         self._ready: Batch | None = None
         self._uncommitted: Offsets = {}
         self._last_lag = 0.0
@@ -97,41 +102,52 @@ class IngestWorker:
         self._reap(wait_s=0.0)
         polled = 0
         if self._ready is None:
-            msgs = self.source.poll(self.settings.poll_timeout_ms)
-            polled = len(msgs)
-            if msgs:
-                self._ready = self._decode(msgs)
-        elif self._inflight is not None:
+            polled_batches = self.source.poll(self.settings.poll_timeout_ms)
+            polled = sum(len(records) for records in polled_batches.values())
+            if polled:
+                self._ready = self._decode(polled_batches, polled)
+        elif len(self._inflight) >= MAX_IN_FLIGHT:
             self._reap(wait_s=self.settings.poll_timeout_ms / 1000)
-        if self._inflight is None and self._ready is not None:
-            batch, self._ready = self._ready, None
-            self._inflight = (batch, self._pool.submit(self._write, batch))
+        self._submit_ready()
         self._commit()
         self._report_lag()
         return polled
 
-    def _decode(self, msgs: list[Message]) -> Batch:
-        batch = Batch(size=len(msgs), started=time.monotonic())
+    def _decode(self, polled: dict[TopicPartition, list[Record]], size: int) -> Batch:
+        batch = Batch(size=size, started=time.monotonic())
         now_ms = int(self.clock() * 1000)
         types: collections.Counter[str] = collections.Counter()
-        profiles_topic = self.settings.profiles_topic
-        for msg in msgs:
-            batch.offsets[TopicPartition(msg.topic, msg.partition)] = msg.offset + 1
-            try:
-                if msg.topic == profiles_topic:
-                    batch.profiles.append((decode_profile(msg.value, self.limits, now_ms), msg.timestamp_ms))
-                else:
-                    event = decode_interaction(msg.value, self.limits, now_ms)
-                    batch.events.append((event, msg.timestamp_ms))
-                    types[event.type] += 1
-            except InvalidEvent as exc:
-                self.dead_letters.send(msg, exc.reason, exc.detail)
-                self.metrics.invalid.labels(exc.reason).inc()
+        for tp, records in polled.items():
+            batch.offsets[tp] = records[-1].offset + 1
+            if tp.topic == self.settings.profiles_topic:
+                self._decode_profiles(records, batch, now_ms)
+                continue
+            for msg in records:
+                try:
+                    event = decode_interaction(msg.value or b"", self.limits, now_ms)
+                except InvalidEvent as exc:
+                    self._dead_letter(msg, exc)
+                    continue
+                batch.events.append((event, msg.timestamp))
+                types[event.type] += 1
         for etype, count in types.items():
             self.metrics.events.labels(etype).inc(count)
-        self.metrics.batch_size.observe(len(msgs))
+        self.metrics.batch_size.observe(size)
         self._flush_dead_letters()
+        if batch.events:
+            batch.prepared = self.store.prepare(batch.events, now_ms)
         return batch
+
+    def _decode_profiles(self, records: list[Record], batch: Batch, now_ms: int) -> None:
+        for msg in records:
+            try:
+                batch.profiles.append((decode_profile(msg.value or b"", self.limits, now_ms), msg.timestamp))
+            except InvalidEvent as exc:
+                self._dead_letter(msg, exc)
+
+    def _dead_letter(self, msg: Record, exc: InvalidEvent) -> None:
+        self.dead_letters.send(msg, exc.reason, exc.detail)
+        self.metrics.invalid.labels(exc.reason).inc()
 
     def _flush_dead_letters(self) -> None:
         """Dead letters must be acknowledged before their offsets can be committed."""
@@ -163,36 +179,41 @@ class IngestWorker:
             with self.metrics.redis_seconds.labels("profiles").time():
                 result = self.store.apply_profiles(batch.profiles)
             self.metrics.profiles.inc(result.applied)
-        if batch.events:
+        if batch.prepared is not None:
             with self.metrics.redis_seconds.labels("events").time():
-                result = self.store.apply_events(batch.events, int(self.clock() * 1000))
+                result = self.store.apply_prepared(batch.prepared)
             self.metrics.applied.inc(result.applied)
             self.metrics.duplicates.inc(result.duplicates)
             self.metrics.stale.inc(result.stale)
         return result
 
-    def _reap(self, wait_s: float) -> None:
-        """If the in-flight batch is done, queue its offsets for commit."""
-        if self._inflight is None:
-            return
-        batch, future = self._inflight
-        try:
-            future.result(timeout=wait_s)
-        except TimeoutError:
-            return
-        except Exception as exc:  # only when stopping: the batch stays uncommitted
-            self._inflight = None
-            log.warning("batch abandoned uncommitted: %s", exc)
-            return
-        self._inflight = None
-        self._uncommitted.update(batch.offsets)
-        self.metrics.batch_seconds.observe(time.monotonic() - batch.started)
+    def _submit_ready(self) -> None:
+        if self._ready is not None and len(self._inflight) < MAX_IN_FLIGHT:
+            batch, self._ready = self._ready, None
+            self._inflight.append((batch, self._pool.submit(self._write, batch)))
 
-    def _commit(self) -> None:
+    def _reap(self, wait_s: float) -> None:
+        """Queue the offsets of finished batches for commit, in order (waits on the oldest)."""
+        while self._inflight:
+            batch, future = self._inflight[0]
+            try:
+                future.result(timeout=wait_s)
+            except TimeoutError:
+                return
+            except Exception as exc:  # only when stopping: this and later batches stay uncommitted
+                log.warning("batch abandoned uncommitted: %s", exc)
+                self._inflight.clear()
+                return
+            self._inflight.popleft()
+            self._uncommitted.update(batch.offsets)
+            self.metrics.batch_seconds.observe(time.monotonic() - batch.started)
+            wait_s = 0.0
+
+    def _commit(self, wait: bool = False) -> None:
         if not self._uncommitted:
             return
         try:
-            self.source.commit(self._uncommitted)
+            self.source.commit(self._uncommitted, wait=wait)
         except Exception as exc:  # broker away or group rebalancing: redelivery is harmless
             self.metrics.errors.labels("kafka").inc()
             log.warning("commit failed (%s); will retry", exc)
@@ -214,10 +235,8 @@ class IngestWorker:
         deadline = time.monotonic() + timeout_s
         while (self._inflight or self._ready) and time.monotonic() < deadline:
             self._reap(wait_s=max(0.0, min(1.0, deadline - time.monotonic())))
-            if self._inflight is None and self._ready is not None:
-                batch, self._ready = self._ready, None
-                self._inflight = (batch, self._pool.submit(self._write, batch))
-        self._commit()
+            self._submit_ready()
+        self._commit(wait=True)
 
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))

@@ -9,16 +9,18 @@ user's keys live in one Redis Cluster slot. The README's key table is this file.
 | ``rec:<user>`` | string | JSON ``RecommendationList`` (the lookup contract) |
 | ``sim:<item>`` | string | JSON ``SimilarList`` |
 | ``u:{<user>}:hist`` | string | packed history records, see ``HISTORY_RECORD`` |
-| ``u:{<user>}:prof`` | hash | profile attributes + ``_ts`` (event ms) + ``_seg`` (segment chain) |
+| ``u:{<user>}:prof`` | hash | profile attributes + ``_ts`` (event ms of the newest profile) |
 | ``items`` | hash | item id -> dense item number used in histories |
 | ``items:ids`` | hash | dense item number -> item id |
 | ``items:seq`` | string | last item number given out |
 | ``items:first`` | zset | item id -> first time seen (ms): new-item exposure |
+| ``items:gen`` | string | token naming this generation of item numbers (clients cache numbers per token) |
 | ``pop`` | zset | item id -> all-time sum of positive event weights |
 | ``trend`` | zset | item id -> forward-decayed positive weight (half-life setting) |
 | ``trend:epoch`` | string | epoch seconds the trend scores are relative to |
-| ``seg:<segment>`` | zset | item id -> positive weight within a profile segment |
-| ``active`` | zset | user id -> last event time (ms) |
+| ``seg:<segment>`` | zset | item id -> positive weight of users whose finest profile segment this is |
+| ``segs`` | set | every segment that has a ``seg:`` key (coarser levels are unions of them) |
+| ``active`` | zset | user id -> last event time (ms) of users the serving loop has served |
 | ``dirty`` | zset | user id -> earliest unserved change (message time, ms) |
 | ``dirty:inflight`` | zset | user id -> lease deadline (ms) of a serving worker |
 | ``stats`` | hash | ``applied``, ``duplicates``, ``stale``, ``profiles``, ``last_ts`` |
@@ -29,6 +31,7 @@ user's keys live in one Redis Cluster slot. The README's key table is this file.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # A history record: event second (u32), crc32 of event_id (u32), item number
 # (u32), event type code (u8), value * 10 (i16). Big-endian, 15 bytes, sorted
@@ -36,7 +39,11 @@ from dataclasses import dataclass
 HISTORY_RECORD = ">IIIBh"
 HISTORY_RECORD_SIZE = 15
 VALUE_SCALE = 10
-SEGMENT_SEPARATOR = "\n"  # between the levels of u:{user}:prof _seg, coarsest first
+
+
+def text(raw: Any) -> str:
+    """A Redis reply (bytes) as str."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,14 @@ class Keys:
     @property
     def item_first_seen(self) -> str:
         return f"{self.prefix}items:first"
+
+    @property
+    def item_generation(self) -> str:
+        return f"{self.prefix}items:gen"
+
+    @property
+    def segments(self) -> str:
+        return f"{self.prefix}segs"
 
     @property
     def popularity(self) -> str:

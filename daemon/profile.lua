@@ -1,7 +1,7 @@
 -- recd: apply one batch of profile events, atomically. The newest event time wins, so a
 -- replayed or older profile changes nothing.
 -- KEYS: 1 dirty, 2 stats
--- ARGV: 1 key prefix, 2 JSON {ttl, p = [[user, ts_ms, msg_ms, segment chain, [k1, v1, k2, v2, ...]], ...]}
+-- ARGV: 1 key prefix, 2 JSON {ttl, p = [[user, ts_ms, msg_ms, [k1, v1, k2, v2, ...]], ...]}
 local P = ARGV[1]
 local b = cjson.decode(ARGV[2])
 local applied, older = 0, 0
@@ -12,7 +12,7 @@ for _, p in ipairs(b.p) do
     older = older + 1
   else
     redis.call('DEL', pk)
-    redis.call('HSET', pk, '_ts', p[2], '_seg', p[4], unpack(p[5]))
+    redis.call('HSET', pk, '_ts', p[2], unpack(p[4]))
     if b.ttl > 0 then redis.call('EXPIRE', pk, b.ttl) end
     redis.call('ZADD', KEYS[1], 'NX', p[3], p[1])
     applied = applied + 1

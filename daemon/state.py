@@ -9,15 +9,11 @@ from typing import Any
 
 import redis
 
-from daemon.keys import HISTORY_RECORD, HISTORY_RECORD_SIZE, SEGMENT_SEPARATOR, VALUE_SCALE, Keys
+from daemon.keys import HISTORY_RECORD, HISTORY_RECORD_SIZE, VALUE_SCALE, Keys, text
+from daemon.store import segment_chain
 from schemas.events import EVENT_TYPES
 
 _RECORD = struct.Struct(HISTORY_RECORD)
-
-
-def text(raw: Any) -> str:
-    """A Redis reply (bytes) as str."""
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +49,10 @@ def decode_history(blob: bytes | None) -> list[Entry]:
 class StateReader:
     """Batched reads of recd's Redis state, with an item-number cache."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, segment_keys: tuple[str, ...] = ()) -> None:
         self.client = client
         self.keys = keys
+        self.segment_keys = segment_keys
         self._item_ids: dict[int, str] = {}
 
     def item_ids(self, numbers: Iterable[int]) -> dict[int, str]:
@@ -90,9 +87,8 @@ class StateReader:
                 out[user] = None
                 continue
             fields = {text(k): text(v) for k, v in dict(raw).items()}
-            segs = [s for s in fields.pop("_seg", "").split(SEGMENT_SEPARATOR) if s]
             ts = int(fields.pop("_ts", "0"))
-            out[user] = Profile(fields, ts, segs)
+            out[user] = Profile(fields, ts, segment_chain(fields, self.segment_keys))
         return out
 
     def top(self, key: str, n: int) -> list[tuple[str, float]]:

@@ -1,22 +1,25 @@
 """Redis effects of ingest: one Lua call applies a whole batch atomically.
 
 The scripts (``ingest.lua``, ``profile.lua`` beside this module) keep each
-user's bounded history, item popularity, trending and segment popularity, the
-active-user and changed-user sets, deduplicating by event (see keys.py for the
-formats). Python only groups and encodes; Redis does the rest in one round trip.
+user's bounded history, item popularity, trending and segment popularity and
+the changed-user queue, deduplicating by event (see keys.py for the formats).
+Python only groups and encodes (with a cache of item numbers, so the script
+need not look them up); Redis does the rest in one round trip.
 """
 
 from __future__ import annotations
 
-import json
+import uuid
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
+import orjson
 import redis
 
-from daemon.keys import SEGMENT_SEPARATOR, VALUE_SCALE, Keys
+from daemon.keys import VALUE_SCALE, Keys, text
 from schemas.events import EVENT_TYPES, InteractionEvent, ProfileEvent
 
 TYPE_CODES = {name: code for code, name in enumerate(EVENT_TYPES)}
@@ -33,6 +36,14 @@ class StoreOptions:
     rating_threshold: float = 4.0
     weights: Mapping[str, float] | None = None
     segment_keys: tuple[str, ...] = ("country", "age_band", "gender")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An encoded event batch: the script's document and its JSON bytes."""
+
+    doc: dict[str, Any]
+    payload: bytes
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,8 @@ def event_weight(event: InteractionEvent, weights: Mapping[str, float], rating_t
 def segment_chain(attributes: Mapping[str, str], keys: tuple[str, ...]) -> list[str]:
     """Cold-start segments of a profile, coarsest first: 'country=US', 'country=US|age_band=25-34', ...
 
-    The chain stops at the first attribute the profile lacks."""
+    The chain stops at the first attribute the profile lacks. ingest.lua builds the same
+    chain from the stored profile when it counts segment popularity."""
     chain: list[str] = []
     parts: list[str] = []
     for key in keys:
@@ -66,15 +78,23 @@ def segment_chain(attributes: Mapping[str, str], keys: tuple[str, ...]) -> list[
     return chain
 
 
-def encode_event(event: InteractionEvent, weight: float, msg_ms: int) -> list[object]:
-    """One event as the script's record: [sec, crc, item, code, value*10, weight, msg_ms]."""
-    val10 = 0
-    if event.value is not None:
-        val10 = max(-MAX_VALUE10, min(MAX_VALUE10, round(event.value * VALUE_SCALE)))
-    return [
-        event.ts // 1000, zlib.crc32(event.event_id.encode()), event.item_id,
-        TYPE_CODES[event.type], val10, weight, msg_ms,
-    ]
+class ItemNumbers:
+    """Client-side cache of item id -> dense number (numbers never change within a generation)."""
+
+    def __init__(self, max_size: int = 2_000_000) -> None:
+        self.generation = ""
+        self.numbers: dict[str, int] = {}
+        self.max_size = max_size
+
+    def reset(self, generation: str) -> None:
+        self.generation = generation
+        self.numbers = {}
+
+    def learn(self, items: list[list[object]], assigned: list[int]) -> None:
+        if len(self.numbers) > self.max_size:
+            self.numbers = {}
+        for k in range(0, len(assigned), 2):
+            self.numbers[str(items[int(assigned[k]) - 1][0])] = int(assigned[k + 1])
 
 
 class RedisStore:
@@ -85,6 +105,7 @@ class RedisStore:
         self.keys = keys
         self.options = options
         self.weights = dict(options.weights or {})
+        self.item_numbers = ItemNumbers()
         folder = resources.files("daemon")
         self._ingest = client.register_script(folder.joinpath("ingest.lua").read_text())
         self._profile = client.register_script(folder.joinpath("profile.lua").read_text())
@@ -93,38 +114,74 @@ class RedisStore:
         k = self.keys
         return [
             k.items, k.item_ids, k.item_seq, k.item_first_seen, k.popularity, k.trending,
-            k.trending_epoch, k.active, k.dirty, k.stats,
+            k.trending_epoch, k.item_generation, k.dirty, k.stats, k.segments,
         ]
 
-    def encode_batch(self, events: Iterable[tuple[InteractionEvent, int]], now_ms: int) -> str:
-        """Group (event, message ms) pairs by user, in arrival order, as the script's JSON."""
+    def encode_batch(self, events: Iterable[tuple[InteractionEvent, int]], now_ms: int) -> dict[str, Any]:
+        """Group (event, message ms) pairs by user, in arrival order, as the script's document."""
         by_user: dict[str, list[list[object]]] = {}
+        index: dict[str, int] = {}
+        items: list[list[object]] = []
+        known = self.item_numbers.numbers
         opts = self.options
-        for event, msg_ms in events:
-            weight = event_weight(event, self.weights, opts.rating_threshold)
-            by_user.setdefault(event.user_id, []).append(encode_event(event, weight, msg_ms))
-        doc = {
-            "now": now_ms, "ttl": opts.history_ttl_s, "hl": opts.trending_half_life_s,
-            "n": opts.history_len, "u": [[user, evs] for user, evs in by_user.items()],
+        weights, threshold = self.weights, opts.rating_threshold
+        crc32, codes = zlib.crc32, TYPE_CODES
+        for event, msg_ms in events:  # the ingest hot path: kept flat on purpose
+            pos = index.get(event.item_id)
+            if pos is None:
+                items.append([event.item_id, known.get(event.item_id, 0)])
+                pos = index[event.item_id] = len(items)
+            val10 = 0
+            if event.value is not None:
+                val10 = max(-MAX_VALUE10, min(MAX_VALUE10, round(event.value * VALUE_SCALE)))
+            weight = event_weight(event, weights, threshold) if event.type == "rating" else weights.get(event.type, 0.0)
+            record = [event.ts // 1000, crc32(event.event_id.encode()), pos, codes[event.type], val10, weight, msg_ms]
+            user = by_user.get(event.user_id)
+            if user is None:
+                by_user[event.user_id] = [record]
+            else:
+                user.append(record)
+        return {
+            "now": now_ms, "ttl": opts.history_ttl_s, "hl": opts.trending_half_life_s, "n": opts.history_len,
+            "seg": list(opts.segment_keys), "gen": self.item_numbers.generation,
+            "token": uuid.uuid4().hex,  # names a new generation if the items hash is gone
+            "items": items, "u": [[user, evs] for user, evs in by_user.items()],
         }
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+    def prepare(self, events: Iterable[tuple[InteractionEvent, int]], now_ms: int) -> Prepared:
+        """Encode a batch (CPU work the caller can do while Redis runs the previous one)."""
+        doc = self.encode_batch(events, now_ms)
+        return Prepared(doc, orjson.dumps(doc))
 
     def apply_events(self, events: Iterable[tuple[InteractionEvent, int]], now_ms: int) -> BatchResult:
         """Apply a batch; raises redis errors (the caller retries, nothing is half-applied)."""
-        payload = self.encode_batch(events, now_ms)
-        reply = self._ingest(keys=self._script_keys(), args=[self.keys.prefix, payload])
-        return BatchResult(*(int(x) for x in reply))
+        return self.apply_prepared(self.prepare(events, now_ms))
+
+    def apply_prepared(self, prepared: Prepared) -> BatchResult:
+        doc = prepared.doc
+        reply = self._run(prepared.payload)
+        if int(reply[0]) == -1:  # our cached item numbers are from another generation
+            self.item_numbers.reset(text(reply[1]))
+            for item in doc["items"]:
+                item[1] = 0
+            doc["gen"] = self.item_numbers.generation
+            reply = self._run(orjson.dumps(doc))
+        if text(reply[4]) != self.item_numbers.generation:
+            self.item_numbers.reset(text(reply[4]))
+        self.item_numbers.learn(doc["items"], [int(x) for x in reply[5]])
+        return BatchResult(*(int(x) for x in reply[:4]))
+
+    def _run(self, payload: bytes) -> Any:
+        return self._ingest(keys=self._script_keys(), args=[self.keys.prefix, payload])
 
     def apply_profiles(self, profiles: Iterable[tuple[ProfileEvent, int]]) -> BatchResult:
         """Apply profile events (newest event time wins); returns applied and 'duplicates' (older)."""
         rows = []
         for profile, msg_ms in profiles:
             flat = [part for kv in sorted(profile.attributes.items()) for part in kv]
-            chain = SEGMENT_SEPARATOR.join(segment_chain(profile.attributes, self.options.segment_keys))
-            rows.append([profile.user_id, profile.ts, msg_ms, chain, flat])
+            rows.append([profile.user_id, profile.ts, msg_ms, flat])
         if not rows:
             return BatchResult()
-        doc = {"ttl": self.options.history_ttl_s, "p": rows}
-        payload = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+        payload = orjson.dumps({"ttl": self.options.history_ttl_s, "p": rows})
         reply = self._profile(keys=[self.keys.dirty, self.keys.stats], args=[self.keys.prefix, payload])
         return BatchResult(applied=int(reply[0]), duplicates=int(reply[1]))

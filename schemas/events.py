@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+import orjson
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "like", "dislike", "skip")
 
@@ -59,15 +63,19 @@ class InvalidEvent(ValueError):
         self.field = field_name
 
 
-@dataclass(frozen=True, slots=True)
-class InteractionEvent:
+NO_CONTEXT: Mapping[str, str] = MappingProxyType({})
+
+
+class InteractionEvent(NamedTuple):
+    """A valid interaction (a NamedTuple: immutable and cheap to build on the hot path)."""
+
     event_id: str
     user_id: str
     item_id: str
     type: str
     ts: int  # epoch ms
     value: float | None = None
-    context: dict[str, str] = field(default_factory=dict)
+    context: Mapping[str, str] = NO_CONTEXT
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -77,12 +85,11 @@ class InteractionEvent:
         if self.value is not None:
             doc["value"] = self.value
         if self.context:
-            doc["context"] = self.context
+            doc["context"] = dict(self.context)
         return json.dumps(doc, separators=(",", ":")).encode()
 
 
-@dataclass(frozen=True, slots=True)
-class ProfileEvent:
+class ProfileEvent(NamedTuple):
     user_id: str
     attributes: dict[str, str]
     ts: int  # epoch ms
@@ -95,6 +102,17 @@ class ProfileEvent:
 def _load_object(raw: bytes, limits: Limits) -> dict[str, Any]:
     if len(raw) > limits.max_bytes:
         raise InvalidEvent("oversized", f"{len(raw)} bytes > limit {limits.max_bytes}")
+    try:  # fast path; on any complaint the standard library says precisely what is wrong
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = _load_slowly(raw)
+    if not isinstance(doc, dict):
+        raise InvalidEvent("not_an_object", f"top level is {type(doc).__name__}, not an object")
+    return doc
+
+
+def _load_slowly(raw: bytes) -> Any:
+    """Standard-library parse, for a precise reason (it also accepts NaN, refused later as bad_value)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -105,8 +123,6 @@ def _load_object(raw: bytes, limits: Limits) -> dict[str, Any]:
         raise InvalidEvent("invalid_json", f"line {exc.lineno} col {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise InvalidEvent("invalid_json", "nesting too deep") from None
-    if not isinstance(doc, dict):
-        raise InvalidEvent("not_an_object", f"top level is {type(doc).__name__}, not an object")
     return doc
 
 
@@ -177,9 +193,31 @@ def _str_map(doc: dict[str, Any], name: str, max_entries: int, max_len: int) -> 
     return val
 
 
+_TYPES = frozenset(EVENT_TYPES)
+
+
+def _plain_event(doc: dict[str, Any], limits: Limits, now_ms: int) -> InteractionEvent | None:
+    """The common case (ids, a non-rating type, epoch-ms ts, no value or context) checked in one go;
+    None sends the document through the field-by-field checks that name the fault."""
+    event_id, user_id, item_id = doc.get("event_id"), doc.get("user_id"), doc.get("item_id")
+    etype, ts, n = doc.get("type"), doc.get("ts"), limits.max_id_len
+    if (
+        type(event_id) is str and type(user_id) is str and type(item_id) is str and type(ts) is int
+        and etype in _TYPES and etype != "rating" and "value" not in doc and "context" not in doc
+        and 0 < len(event_id) <= n and 0 < len(user_id) <= n and 0 < len(item_id) <= n
+        and not (event_id.isspace() or user_id.isspace() or item_id.isspace())
+        and limits.min_ts_ms <= ts <= now_ms + limits.max_future_ms
+    ):
+        return InteractionEvent(event_id, user_id, item_id, etype, ts)
+    return None
+
+
 def decode_interaction(raw: bytes, limits: Limits, now_ms: int) -> InteractionEvent:
     """Raw message bytes -> InteractionEvent, or InvalidEvent with the first fault found."""
     doc = _load_object(raw, limits)
+    plain = _plain_event(doc, limits, now_ms)
+    if plain is not None:
+        return plain
     event_id = _id(doc, "event_id", limits)
     user_id = _id(doc, "user_id", limits)
     item_id = _id(doc, "item_id", limits)
@@ -194,7 +232,7 @@ def decode_interaction(raw: bytes, limits: Limits, now_ms: int) -> InteractionEv
     ts = parse_ts(doc["ts"], limits, now_ms)
     value = _value(doc, etype)
     context = _str_map(doc, "context", limits.max_context, limits.max_context_len)
-    return InteractionEvent(event_id, user_id, item_id, etype, ts, value, context)
+    return InteractionEvent(event_id, user_id, item_id, etype, ts, value, context or NO_CONTEXT)
 
 
 def decode_profile(raw: bytes, limits: Limits, now_ms: int) -> ProfileEvent:

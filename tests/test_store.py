@@ -76,11 +76,13 @@ def test_popularity_trending_and_segments(rclient: redis.Redis, prefix: str) -> 
     assert rclient.zscore(keys.popularity, "b") == 2.0  # the dislike adds nothing
     assert rclient.zscore(keys.popularity, "c") is None  # rating below the threshold
     assert rclient.zscore(keys.popularity, "d") == 4.0
-    assert rclient.zscore(keys.segment("country=US|age=25-34"), "a") == 6.0
-    assert rclient.zscore(keys.segment("country=US"), "b") is None  # u2 has no profile
+    assert rclient.zscore(keys.segment("country=US|age=25-34"), "a") == 6.0  # the finest segment only
+    assert rclient.zscore(keys.segment("country=US"), "a") is None
+    assert rclient.zscore(keys.segment("country=US|age=25-34"), "b") is None  # u2 has no profile
     trend = dict(rclient.zrange(keys.trending, 0, -1, withscores=True))
     assert trend[b"a"] > trend[b"d"] > trend[b"b"] > 0
     assert set(rclient.zrange(keys.dirty, 0, -1)) == {b"u1", b"u2"}
+    assert rclient.smembers(keys.segments) == {b"country=US|age=25-34"}
 
 
 def test_trending_decays_older_events(rclient: redis.Redis, prefix: str) -> None:
@@ -103,10 +105,22 @@ def test_profile_newest_wins_and_builds_segments(rclient: redis.Redis, prefix: s
     r1 = store.apply_profiles([(ProfileEvent("u1", {"country": "DE", "age": "18-24"}, T0 + 10), T0)])
     r2 = store.apply_profiles([(ProfileEvent("u1", {"country": "FR"}, T0), T0)])
     assert (r1.applied, r2.applied, r2.duplicates) == (1, 0, 1)
-    prof = StateReader(rclient, Keys(prefix)).profiles(["u1", "nobody"])
+    prof = StateReader(rclient, Keys(prefix), ("country", "age")).profiles(["u1", "nobody"])
     assert prof["nobody"] is None
     assert prof["u1"] is not None and prof["u1"].attributes == {"country": "DE", "age": "18-24"}
     assert prof["u1"].segments == ["country=DE", "country=DE|age=18-24"]
+
+
+def test_item_numbers_survive_a_reset_of_the_items_hash(rclient: redis.Redis, prefix: str) -> None:
+    store = make_store(rclient, prefix)
+    store.apply_events([ev(1, item="a"), ev(2, item="b")], T0)
+    assert store.item_numbers.numbers == {"a": 1, "b": 2}
+    for key in rclient.scan_iter(match=prefix + "*"):  # someone wipes recd's keys
+        rclient.delete(key)
+    store.apply_events([ev(3, item="b"), ev(4, item="c")], T0)  # cached numbers are now wrong
+    hist = StateReader(rclient, Keys(prefix)).histories_by_item_id(["u1"])["u1"]
+    assert [item for item, _ in hist] == ["b", "c"]
+    assert store.item_numbers.numbers == {"b": 1, "c": 2}
 
 
 def test_ttl_applies_to_user_state(rclient: redis.Redis, prefix: str) -> None:

@@ -1,0 +1,182 @@
+"""Ingest benchmark: produce N synthetic events, ingest them, verify Redis, report.
+
+    python bench/ingest.py --events 1000000
+
+Uses RECD_KAFKA_BOOTSTRAP / RECD_REDIS_URL when set, else starts the embedded
+broker (and a local redis-server if none answers). The last line printed is
+one JSON object: events_per_s, lost, duplicated, dlq, redis_bytes_per_user, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import redis
+from prometheus_client import CollectorRegistry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.groundtruth import replay
+from daemon.app import build_ingest
+from daemon.config import Settings, load_settings
+from daemon.embedded import redis_answers, start_broker, start_redis
+from daemon.keys import Keys
+from daemon.metrics import Metrics
+from daemon.produce import SyntheticSpec, encode, synthetic_events, synthetic_profiles
+from daemon.publish import ensure_topics, make_producer
+from daemon.state import StateReader
+from daemon.store import RedisStore, StoreOptions, segment_chain
+from schemas.events import InteractionEvent
+
+
+def produce(settings: Settings, spec: SyntheticSpec, n: int) -> tuple[list[dict[str, object]], float]:
+    events = list(synthetic_events(spec, n))
+    producer = make_producer(settings)
+    started = time.perf_counter()
+    for p in synthetic_profiles(spec, spec.start_ms - 1000):
+        producer.send(settings.profiles_topic, key=str(p["user_id"]).encode(), value=encode(p))
+    for ev in events:
+        producer.send(settings.events_topic, key=str(ev["user_id"]).encode(), value=encode(ev))
+    producer.flush()
+    producer.close()
+    return events, n / (time.perf_counter() - started)
+
+
+def ingest(settings: Settings, total: int, client: redis.Redis) -> tuple[float, Metrics]:
+    """Run the ingest role until Redis has handled every event; returns (seconds, metrics)."""
+    metrics = Metrics(CollectorRegistry())
+    worker = build_ingest(settings, metrics)
+    started = None
+    names = ("recd_events_applied_total", "recd_events_duplicate_total", "recd_events_stale_total")
+    try:
+        while sum(metrics.registry.get_sample_value(n) or 0 for n in names) < total:
+            polled = worker.step()
+            if started is None and polled:
+                started = time.perf_counter()
+        elapsed = time.perf_counter() - (started or time.perf_counter())
+    finally:
+        worker.shutdown()
+    return elapsed, metrics
+
+
+def verify(settings: Settings, client: redis.Redis, events: list[dict[str, object]], profiles: dict[str, list[str]]
+           ) -> dict[str, object]:
+    expected = replay(events, settings.history_len, settings.event_weights, settings.rating_threshold, profiles)
+    keys = Keys(settings.redis_prefix)
+    users = sorted(expected.histories)
+    got: dict[str, set[tuple[int, int, str]]] = {}
+    reader = StateReader(client, keys)
+    for start in range(0, len(users), 5000):
+        chunk = reader.histories_by_item_id(users[start:start + 5000])
+        got.update({u: {(e.ts, e.crc, i) for i, e in h} for u, h in chunk.items()})
+    missing = sum(len(set(h) - got.get(u, set())) for u, h in expected.histories.items())
+    extra = sum(len(got.get(u, set()) - set(h)) for u, h in expected.histories.items())
+    applied = int(client.hget(keys.stats, "applied") or 0)
+    pop = {k.decode(): v for k, v in client.zrange(keys.popularity, 0, -1, withscores=True)}
+    pop_ok = set(pop) == set(expected.popularity) and all(
+        abs(pop[k] - v) < 1e-6 for k, v in expected.popularity.items())
+    return {"lost": missing + max(0, expected.applied - applied),
+            "duplicated": extra + max(0, applied - expected.applied),
+            "popularity_matches": pop_ok, "applied": applied, "expected_applied": expected.applied}
+
+
+def bytes_per_user(client: redis.Redis, history_len: int, users: int = 2000) -> float:
+    """Redis memory added per user holding a full history and a profile (all per-user structures)."""
+    prefix = f"bench-mem-{uuid.uuid4().hex[:6]}:"
+    store = RedisStore(client, Keys(prefix), StoreOptions(history_len=history_len, weights={"view": 1.0},
+                                                          history_ttl_s=86400))
+    from schemas.events import ProfileEvent
+
+    t0 = 1_700_000_000_000
+    store.apply_events([(InteractionEvent("warm", "warm", f"i{i}", "view", t0 + i), t0) for i in range(1000)], t0)
+    before = int(client.info("memory")["used_memory"])
+    for start in range(0, users, 100):
+        batch = [(InteractionEvent(f"{u}-{k}", f"user{u}", f"i{(u * 7 + k) % 1000}", "view", t0 + k * 1000), t0)
+                 for u in range(start, start + 100) for k in range(history_len)]
+        store.apply_events(batch, t0)
+        store.apply_profiles([(ProfileEvent(f"user{u}", {"country": "US", "age_band": "25-34", "gender": "F"}, t0),
+                               t0) for u in range(start, start + 100)])
+    client.delete(Keys(prefix).dirty)  # transient: emptied by the serving loop
+    after = int(client.info("memory")["used_memory"])
+    for key in client.scan_iter(match=prefix + "*", count=1000):
+        client.delete(key)
+    return (after - before) / users
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of this process, redis-server and the broker (Linux /proc)."""
+    out = {"recd": time.process_time()}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if comm.startswith(("redis-server", "tansu")):
+            name = "redis" if comm.startswith("redis") else "broker"
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    args = parser.parse_args()
+    servers = []
+    bootstrap = os.environ.get("RECD_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        servers.append(start_broker())
+        bootstrap = servers[-1].address
+    url = os.environ.get("RECD_REDIS_URL", "redis://127.0.0.1:6379/0")
+    if not redis_answers(url):
+        servers.append(start_redis())
+        url = servers[-1].address
+    tag = uuid.uuid4().hex[:8]
+    settings = load_settings(kafka_bootstrap=bootstrap, redis_url=url, redis_prefix=f"bench-{tag}:",
+                             events_topic=f"bench-ev-{tag}", profiles_topic=f"bench-prof-{tag}",
+                             consumer_group=f"bench-{tag}", session_timeout_ms=6000)
+    client = redis.Redis.from_url(url)
+    try:
+        ensure_topics(settings, args.partitions)
+        spec = SyntheticSpec(users=args.users, items=args.items, seed=1, start_ms=int(time.time() * 1000) - 86_400_000,
+                             step_ms=50)
+        print(f"producing {args.events} events ...", flush=True)
+        events, produce_rate = produce(settings, spec, args.events)
+        print(f"produced at {produce_rate:,.0f}/s; ingesting ...", flush=True)
+        cpu_before = cpu_seconds()
+        seconds, metrics = ingest(settings, args.events, client)
+        cpu = {name: round((after - cpu_before.get(name, 0.0)) / seconds, 2) for name, after in cpu_seconds().items()}
+        profiles = {p["user_id"]: segment_chain(p["attributes"], settings.segment_keys)
+                    for p in synthetic_profiles(spec, 0)}
+        print("verifying against the ground truth ...", flush=True)
+        result = verify(settings, client, events, profiles)
+        dlq = sum(s.value for m in metrics.registry.collect() if m.name == "recd_events_invalid" for s in m.samples
+                  if s.name.endswith("_total"))
+        result.update({
+            "events": args.events, "events_per_s": round(args.events / seconds), "seconds": round(seconds, 2),
+            "produce_per_s": round(produce_rate), "dlq": int(dlq),
+            "redis_bytes_per_user": round(bytes_per_user(client, settings.history_len)),
+            "history_len": settings.history_len, "partitions": args.partitions, "cpu_cores_used": cpu,
+        })
+        for key in client.scan_iter(match=settings.redis_prefix + "*", count=1000):
+            client.delete(key)
+    finally:
+        for server in servers:
+            server.stop()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
