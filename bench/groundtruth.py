@@ -6,7 +6,7 @@ order; an event is a duplicate when its (second, crc32(event_id), item) is in th
 user's history; it is stale when the history is full and it sorts before the
 oldest record; otherwise it is applied: inserted in (second, crc) order, the
 oldest record dropped beyond ``history_len``, and - when its weight is positive
-- added to item popularity and the user's profile segments.
+- added to item popularity and to the user's finest profile segment.
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ def replay(
     history_len: int,
     weights: Mapping[str, float],
     threshold: float = 4.0,
-    segments_of: Mapping[str, list[str]] | None = None,
+    segment_of: Mapping[str, str] | None = None,
 ) -> Expected:
     """Apply events (already in per-user delivery order) to an empty state."""
     out = Expected()
-    segs = segments_of or {}
+    segs = segment_of or {}
     for ev in events:
         hist = out.histories.setdefault(ev["user_id"], [])
         rec = (int(ev["ts"]) // 1000, zlib.crc32(ev["event_id"].encode()), ev["item_id"])
@@ -62,6 +62,7 @@ def replay(
         w = weight_of(ev, weights, threshold)
         if w > 0:
             out.popularity[ev["item_id"]] += w
-            for seg in segs.get(ev["user_id"], []):
+            seg = segs.get(ev["user_id"])
+            if seg:
                 out.segments[seg][ev["item_id"]] += w
     return out

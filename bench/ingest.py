@@ -31,7 +31,7 @@ from daemon.metrics import Metrics
 from daemon.produce import SyntheticSpec, encode, synthetic_events, synthetic_profiles
 from daemon.publish import ensure_topics, make_producer
 from daemon.state import StateReader
-from daemon.store import RedisStore, StoreOptions, segment_chain
+from daemon.store import RedisStore, StoreOptions, finest_segment
 from schemas.events import InteractionEvent
 
 
@@ -65,7 +65,7 @@ def ingest(settings: Settings, total: int, client: redis.Redis) -> tuple[float, 
     return elapsed, metrics
 
 
-def verify(settings: Settings, client: redis.Redis, events: list[dict[str, object]], profiles: dict[str, list[str]]
+def verify(settings: Settings, client: redis.Redis, events: list[dict[str, object]], profiles: dict[str, str]
            ) -> dict[str, object]:
     expected = replay(events, settings.history_len, settings.event_weights, settings.rating_threshold, profiles)
     keys = Keys(settings.redis_prefix)
@@ -158,7 +158,7 @@ def main() -> None:
         cpu_before = cpu_seconds()
         seconds, metrics = ingest(settings, args.events, client)
         cpu = {name: round((after - cpu_before.get(name, 0.0)) / seconds, 2) for name, after in cpu_seconds().items()}
-        profiles = {p["user_id"]: segment_chain(p["attributes"], settings.segment_keys)
+        profiles = {p["user_id"]: finest_segment(p["attributes"], settings.segment_keys)
                     for p in synthetic_profiles(spec, 0)}
         print("verifying against the ground truth ...", flush=True)
         result = verify(settings, client, events, profiles)

@@ -78,6 +78,12 @@ def segment_chain(attributes: Mapping[str, str], keys: tuple[str, ...]) -> list[
     return chain
 
 
+def finest_segment(attributes: Mapping[str, str], keys: tuple[str, ...]) -> str:
+    """The most specific segment of a profile ('' when it has none): where ingest counts its events."""
+    chain = segment_chain(attributes, keys)
+    return chain[-1] if chain else ""
+
+
 class ItemNumbers:
     """Client-side cache of item id -> dense number (numbers never change within a generation)."""
 

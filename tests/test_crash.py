@@ -22,7 +22,7 @@ from daemon.embedded import free_port
 from daemon.keys import Keys
 from daemon.produce import SyntheticSpec, encode, synthetic_events, synthetic_profiles
 from daemon.state import StateReader
-from daemon.store import segment_chain
+from daemon.store import finest_segment
 from tests.kafkatools import committed, produce_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -86,7 +86,7 @@ def test_sigkill_during_replay_loses_and_doubles_nothing(settings: Settings, rcl
         proc.wait(30)
     assert kills >= 3, log.read_text()[-3000:]
 
-    segs = {p["user_id"]: segment_chain(p["attributes"], settings.segment_keys) for p in profiles}
+    segs = {p["user_id"]: finest_segment(p["attributes"], settings.segment_keys) for p in profiles}
     expected = replay(events, settings.history_len, settings.event_weights, settings.rating_threshold, segs)
     got = StateReader(rclient, keys).histories_by_item_id(sorted(expected.histories))
     assert {u: [(e.ts, e.crc, i) for i, e in h] for u, h in got.items()} == expected.histories

@@ -17,7 +17,7 @@ from daemon.keys import Keys
 from daemon.metrics import Metrics
 from daemon.produce import SyntheticSpec, encode, synthetic_events, synthetic_profiles
 from daemon.state import StateReader
-from daemon.store import segment_chain
+from daemon.store import finest_segment
 from tests.corpus import BAD_EVENTS, BAD_PROFILES
 from tests.kafkatools import committed, produce_raw, read_topic
 
@@ -59,7 +59,7 @@ def test_events_bad_input_and_profiles(settings: Settings, rclient: redis.Redis)
     finally:
         worker.shutdown()
 
-    segs = {p["user_id"]: segment_chain(p["attributes"], settings.segment_keys) for p in profiles}
+    segs = {p["user_id"]: finest_segment(p["attributes"], settings.segment_keys) for p in profiles}
     expected = replay(good, settings.history_len, settings.event_weights, settings.rating_threshold, segs)
     got = StateReader(rclient, keys).histories_by_item_id(sorted(expected.histories))
     assert {u: [(e.ts, e.crc, i) for i, e in h] for u, h in got.items()} == expected.histories
