@@ -93,6 +93,7 @@ class IngestWorker:
         self._inflight: collections.deque[tuple[Batch, Future[BatchResult]]] = collections.deque()
         self._ready: Batch | None = None
         self._uncommitted: Offsets = {}
+        self._sent_async: Offsets = {}  # committed without waiting; confirmed again on drain
         self._last_lag = 0.0
         self.source = source_factory(self._on_revoked)
 
@@ -210,6 +211,8 @@ class IngestWorker:
             wait_s = 0.0
 
     def _commit(self, wait: bool = False) -> None:
+        if wait:  # also confirm what went out asynchronously
+            self._uncommitted = {**self._sent_async, **self._uncommitted}
         if not self._uncommitted:
             return
         try:
@@ -218,6 +221,7 @@ class IngestWorker:
             self.metrics.errors.labels("kafka").inc()
             log.warning("commit failed (%s); will retry", exc)
             return
+        self._sent_async = {} if wait else {**self._sent_async, **self._uncommitted}
         self._uncommitted = {}
         self.metrics.last_commit.set(self.clock())
 
@@ -244,6 +248,7 @@ class IngestWorker:
         # Whatever is still unwritten or uncommitted will be redelivered to the new owner.
         self._ready = None
         self._uncommitted = {}
+        self._sent_async = {}
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         """Finish the current batch, commit, close. Safe to call once, after the loop."""

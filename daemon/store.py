@@ -141,7 +141,8 @@ class RedisStore:
             if event.value is not None:
                 val10 = max(-MAX_VALUE10, min(MAX_VALUE10, round(event.value * VALUE_SCALE)))
             weight = event_weight(event, weights, threshold) if event.type == "rating" else weights.get(event.type, 0.0)
-            record = [event.ts // 1000, crc32(event.event_id.encode()), pos, codes[event.type], val10, weight, msg_ms]
+            record: list[object] = [event.ts // 1000, crc32(event.event_id.encode()), pos, codes[event.type], val10,
+                                    weight, msg_ms]
             user = by_user.get(event.user_id)
             if user is None:
                 by_user[event.user_id] = [record]

@@ -54,8 +54,9 @@ def test_events_bad_input_and_profiles(settings: Settings, rclient: redis.Redis)
     keys = Keys(settings.redis_prefix)
     try:
         run_until(worker, rclient, keys, len(good))
-        for _ in range(5):
-            worker.step()  # let the last commit happen
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            worker.step()  # let the last commit and a lag report happen
     finally:
         worker.shutdown()
 
@@ -89,6 +90,10 @@ def test_events_bad_input_and_profiles(settings: Settings, rclient: redis.Redis)
     assert metrics.registry.get_sample_value("recd_events_applied_total") == expected.applied
     offsets = committed(settings, settings.events_topic)
     assert sum(o or 0 for o in offsets.values()) == len(stream)
+    for partition in range(4):  # lag from the high watermark, per partition, caught up
+        lag = metrics.registry.get_sample_value(
+            "recd_consumer_lag", {"topic": settings.events_topic, "partition": str(partition)})
+        assert lag == 0
 
 
 def test_restart_resumes_from_commit_without_double_counting(settings: Settings, rclient: redis.Redis) -> None:

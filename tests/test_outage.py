@@ -1,0 +1,111 @@
+"""Outages: Redis goes away mid-stream (ingest retries, commits nothing, resumes with
+nothing lost or doubled); the broker goes away (the loop survives, readiness says so)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from bench.groundtruth import replay
+from daemon.app import App, broker_check, build_ingest
+from daemon.config import Settings
+from daemon.embedded import free_port, redis_answers, start_broker
+from daemon.keys import Keys
+from daemon.metrics import Metrics
+from daemon.produce import SyntheticSpec, encode, synthetic_events
+from daemon.state import StateReader
+from tests.kafkatools import committed, produce_raw
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def persistent_redis(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder), "--save", "",
+         "--appendonly", "yes", "--appendfsync", "always"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not redis_answers(f"redis://127.0.0.1:{port}/0"):
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.05)
+    return proc
+
+
+def test_redis_outage_retries_without_commit_then_resumes(settings: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    server = persistent_redis(tmp_path, port)
+    url = f"redis://127.0.0.1:{port}/0"
+    settings = settings.replace(redis_url=url, poll_max_records=200)
+    now = int(time.time() * 1000)
+    events = list(synthetic_events(SyntheticSpec(users=40, items=30, seed=9, start_ms=now - 60_000), 3000))
+    produce_raw(settings, settings.events_topic, [(e["user_id"].encode(), encode(e)) for e in events[:1000]])
+    metrics = Metrics(CollectorRegistry())
+    worker = build_ingest(settings, metrics)
+    client = redis.Redis.from_url(url)
+    keys = Keys(settings.redis_prefix)
+    try:
+        while int(client.hget(keys.stats, "applied") or 0) < 1000:
+            worker.step()
+        for _ in range(5):
+            worker.step()
+        server.terminate()
+        server.wait(10)
+        produce_raw(settings, settings.events_topic, [(e["user_id"].encode(), encode(e)) for e in events[1000:]])
+        before = sum(o or 0 for o in committed(settings, settings.events_topic).values())
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:  # Redis is down: the loop keeps going
+            worker.step()
+        assert metrics.registry.get_sample_value("recd_errors_total", {"component": "redis"}) >= 1
+        assert sum(o or 0 for o in committed(settings, settings.events_topic).values()) == before
+        server = persistent_redis(tmp_path, port)  # back, with its data (append-only file)
+        deadline = time.monotonic() + 60
+        while sum(o or 0 for o in committed(settings, settings.events_topic).values()) < len(events):
+            assert time.monotonic() < deadline, "ingest did not resume"
+            worker.step()
+    finally:
+        worker.shutdown()
+        server.terminate()
+        server.wait(10)
+    server = persistent_redis(tmp_path, port)
+    try:
+        expected = replay(events, settings.history_len, settings.event_weights, settings.rating_threshold)
+        got = StateReader(redis.Redis.from_url(url), keys).histories_by_item_id(sorted(expected.histories))
+        assert {u: [(e.ts, e.crc, i) for i, e in h] for u, h in got.items()} == expected.histories
+        stats = redis.Redis.from_url(url).hgetall(keys.stats)
+        assert int(stats[b"applied"]) == expected.applied
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_broker_outage_keeps_the_loop_alive_and_not_ready(settings: Settings, tmp_path: Path) -> None:
+    broker = start_broker(tmp_path)
+    settings = settings.replace(kafka_bootstrap=broker.address)
+    now = int(time.time() * 1000)
+    events = list(synthetic_events(SyntheticSpec(users=10, items=10, seed=4, start_ms=now - 60_000), 100))
+    produce_raw(settings, settings.events_topic, [(e["user_id"].encode(), encode(e)) for e in events])
+    app = App.create(settings)
+    worker = build_ingest(settings, app.metrics)
+    try:
+        deadline = time.monotonic() + 30
+        while (app.metrics.registry.get_sample_value("recd_events_applied_total") or 0) < len(events):
+            assert time.monotonic() < deadline
+            worker.step()
+        assert broker_check(settings)[0] is True
+        broker.stop()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            worker.step()  # must not raise
+        ok, detail = broker_check(settings)
+        assert not ok and "no broker reachable" in detail
+        status, body, _ = app.routes.dispatch("/readyz", {})
+        assert status == 503 and body["checks"]["kafka"]["ok"] is False
+    finally:
+        worker.shutdown(timeout_s=2)
+        broker.stop()
