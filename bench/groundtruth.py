@@ -2,7 +2,7 @@
 script, to check Redis after a replay (crash tests, the ingest benchmark).
 
 Rules (README, "Delivery guarantees"): per user, events are taken in partition
-order; an event is a duplicate when its (second, crc32(event_id), item) is in the
+order; an event is a duplicate when its (second, crc24(event_id), item) is in the
 user's history; it is stale when the history is full and it sorts before the
 oldest record; otherwise it is applied: inserted in (second, crc) order, the
 oldest record dropped beyond ``history_len``, and - when its weight is positive
@@ -48,7 +48,7 @@ def replay(
     segs = segment_of or {}
     for ev in events:
         hist = out.histories.setdefault(ev["user_id"], [])
-        rec = (int(ev["ts"]) // 1000, zlib.crc32(ev["event_id"].encode()), ev["item_id"])
+        rec = (int(ev["ts"]) // 1000, zlib.crc32(ev["event_id"].encode()) & 0xFFFFFF, ev["item_id"])
         if rec in hist:
             out.duplicates += 1
             continue

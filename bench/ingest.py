@@ -35,17 +35,17 @@ from daemon.store import RedisStore, StoreOptions, finest_segment
 from schemas.events import InteractionEvent
 
 
-def produce(settings: Settings, spec: SyntheticSpec, n: int) -> tuple[list[dict[str, object]], float]:
-    events = list(synthetic_events(spec, n))
+def produce(settings: Settings, spec: SyntheticSpec, n: int) -> float:
+    """Publish profiles and n events (streamed: the ingest run must not share a huge heap with them)."""
     producer = make_producer(settings)
     started = time.perf_counter()
     for p in synthetic_profiles(spec, spec.start_ms - 1000):
         producer.send(settings.profiles_topic, key=str(p["user_id"]).encode(), value=encode(p))
-    for ev in events:
+    for ev in synthetic_events(spec, n):
         producer.send(settings.events_topic, key=str(ev["user_id"]).encode(), value=encode(ev))
     producer.flush()
     producer.close()
-    return events, n / (time.perf_counter() - started)
+    return n / (time.perf_counter() - started)
 
 
 def ingest(settings: Settings, total: int, client: redis.Redis) -> tuple[float, Metrics]:
@@ -153,7 +153,7 @@ def main() -> None:
         spec = SyntheticSpec(users=args.users, items=args.items, seed=1, start_ms=int(time.time() * 1000) - 86_400_000,
                              step_ms=50)
         print(f"producing {args.events} events ...", flush=True)
-        events, produce_rate = produce(settings, spec, args.events)
+        produce_rate = produce(settings, spec, args.events)
         print(f"produced at {produce_rate:,.0f}/s; ingesting ...", flush=True)
         cpu_before = cpu_seconds()
         seconds, metrics = ingest(settings, args.events, client)
@@ -161,7 +161,7 @@ def main() -> None:
         profiles = {p["user_id"]: finest_segment(p["attributes"], settings.segment_keys)
                     for p in synthetic_profiles(spec, 0)}
         print("verifying against the ground truth ...", flush=True)
-        result = verify(settings, client, events, profiles)
+        result = verify(settings, client, list(synthetic_events(spec, args.events)), profiles)
         dlq = sum(s.value for m in metrics.registry.collect() if m.name == "recd_events_invalid" for s in m.samples
                   if s.name.endswith("_total"))
         result.update({

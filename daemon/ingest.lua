@@ -3,11 +3,12 @@
 --       7 trend:epoch, 8 items:gen, 9 dirty, 10 stats, 11 segs
 -- ARGV: 1 key prefix, 2 JSON {now, ttl, hl, n, seg = [attribute names], gen, token,
 --       items = [[item id, item number or 0], ...],
---       u = [[user, [[sec, crc, item index (1-based), code, val10, w, msg_ms], ...]], ...]}
+--       max_sec, u = [[user, sec, crc24, item index (1-based), code, w, msg_ms, sec, ...], ...]}
+--       (each user's events flat, six fields apiece, in arrival order)
 -- Returns {applied, duplicates, stale, new items, gen, {item index, number, ...}} or, when the
 -- caller's item numbers belong to another generation of the items hash, {-1, gen}.
 --
--- History records (see daemon/keys.py): >IIIBh = sec, crc, item number, type code, value*10,
+-- History records (see daemon/keys.py): >II3IB = sec, crc24, item number, code byte,
 -- sorted by (sec, crc). An event whose (sec, crc, item) is in the history is a duplicate; one
 -- older than the oldest record of a full history is stale (it would be trimmed at once, and a
 -- replay of an event that was trimmed is exactly this case). Neither changes anything.
@@ -16,7 +17,7 @@
 local call, unpack_rec, pack_rec, sub = redis.call, struct.unpack, struct.pack, string.sub
 local P = ARGV[1]
 local b = cjson.decode(ARGV[2])
-local R, FMT = 15, '>IIIBh'
+local R, FMT, KEY = 12, '>II3IB', '>II3'
 local now, ttl, hl, n, seg_names = b.now, b.ttl, b.hl, b.n, b.seg
 local items, incr, assigned = b.items, {}, {}
 local applied, dups, stale, new_items, last_ts = 0, 0, 0, 0, 0
@@ -57,18 +58,18 @@ end
 -- 0-based slot where the record goes, -1 for a duplicate, -2 for stale
 local function find_slot(blob, count, sec, crc, inum)
   if count == 0 then return 0 end
-  local lt, lf = unpack_rec('>II', blob, (count - 1) * R + 1)
+  local lt, lf = unpack_rec(KEY, blob, (count - 1) * R + 1)
   if less(lt, lf, sec, crc) then return count end
-  local ft, ff = unpack_rec('>II', blob, 1)
+  local ft, ff = unpack_rec(KEY, blob, 1)
   if count >= n and less(sec, crc, ft, ff) then return -2 end
   local lo, hi = 0, count
   while lo < hi do
     local mid = math.floor((lo + hi) / 2)
-    local mt, mf = unpack_rec('>II', blob, mid * R + 1)
+    local mt, mf = unpack_rec(KEY, blob, mid * R + 1)
     if less(mt, mf, sec, crc) then lo = mid + 1 else hi = mid end
   end
   while lo < count do
-    local mt, mf, mi = unpack_rec('>III', blob, lo * R + 1)
+    local mt, mf, mi = unpack_rec('>II3I', blob, lo * R + 1)
     if mt ~= sec or mf ~= crc then break end
     if mi == inum then return -1 end
     lo = lo + 1
@@ -81,12 +82,7 @@ end
 local function prepare_epoch()
   local stored = call('GET', KEYS[7])
   local epoch = stored and tonumber(stored) or nil
-  local max_sec = 0
-  for _, u in ipairs(b.u) do
-    for _, e in ipairs(u[2]) do
-      if e[1] > max_sec then max_sec = e[1] end
-    end
-  end
+  local max_sec = b.max_sec
   if max_sec == 0 then return epoch end
   if not epoch then
     epoch = max_sec
@@ -123,9 +119,8 @@ local function finest_segment(pk)
   return chain
 end
 
-local function insert(blob, count, pos, e, inum)
-  blob = sub(blob, 1, pos * R) .. pack_rec(FMT, e[1], e[2], inum, e[4], e[5])
-    .. sub(blob, pos * R + 1)
+local function insert(blob, count, pos, rec)
+  blob = sub(blob, 1, pos * R) .. rec .. sub(blob, pos * R + 1)
   count = count + 1
   if count > n then
     blob = sub(blob, (count - n) * R + 1)
@@ -136,35 +131,40 @@ end
 
 local epoch = prepare_epoch()
 local segments_seen = {}
-for _, u in ipairs(b.u) do
-  local uid, evs = u[1], u[2]
+
+local function count_positive(pk, seg_key, item, w, sec)
+  add(KEYS[5], item, w)
+  add(KEYS[6], item, w * 2 ^ ((sec - epoch) / hl))
+  if seg_key == nil then
+    local seg = finest_segment(pk)
+    seg_key = seg and (P .. 'seg:' .. seg) or false
+    if seg then segments_seen[seg] = true end
+  end
+  if seg_key then add(seg_key, item, w) end
+  return seg_key
+end
+
+local function apply_user(u)
+  local uid = u[1]
   local hk = P .. 'u:{' .. uid .. '}:hist'
   local pk = P .. 'u:{' .. uid .. '}:prof'
   local blob = call('GET', hk) or ''
   local count = #blob / R
-  local seg, first_msg = nil, nil
-  for _, e in ipairs(evs) do
-    local inum = item_number(e[3])
-    local pos = find_slot(blob, count, e[1], e[2], inum)
+  local seg_key, first_msg = nil, nil
+  for j = 2, #u, 6 do
+    local sec, crc, ii, w, msg = u[j], u[j + 1], u[j + 2], u[j + 4], u[j + 5]
+    local inum = item_number(ii)
+    local pos = find_slot(blob, count, sec, crc, inum)
     if pos == -1 then
       dups = dups + 1
     elseif pos == -2 then
       stale = stale + 1
     else
-      blob, count = insert(blob, count, pos, e, inum)
+      blob, count = insert(blob, count, pos, pack_rec(FMT, sec, crc, inum, u[j + 3]))
       applied = applied + 1
-      local w, item = e[6], items[e[3]][1]
-      if w > 0 then
-        add(KEYS[5], item, w)
-        add(KEYS[6], item, w * 2 ^ ((e[1] - epoch) / hl))
-        if seg == nil then seg = finest_segment(pk) end
-        if seg then
-          add(P .. 'seg:' .. seg, item, w)
-          segments_seen[seg] = true
-        end
-      end
-      if first_msg == nil or e[7] < first_msg then first_msg = e[7] end
-      if e[1] > last_ts then last_ts = e[1] end
+      if w > 0 then seg_key = count_positive(pk, seg_key, items[ii][1], w, sec) end
+      if first_msg == nil or msg < first_msg then first_msg = msg end
+      if sec > last_ts then last_ts = sec end
     end
   end
   if first_msg ~= nil then
@@ -177,6 +177,8 @@ for _, u in ipairs(b.u) do
     call('ZADD', KEYS[9], 'NX', first_msg, uid)
   end
 end
+
+for _, u in ipairs(b.u) do apply_user(u) end
 
 for key, its in pairs(incr) do
   for item, w in pairs(its) do call('ZINCRBY', key, w, item) end

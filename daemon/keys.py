@@ -8,7 +8,7 @@ user's keys live in one Redis Cluster slot. The README's key table is this file.
 |---|---|---|
 | ``rec:<user>`` | string | JSON ``RecommendationList`` (the lookup contract) |
 | ``sim:<item>`` | string | JSON ``SimilarList`` |
-| ``u:{<user>}:hist`` | string | packed history records, see ``HISTORY_RECORD`` |
+| ``u:{<user>}:hist`` | string | packed 12-byte history records, see ``HISTORY_RECORD_SIZE`` |
 | ``u:{<user>}:prof`` | hash | profile attributes + ``_ts`` (event ms of the newest profile) |
 | ``items`` | hash | item id -> dense item number used in histories |
 | ``items:ids`` | hash | dense item number -> item id |
@@ -33,12 +33,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# A history record: event second (u32), crc32 of event_id (u32), item number
-# (u32), event type code (u8), value * 10 (i16). Big-endian, 15 bytes, sorted
-# ascending by (second, crc) - the dedup key - so the newest records are last.
-HISTORY_RECORD = ">IIIBh"
-HISTORY_RECORD_SIZE = 15
-VALUE_SCALE = 10
+# A history record, 12 bytes, big-endian: event second (u32), the low 24 bits of crc32(event_id),
+# item number (u32), and a code byte - the event type's index in EVENT_TYPES, or for a rating
+# RATING_CODE + the value in half steps (0..123.5; other types' values are not kept). Records are
+# sorted ascending by (second, crc): the dedup key, so the newest records are last.
+HISTORY_RECORD_SIZE = 12
+CRC_MASK = 0xFFFFFF
+RATING_CODE = 8
+MAX_RATING_STEPS = 255 - RATING_CODE
+
+
+def code_of(type_index: int, is_rating: bool, value: float | None) -> int:
+    """The history code byte of an event (see above)."""
+    if not is_rating:
+        return type_index
+    steps = round(2 * (value or 0.0))
+    return RATING_CODE + max(0, min(MAX_RATING_STEPS, steps))
+
+
+def decode_code(code: int) -> tuple[int, float]:
+    """(type index or -1 for a rating, rating value)."""
+    return (-1, (code - RATING_CODE) / 2) if code >= RATING_CODE else (code, 0.0)
 
 
 def text(raw: Any) -> str:

@@ -9,11 +9,11 @@ from typing import Any
 
 import redis
 
-from daemon.keys import HISTORY_RECORD, HISTORY_RECORD_SIZE, VALUE_SCALE, Keys, text
+from daemon.keys import HISTORY_RECORD_SIZE, Keys, decode_code, text
 from daemon.store import segment_chain
 from schemas.events import EVENT_TYPES
 
-_RECORD = struct.Struct(HISTORY_RECORD)
+_RECORD = struct.Struct(">IHBIB")  # second, crc high 16 bits, crc low 8 bits, item, code
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +40,11 @@ def decode_history(blob: bytes | None) -> list[Entry]:
         return []
     if len(blob) % HISTORY_RECORD_SIZE:
         raise ValueError(f"history blob of {len(blob)} bytes is not a whole number of records")
-    return [
-        Entry(ts, crc, item, EVENT_TYPES[code], val / VALUE_SCALE)
-        for ts, crc, item, code, val in _RECORD.iter_unpack(blob)
-    ]
+    out = []
+    for ts, crc_hi, crc_lo, item, code in _RECORD.iter_unpack(blob):
+        index, value = decode_code(code)
+        out.append(Entry(ts, crc_hi << 8 | crc_lo, item, "rating" if index < 0 else EVENT_TYPES[index], value))
+    return out
 
 
 class StateReader:

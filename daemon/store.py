@@ -19,11 +19,10 @@ from typing import Any
 import orjson
 import redis
 
-from daemon.keys import VALUE_SCALE, Keys, text
+from daemon.keys import CRC_MASK, Keys, code_of, text
 from schemas.events import EVENT_TYPES, InteractionEvent, ProfileEvent
 
 TYPE_CODES = {name: code for code, name in enumerate(EVENT_TYPES)}
-MAX_VALUE10 = 32767
 
 
 @dataclass(frozen=True)
@@ -124,35 +123,39 @@ class RedisStore:
         ]
 
     def encode_batch(self, events: Iterable[tuple[InteractionEvent, int]], now_ms: int) -> dict[str, Any]:
-        """Group (event, message ms) pairs by user, in arrival order, as the script's document."""
-        by_user: dict[str, list[list[object]]] = {}
+        """Group (event, message ms) pairs by user, in arrival order, as the script's document:
+        per user ``[user, sec, crc24, item index, code, weight, msg_ms, sec, ...]``."""
+        by_user: dict[str, list[object]] = {}
         index: dict[str, int] = {}
         items: list[list[object]] = []
         known = self.item_numbers.numbers
-        opts = self.options
-        weights, threshold = self.weights, opts.rating_threshold
-        crc32, codes = zlib.crc32, TYPE_CODES
+        weights, threshold = self.weights, self.options.rating_threshold
+        crc32, codes, max_sec = zlib.crc32, TYPE_CODES, 0
         for event, msg_ms in events:  # the ingest hot path: kept flat on purpose
             pos = index.get(event.item_id)
             if pos is None:
                 items.append([event.item_id, known.get(event.item_id, 0)])
                 pos = index[event.item_id] = len(items)
-            val10 = 0
-            if event.value is not None:
-                val10 = max(-MAX_VALUE10, min(MAX_VALUE10, round(event.value * VALUE_SCALE)))
-            weight = event_weight(event, weights, threshold) if event.type == "rating" else weights.get(event.type, 0.0)
-            record: list[object] = [event.ts // 1000, crc32(event.event_id.encode()), pos, codes[event.type], val10,
-                                    weight, msg_ms]
+            if event.type == "rating":
+                code, weight = code_of(0, True, event.value), event_weight(event, weights, threshold)
+            else:
+                code, weight = codes[event.type], weights.get(event.type, 0.0)
+            sec = event.ts // 1000
+            max_sec = max(max_sec, sec)
             user = by_user.get(event.user_id)
             if user is None:
-                by_user[event.user_id] = [record]
-            else:
-                user.append(record)
+                user = by_user[event.user_id] = [event.user_id]
+            user.extend((sec, crc32(event.event_id.encode()) & CRC_MASK, pos, code, weight, msg_ms))
+        return self._document(now_ms, max_sec, items, list(by_user.values()))
+
+    def _document(self, now_ms: int, max_sec: int, items: list[list[object]], users: list[list[object]]
+                  ) -> dict[str, Any]:
+        opts = self.options
         return {
             "now": now_ms, "ttl": opts.history_ttl_s, "hl": opts.trending_half_life_s, "n": opts.history_len,
             "seg": list(opts.segment_keys), "gen": self.item_numbers.generation,
             "token": uuid.uuid4().hex,  # names a new generation if the items hash is gone
-            "items": items, "u": [[user, evs] for user, evs in by_user.items()],
+            "max_sec": max_sec, "items": items, "u": users,
         }
 
     def prepare(self, events: Iterable[tuple[InteractionEvent, int]], now_ms: int) -> Prepared:

@@ -39,6 +39,15 @@ def test_history_keeps_newest_in_time_order(rclient: redis.Redis, prefix: str) -
     assert [e.ts for _, e in hist] == sorted(e.ts for _, e in hist)
 
 
+def test_history_keeps_type_and_rating_value(rclient: redis.Redis, prefix: str) -> None:
+    store = make_store(rclient, prefix)
+    store.apply_events([ev(1, etype="purchase"), ev(2, etype="rating", value=4.5), ev(3, etype="rating", value=-2)],
+                       T0)
+    hist = StateReader(rclient, Keys(prefix)).histories(["u1"])["u1"]
+    assert [(e.type, e.value) for e in hist] == [("purchase", 0.0), ("rating", 4.5), ("rating", 0.0)]
+    assert [e.ts for e in hist] == [(T0 + k * 1000) // 1000 for k in (1, 2, 3)]
+
+
 def test_replayed_batch_changes_nothing(rclient: redis.Redis, prefix: str) -> None:
     store = make_store(rclient, prefix)
     store.apply_profiles([(ProfileEvent("u1", {"country": "US", "age": "25-34"}, T0), T0)])
