@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 from prometheus_client import CollectorRegistry
+from trainer.snapshot import load_snapshot
 
+from daemon.coldstart import ColdStart
 from daemon.config import Settings
 from daemon.consumer import DeadLetters, KafkaSource
 from daemon.http import HttpHandle, Routes, start_http
+from daemon.index import IndexSpec, ServingIndex
 from daemon.ingest import IngestWorker
 from daemon.keys import Keys
+from daemon.lookup import Lookup
 from daemon.metrics import Metrics
+from daemon.modelwatch import ModelWatcher
 from daemon.service import Service
+from daemon.serving import ServeOptions, Server
+from daemon.state import StateReader
 from daemon.store import RedisStore, StoreOptions
+from trainer.models.base import EmbeddingModel
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,39 @@ def build_ingest(settings: Settings, metrics: Metrics) -> IngestWorker:
         store,
         metrics,
     )
+
+
+def serve_options(settings: Settings) -> ServeOptions:
+    return ServeOptions(
+        top_k=settings.top_k, batch=settings.serve_batch, cold_min_history=settings.cold_min_history,
+        new_item_slots=settings.new_item_slots, new_item_window_ms=settings.new_item_window_s * 1000,
+        recency_half_life_s=float(settings.recency_half_life_s), list_ttl_s=settings.list_ttl_s,
+        weights=settings.event_weights, rating_threshold=settings.rating_threshold,
+        refresh_window_ms=settings.refresh_window_s * 1000,
+    )
+
+
+def load_model(path: str) -> EmbeddingModel:
+    model, _manifest = load_snapshot(Path(path))
+    return model
+
+
+def build_watcher(settings: Settings, client: redis.Redis, metrics: Metrics) -> ModelWatcher:
+    spec = IndexSpec(kind=settings.index_kind, threads=1)
+    return ModelWatcher(client, Keys(settings.redis_prefix), spec, load_model, metrics, settings.model_poll_s)
+
+
+def build_server(settings: Settings, metrics: Metrics, watcher: ModelWatcher) -> Server:
+    client = redis_client(settings)
+    return Server(client, Keys(settings.redis_prefix), serve_options(settings), watcher, metrics,
+                  settings.segment_keys)
+
+
+def build_lookup(settings: Settings, current: Callable[[], ServingIndex | None]) -> Lookup:
+    client = redis_client(settings)
+    keys = Keys(settings.redis_prefix)
+    return Lookup(client, keys, ColdStart(client, keys), StateReader(client, keys, settings.segment_keys),
+                  settings.top_k, current)
 
 
 def redis_check(settings: Settings) -> tuple[bool, str]:

@@ -76,7 +76,7 @@ class Settings:
     metrics_port: int = _s(9108, "port of that server (0 = any free port)")
     # --- Training
     model_dir: str = _s("var/models", "folder of versioned model snapshots")
-    model_kind: str = _s("item2vec", "model trained by the scheduler: item2vec, mf, ncf")
+    model_kind: str = _s("item2vec", "model preset trained by the scheduler (see `recd model presets`)")
     device: str = _s("auto", "training device: auto (CUDA when present), cpu, cuda")
     train_threads: int = _s(2, "CPU threads for training")
     train_interval_s: int = _s(600, "fine-tune at least this often when new events arrived")
@@ -89,6 +89,11 @@ class Settings:
     index_kind: str = _s("auto", "faiss index: auto, flat, hnsw, ivf")
     cold_min_history: int = _s(1, "users with fewer positive history items get cold-start lists")
     new_item_slots: int = _s(1, "slots per list given to new items without embeddings")
+    new_item_window_s: int = _s(86400, "items first seen this recently count as new")
+    recency_half_life_s: int = _s(7 * 86400, "half-life of a history event's weight in the user vector")
+    model_poll_s: float = _s(2.0, "how often serving checks for a newly published model")
+    refresh_window_s: int = _s(30 * 86400, "after a model swap, refresh users active this recently")
+    list_ttl_s: int = _s(90 * 86400, "recommendation lists expire this long after written (0 = never)")
     roles: tuple[str, ...] = _s(("ingest", "serve", "train"), "roles of `recd run`")
     log_level: str = _s("INFO", "logging level")
 

@@ -23,8 +23,11 @@ user's keys live in one Redis Cluster slot. The README's key table is this file.
 | ``active`` | zset | user id -> last event time (ms) of users the serving loop has served |
 | ``dirty`` | zset | user id -> earliest unserved change (message time, ms) |
 | ``dirty:inflight`` | zset | user id -> lease deadline (ms) of a serving worker |
+| ``dirty:swap`` | zset | user id -> minus last activity (ms): lists to refresh after a model swap |
+| ``exclude`` | set | item ids never recommended (ops may add) |
 | ``stats`` | hash | ``applied``, ``duplicates``, ``stale``, ``profiles``, ``last_ts`` |
 | ``model:current`` | string | JSON ``{"version", "published_at", "path"}`` of the served model |
+| ``model:events`` | string | applied-event count at the last training (the scheduler's watermark) |
 | ``lock:train`` | string | holder id of the training leader (expires) |
 """
 
@@ -135,12 +138,24 @@ class Keys:
         return f"{self.prefix}dirty:inflight"
 
     @property
+    def swap_queue(self) -> str:
+        return f"{self.prefix}dirty:swap"
+
+    @property
+    def exclusions(self) -> str:
+        return f"{self.prefix}exclude"
+
+    @property
     def stats(self) -> str:
         return f"{self.prefix}stats"
 
     @property
     def model_current(self) -> str:
         return f"{self.prefix}model:current"
+
+    @property
+    def train_watermark(self) -> str:
+        return f"{self.prefix}model:events"
 
     @property
     def train_lock(self) -> str:

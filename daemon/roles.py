@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from daemon.app import App, build_ingest
+from daemon.app import App, build_ingest, build_lookup, build_server, build_watcher, redis_client
 from daemon.config import ConfigError, Settings
 from daemon.publish import ensure_topics
 
@@ -22,6 +22,14 @@ def add_roles(app: App) -> None:
     if "ingest" in settings.roles:
         ensure_topics(settings)
         app.service.add("ingest", build_ingest(settings, app.metrics))
+    if "serve" in settings.roles:
+        watcher = build_watcher(settings, redis_client(settings), app.metrics)
+        app.service.add("serve", build_server(settings, app.metrics, watcher), idle_wait_s=0.02)
+        build_lookup(settings, lambda: watcher.current).add_routes(app.routes)
+    if "train" in settings.roles:
+        from daemon.retrain import TrainRole
+
+        app.service.add("train", TrainRole(settings, redis_client(settings), app.metrics), idle_wait_s=1.0)
 
 
 def run_daemon(settings: Settings) -> int:

@@ -1,0 +1,55 @@
+"""The changed-user queue between ingest and serving, with leases.
+
+Ingest adds a user to ``dirty`` (score: message time of the earliest unserved
+change). A serving worker claims users atomically, moving them to
+``dirty:inflight`` with a lease; it acknowledges after their lists are written.
+A worker that dies leaves leases that expire and return the users to
+``dirty``, so several serving replicas share the queue and none loses work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+
+from daemon.keys import Keys, text
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    user_id: str
+    score: float  # message ms of the earliest unserved change, or -(last activity ms) for a swap refresh
+    swap: bool
+
+
+class WorkQueue:
+    def __init__(self, client: redis.Redis, keys: Keys, lease_ms: int = 30_000) -> None:
+        self.client = client
+        self.keys = keys
+        self.lease_ms = lease_ms
+        self._claim = client.register_script(resources.files("daemon").joinpath("claim.lua").read_text())
+
+    def claim(self, n: int, now_ms: int) -> list[Claim]:
+        keys = [self.keys.dirty, self.keys.dirty_inflight, self.keys.swap_queue]
+        flat: Any = self._claim(keys=keys, args=[n, now_ms, self.lease_ms])
+        return [Claim(text(flat[i]), float(flat[i + 1]), int(flat[i + 2]) == 1) for i in range(0, len(flat), 3)]
+
+    def ack(self, pipe: Any, user_ids: list[str]) -> None:
+        """Queue the acknowledgement on a pipeline (sent with the lists it acknowledges)."""
+        if user_ids:
+            pipe.zrem(self.keys.dirty_inflight, *user_ids)
+
+    def depth(self) -> int:
+        return int(self.client.zcard(self.keys.dirty))  # type: ignore[arg-type]
+
+    def enqueue_refresh(self, since_ms: int, limit: int = 1_000_000) -> int:
+        """After a model swap: queue recently active users, most recent first. Returns how many."""
+        reply: Any = self.client.zrevrangebyscore(self.keys.active, "+inf", since_ms, start=0, num=limit,
+                                                  withscores=True)
+        if not reply:
+            return 0
+        self.client.zadd(self.keys.swap_queue, {text(u): -float(s) for u, s in reply})
+        return len(reply)
