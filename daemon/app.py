@@ -70,7 +70,9 @@ def serve_options(settings: Settings) -> ServeOptions:
 
 
 def load_model(path: str) -> EmbeddingModel:
-    model, _manifest = load_snapshot(Path(path))
+    from trainer.snapshot import load_snapshot
+
+    model: EmbeddingModel = load_snapshot(Path(path))[0]
     return model
 
 
