@@ -10,7 +10,6 @@ from pathlib import Path
 
 import redis
 from prometheus_client import CollectorRegistry
-from trainer.snapshot import load_snapshot
 
 from daemon.coldstart import ColdStart
 from daemon.config import Settings
