@@ -98,11 +98,10 @@ def cmd_similar(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
-    from trainer.snapshot import ModelStore
-
     from daemon.app import redis_client
     from daemon.keys import Keys
     from daemon.retrain import publish
+    from trainer.snapshot import ModelStore
 
     if args.action == "presets":
         from trainer.models.registry import PRESETS

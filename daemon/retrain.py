@@ -20,9 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from trainer.gate import gate
-from trainer.models.registry import build_preset
-from trainer.snapshot import ModelStore, load_snapshot, save_snapshot
 
 from daemon.config import Settings
 from daemon.keys import Keys
@@ -30,7 +27,10 @@ from daemon.metrics import Metrics
 from daemon.modelwatch import Pointer, write_pointer
 from daemon.trainsource import Snapshot, read_snapshot
 from trainer.evaluate import holdout_metrics, holdout_split
+from trainer.gate import gate
 from trainer.models.base import EmbeddingModel
+from trainer.models.registry import build_preset
+from trainer.snapshot import ModelStore, load_snapshot, save_snapshot
 
 log = logging.getLogger(__name__)
 
