@@ -124,6 +124,7 @@ class App:
     service: Service
     routes: Routes
     http: HttpHandle | None = None
+    watcher: ModelWatcher | None = None  # set when the serve role runs
 
     @classmethod
     def create(cls, settings: Settings, registry: CollectorRegistry | None = None) -> App:

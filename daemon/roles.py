@@ -23,7 +23,7 @@ def add_roles(app: App) -> None:
         ensure_topics(settings)
         app.service.add("ingest", build_ingest(settings, app.metrics))
     if "serve" in settings.roles:
-        watcher = build_watcher(settings, redis_client(settings), app.metrics)
+        watcher = app.watcher = build_watcher(settings, redis_client(settings), app.metrics)
         app.service.add("serve", build_server(settings, app.metrics, watcher), idle_wait_s=0.02)
         build_lookup(settings, lambda: watcher.current).add_routes(app.routes)
     if "train" in settings.roles:

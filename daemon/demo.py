@@ -1,0 +1,172 @@
+"""``recd demo``: the whole system on one machine, with no configuration.
+
+Starts the embedded Kafka-protocol broker (and a local redis-server when none
+answers at RECD_REDIS_URL), publishes synthetic events and profiles (or replays
+a dataset), runs ingest, training and serving in this process, prints a few
+users' lists, a cold-start list and similar items, then shuts everything down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from daemon.app import App, redis_client
+from daemon.config import Settings
+from daemon.embedded import EmbeddedError, LocalProcess, redis_answers, start_broker, start_redis
+from daemon.keys import Keys
+from daemon.produce import SyntheticSpec
+from daemon.publish import ensure_topics, make_producer, publish, publish_dataset, publish_synthetic
+from daemon.roles import add_roles
+
+COLD_USER = "demo-cold-user"
+
+
+class Bar:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total, self.done = label, max(1, total), 0
+
+    def update(self, done: int) -> None:
+        self.done = min(done, self.total)
+        filled = int(30 * self.done / self.total)
+        sys.stderr.write(f"\r  {self.label:<28} [{'#' * filled}{'.' * (30 - filled)}] {self.done:>8}/{self.total}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        self.update(self.total)
+        sys.stderr.write("\n")
+
+
+def wait_for(label: str, total: int, progress: Callable[[], int], timeout_s: float = 600) -> None:
+    bar, deadline = Bar(label, total), time.monotonic() + timeout_s
+    while (done := progress()) < total:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{label}: {done}/{total} after {timeout_s:.0f}s")
+        bar.update(done)
+        time.sleep(0.1)
+    bar.close()
+
+
+def start_services(settings: Settings, out: Path) -> tuple[Settings, list[LocalProcess]]:
+    """Embedded broker unless RECD_KAFKA_BOOTSTRAP is set; local redis-server unless one answers."""
+    started: list[LocalProcess] = []
+    tag = uuid.uuid4().hex[:6]
+    changes: dict[str, Any] = {"redis_prefix": f"recd-demo-{tag}:", "consumer_group": f"recd-demo-{tag}"}
+    if "RECD_KAFKA_BOOTSTRAP" not in os.environ:
+        started.append(start_broker(out))
+        changes["kafka_bootstrap"] = started[-1].address
+    else:
+        changes.update(events_topic=f"recd-demo-{tag}.events", profiles_topic=f"recd-demo-{tag}.profiles")
+    if not redis_answers(settings.redis_url):
+        started.append(start_redis(out))
+        changes["redis_url"] = started[-1].address
+    return settings.replace(**changes), started
+
+
+def produce(settings: Settings, args: argparse.Namespace) -> tuple[int, dict[str, str]]:
+    """Publish the demo's events; returns (events published, item titles)."""
+    ensure_topics(settings)
+    if args.dataset is not None:
+        from trainer.datasets import load_dataset
+
+        titles = load_dataset(args.dataset).item_titles
+        _, sent = publish_dataset(settings, args.dataset, limit=args.events)
+        return sent, titles
+    spec = SyntheticSpec(users=args.users, items=args.items, seed=0, start_ms=int(time.time() * 1000) - 3_600_000,
+                         step_ms=max(1, 3_500_000 // max(1, args.events)))
+    bar = Bar("publishing events", args.events)
+    _, sent = publish_synthetic(settings, spec, args.events, progress=lambda n: bar.update(bar.done + n))
+    bar.close()
+    return sent, {}
+
+
+def add_cold_user(settings: Settings) -> None:
+    producer = make_producer(settings)
+    profile = {"user_id": COLD_USER, "attributes": {"country": "DE", "age_band": "25-34", "gender": "F"},
+               "ts": int(time.time() * 1000)}
+    publish(producer, settings.profiles_topic, [profile])
+    producer.close()
+
+
+def applied(client: redis.Redis, keys: Keys) -> int:
+    stats: Any = client.hmget(keys.stats, "applied", "duplicates", "stale")
+    return sum(int(x or 0) for x in stats)
+
+
+def run_demo(settings: Settings, args: argparse.Namespace) -> int:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        settings, started = start_services(settings, out)
+    except EmbeddedError as exc:
+        print(f"recd demo: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _demo(settings, args, out)
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+def _demo(settings: Settings, args: argparse.Namespace, out: Path) -> int:
+    from daemon.report import print_report
+
+    print(f"recd demo: broker {settings.kafka_bootstrap}, redis {settings.redis_url} (prefix {settings.redis_prefix})")
+    sent, titles = produce(settings, args)
+    settings = settings.replace(model_dir=str(out / "models"), train_min_events=max(1, int(sent * 0.9)),
+                                train_interval_s=3600, metrics_port=0, roles=("ingest", "serve", "train"))
+    app = App.create(settings)
+    add_roles(app)
+    http = app.start_http()
+    client, keys = redis_client(settings), Keys(settings.redis_prefix)
+    try:
+        app.service.stop.clear()
+        runner = _start(app)
+        wait_for("ingesting", sent, lambda: applied(client, keys))
+        add_cold_user(settings)
+        wait_for("training the first model", 1, lambda: int(client.exists(keys.model_current)))
+        wait_for("serving fresh lists", 1, lambda: int(_settled(client, keys, app)))
+        print_report(settings, app, client, titles, COLD_USER, out, f"http://127.0.0.1:{http.port}")
+    finally:
+        app.service.stop.set()
+        runner()
+        app.stop_http()
+    _cleanup(client, keys)
+    return 0
+
+
+def _start(app: App) -> Callable[[], int]:
+    """Run the service in a background thread; returns a join function."""
+    import threading
+
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(app.service.run()), name="recd-demo-service")
+    thread.start()
+
+    def join() -> int:
+        thread.join()
+        return result[0] if result else 1
+
+    return join
+
+
+def _settled(client: redis.Redis, keys: Keys, app: App) -> bool:
+    """A model is served and no user waits for a list."""
+    queued = client.zcard(keys.dirty) + client.zcard(keys.swap_queue) + client.zcard(keys.dirty_inflight)  # type: ignore[operator]
+    served = app.metrics.registry.get_sample_value("recd_index_items") or 0
+    return bool(queued == 0 and served > 0 and client.exists(keys.rec(COLD_USER)))
+
+
+def _cleanup(client: redis.Redis, keys: Keys) -> None:
+    for key in client.scan_iter(match=keys.prefix + "*", count=1000):
+        client.delete(key)

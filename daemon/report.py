@@ -1,0 +1,86 @@
+"""What the demo prints: a few users' lists, a cold user's list, similar items, where to look next."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from daemon.app import App
+from daemon.config import Settings
+from daemon.keys import Keys, text
+from daemon.state import StateReader
+from schemas.records import RecommendationList, SimilarList
+
+log = logging.getLogger(__name__)
+
+
+def _name(item: str, titles: dict[str, str]) -> str:
+    title = titles.get(item)
+    return f"{item} ({title})" if title else item
+
+
+def _print_list(header: str, items: list[str], scores: list[float], titles: dict[str, str]) -> None:
+    print(header)
+    for rank, (item, score) in enumerate(zip(items, scores, strict=True), 1):
+        print(f"   {rank:>2}. {_name(item, titles):<60} {score:8.4f}")
+
+
+def _warm_users(client: redis.Redis, keys: Keys, n: int) -> list[str]:
+    reply: Any = client.zrevrange(keys.active, 0, n - 1)
+    return [text(u) for u in reply]
+
+
+def print_report(settings: Settings, app: App, client: redis.Redis, titles: dict[str, str], cold_user: str,
+                 out: Path, metrics_url: str) -> None:
+    keys = Keys(settings.redis_prefix)
+    reader = StateReader(client, keys, settings.segment_keys)
+    print()
+    for user in _warm_users(client, keys, 3):
+        raw: Any = client.get(keys.rec(user))
+        if not raw:
+            continue
+        rec = RecommendationList.from_json(raw)
+        recent = [item for item, _ in reader.histories_by_item_id([user])[user][-3:]]
+        _print_list(f"user {user} (recently: {', '.join(_name(i, titles) for i in recent)}) "
+                    f"- source {rec.source}, model {rec.model_version}", rec.items, rec.scores, titles)
+    raw_cold: Any = client.get(keys.rec(cold_user))
+    if raw_cold:
+        cold = RecommendationList.from_json(raw_cold)
+        _print_list(f"new user {cold_user} with only a profile - source {cold.source}", cold.items, cold.scores,
+                    titles)
+    top: Any = client.zrevrange(keys.popularity, 0, 0)
+    if top:
+        item = text(top[0])
+        raw_sim: Any = client.get(keys.sim(item))
+        if raw_sim:
+            sim = SimilarList.from_json(raw_sim)
+            _print_list(f"items like the most popular one, {_name(item, titles)}", sim.items, sim.scores, titles)
+    plots = write_plots(settings, app, titles, out)
+    print(f"\nmetrics: {metrics_url}/metrics   lookups: {metrics_url}/recommendations/<user_id>  "
+          f"{metrics_url}/similar/<item_id>   API: {metrics_url}/openapi.json")
+    if plots:
+        print(f"plots: {', '.join(str(p) for p in plots)}")
+
+
+def write_plots(settings: Settings, app: App, titles: dict[str, str], out: Path) -> list[Path]:
+    """Embedding map of the served model (matplotlib is optional)."""
+    try:
+        from trainer.plots import plot_embedding_map
+    except ImportError:
+        return []
+    index = app.watcher.current if app.watcher is not None else None
+    if index is None:
+        return []
+    client = redis.Redis.from_url(settings.redis_url)
+    pop_reply: Any = client.zrange(Keys(settings.redis_prefix).popularity, 0, -1, withscores=True)
+    popularity = {text(m): float(s) for m, s in pop_reply}
+    path = out / "embedding_map.png"
+    try:
+        plot_embedding_map(index.model, titles, popularity, path)
+    except Exception:  # a plot must never fail the demo
+        log.exception("could not draw the embedding map")
+        return []
+    return [path]
