@@ -18,15 +18,18 @@ Users are scored in chunks, so memory is bounded by ``chunk_size * n_items``.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from trainer.datasets import Dataset, concat_interactions
+from trainer.baselines import BASELINES, make_baseline, tune_baseline
+from trainer.datasets import Dataset, load_dataset
 from trainer.interactions import FloatArray, Int32Array, Interactions
 from trainer.metrics import (
     I64,
@@ -41,7 +44,14 @@ from trainer.metrics import (
     tail_share,
     top_k,
 )
-from trainer.models.base import EmbeddingModel, History
+from trainer.models.base import EmbeddingModel, FitReport, History
+from trainer.splits import holdout_split, leave_latest_out, protocol_split, random_holdout
+
+__all__ = [
+    "EmbeddingScorer", "EvalSets", "HasItemVectors", "Scorer", "evaluate", "holdout_metrics", "holdout_split",
+    "leave_latest_out", "pair_auc", "protocol_split", "random_holdout", "run_evaluation", "sample_negatives",
+]
+ModelFactory = Callable[[], EmbeddingModel]
 
 log = logging.getLogger(__name__)
 
@@ -131,63 +141,6 @@ def _histories(
     return indptr, rows.astype(np.int64), weights
 
 
-# ---------------------------------------------------------------- protocols
-
-
-def leave_latest_out(
-    data: Interactions, users: npt.ArrayLike | None = None,
-) -> tuple[Interactions, Interactions]:
-    """(train, test): each user's latest positive (by ts, then file order) is held out.
-
-    Only users with >= 2 positives give one up; ``users`` restricts which users do.
-    """
-    pos_rows = np.flatnonzero(data.weights > 0)
-    owners = data.users[pos_rows]
-    order = np.lexsort((pos_rows, data.ts[pos_rows], owners))  # by user, ts, file order
-    sorted_users = owners[order]
-    last = np.r_[sorted_users[1:] != sorted_users[:-1], True] if len(order) else np.zeros(0, np.bool_)
-    counts = np.bincount(owners, minlength=data.n_users)
-    eligible = counts >= 2
-    if users is not None:
-        chosen = np.zeros(data.n_users, np.bool_)
-        chosen[np.asarray(users, np.int64)] = True
-        eligible &= chosen
-    held = pos_rows[order][last & eligible[sorted_users]]
-    mask = np.zeros(len(data), np.bool_)
-    mask[held] = True
-    return data.select(~mask), data.select(mask)
-
-
-def random_holdout(data: Interactions, frac: float = 0.2, seed: int = 0) -> tuple[Interactions, Interactions]:
-    """(train, test): a seeded ``frac`` of each user's positives (>= 1, and >= 1 kept) held out."""
-    pos_rows = np.flatnonzero(data.weights > 0)
-    owners = data.users[pos_rows]
-    rng = np.random.default_rng(seed)
-    order = np.lexsort((rng.random(len(pos_rows)), owners))  # by user, random within user
-    sorted_users = owners[order]
-    counts = np.bincount(owners, minlength=data.n_users)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    position = np.arange(len(order)) - starts[sorted_users]  # 0-based rank inside the user's group
-    n_hold = np.maximum(1, np.round(frac * counts)).astype(np.int64)
-    hold = (counts[sorted_users] >= 2) & (position < n_hold[sorted_users])
-    mask = np.zeros(len(data), np.bool_)
-    mask[pos_rows[order][hold]] = True
-    return data.select(~mask), data.select(mask)
-
-
-def protocol_split(data: Dataset, seed: int = 0) -> tuple[Interactions, Interactions, str]:
-    """The split this dataset is evaluated with: given split, leave-latest-out, or random holdout."""
-    if data.test is not None:
-        parts = [data.train] if data.valid is None else [data.train, data.valid]
-        name = "given split (train+valid / test)" if data.valid is not None else "given split (train / test)"
-        return concat_interactions(*parts), data.test, name
-    if data.has_timestamps:
-        train, test = leave_latest_out(data.train)
-        return train, test, "leave-latest-out by timestamp"
-    train, test = random_holdout(data.train, 0.2, seed)
-    return train, test, f"random 80/20 per-user holdout, seed {seed} (no timestamps)"
-
-
 # ---------------------------------------------------------------- evaluation
 
 
@@ -246,7 +199,9 @@ def evaluate(
     k_max = max(*ks, list_k)
     for start in range(0, len(sets.users), chunk_size):
         batch = sets.users[start:start + chunk_size]
-        scores = np.array(scorer.score(batch.astype(np.int32)), np.float32)  # (B, n_items), our own copy
+        scores = np.asarray(scorer.score(batch.astype(np.int32)), np.float32)  # (B, n_items), ours to modify
+        if not scores.flags.writeable:
+            scores = scores.copy()
         scores[np.isnan(scores)] = -np.inf
         tsets = sets.test.take(batch)
         _sampled_chunk(scores, tsets, sets.seen.take(batch), sets.n_items, n_negatives, sampled_k, rng, acc)
@@ -313,15 +268,6 @@ def pair_auc(
     return auc(pos, neg)
 
 
-def holdout_split(data: Interactions, max_users: int = 2000, seed: int = 0) -> tuple[Interactions, Interactions]:
-    """Leave-latest-out for a seeded sample of up to ``max_users`` users with >= 2 positives."""
-    counts = np.bincount(data.users[data.weights > 0], minlength=data.n_users)
-    eligible = np.flatnonzero(counts >= 2)
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(eligible, min(max_users, len(eligible)), replace=False) if len(eligible) else eligible
-    return leave_latest_out(data, chosen)
-
-
 def holdout_metrics(
     model: EmbeddingModel, data: Interactions, k: int = 20, max_users: int = 2000, seed: int = 0,
 ) -> dict[str, float]:
@@ -338,3 +284,85 @@ def holdout_metrics(
     train, test = holdout_split(data, max_users, seed)
     scorer = EmbeddingScorer(model, train)
     return evaluate(scorer, train, test, ks=(k,), seed=seed, chunk_size=512)
+
+
+# ---------------------------------------------------------------- experiment
+
+
+def run_evaluation(
+    dataset_path: str | Path, models: Sequence[str] = ("item2vec", "als", "popularity"), k: int = 20,
+    plots_dir: str | Path | None = None, seed: int = 0, *, tune_baselines: bool = False, with_auc: bool = True,
+    factories: Mapping[str, ModelFactory] | None = None,
+) -> dict[str, Any]:
+    """Load a dataset, fit each named model on its train split and evaluate it (``recd evaluate``).
+
+    Names are baselines (``popularity``, ``als``, ``bpr``, ``gensim``), keys of
+    ``factories``, or presets of ``trainer.models.registry``. With
+    ``tune_baselines`` ALS/BPR/gensim pick their parameters on a validation
+    split inside train first. Returns a JSON-able dict: dataset, protocol,
+    sizes and ``models`` -> metrics plus ``fit_s`` / ``eval_s``.
+    """
+    data = load_dataset(dataset_path)
+    train, test, protocol = protocol_split(data, seed)
+    log.info("%s: %s, %d train rows, %d test rows", data.name, protocol, len(train), len(test))
+    results: dict[str, dict[str, Any]] = {}
+    fitted: dict[str, EmbeddingModel] = {}
+    reports: list[FitReport] = []
+    for name in models:
+        started = time.perf_counter()
+        scorer, extra = _fit_named(name, train, seed, tune_baselines, factories or {})
+        fit_s = time.perf_counter() - started
+        if isinstance(scorer, EmbeddingScorer):
+            fitted[name] = scorer.model
+            reports.extend(r for r in extra.pop("reports", []) if isinstance(r, FitReport))
+        started = time.perf_counter()
+        metrics = evaluate(scorer, train, test, ks=sorted({10, k}), seed=seed, with_auc=with_auc)
+        results[name] = {**metrics, "fit_s": round(fit_s, 3), "eval_s": round(time.perf_counter() - started, 3),
+                         **extra}
+        log.info("%s: %s", name, {key: round(v, 4) for key, v in metrics.items()})
+    out: dict[str, Any] = {
+        "dataset": data.name, "path": str(dataset_path), "protocol": protocol, "n_users": train.n_users,
+        "n_items": train.n_items, "n_train": len(train), "n_test": len(test), "k": k, "models": results,
+    }
+    if plots_dir is not None:
+        out["plots"] = _plots(data, train, fitted, reports, Path(plots_dir))
+    return out
+
+
+def _fit_named(
+    name: str, train: Interactions, seed: int, tune: bool, factories: Mapping[str, ModelFactory],
+) -> tuple[Scorer, dict[str, Any]]:
+    """(scorer, extra result fields) for one model name."""
+    if name in factories or name not in BASELINES:
+        model = factories[name]() if name in factories else _registry_model(name, seed)
+        report = model.fit(train)
+        return EmbeddingScorer(model, train, name=name), {"reports": [report], "device": report.device}
+    params: dict[str, Any] = {}
+    if tune and name != "popularity":
+        params, trials = tune_baseline(name, train, seed=seed)
+        log.info("%s tuning: %s", name, trials)
+    return make_baseline(name, train, seed=seed, **params), ({"params": params} if params else {})
+
+
+def _registry_model(name: str, seed: int) -> EmbeddingModel:
+    from trainer.models import registry
+
+    try:
+        return registry.build_preset(name, seed=seed)
+    except KeyError:
+        known = sorted([*BASELINES, *registry.PRESETS])
+        raise ValueError(f"unknown model {name!r}; choose from {known}") from None
+
+
+def _plots(
+    data: Dataset, train: Interactions, fitted: Mapping[str, EmbeddingModel], reports: Sequence[FitReport], root: Path,
+) -> list[str]:
+    from trainer.plots import plot_embedding_map, plot_training_curves
+
+    counts = train.positives().item_counts()
+    popularity = {item: float(c) for item, c in zip(train.item_ids, counts.tolist(), strict=True)}
+    paths = [plot_embedding_map(model, data.item_titles, popularity, root / f"{data.name}_{name}_map.png")
+             for name, model in fitted.items()]
+    if reports:
+        paths.append(plot_training_curves(list(reports), root / f"{data.name}_training_curves.png"))
+    return [str(p) for p in paths]
