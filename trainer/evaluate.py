@@ -81,8 +81,8 @@ class EmbeddingScorer:
     Each user's ``History`` is their train positives in time order (items the
     model does not know are dropped), weight 1 or, with ``half_life_ms``,
     ``0.5 ** (age / half_life)`` measured from the user's latest positive.
-    Scores are ``query_vectors @ index_vectors.T``; items unknown to the model
-    score -inf.
+    Scores are ``query_vectors @ index_vectors.T`` (or the model's ``score_all``
+    where it has one, e.g. NeuMF's MLP tower); items unknown to the model score -inf.
     """
 
     def __init__(
@@ -108,8 +108,13 @@ class EmbeddingScorer:
     def score(self, users: Int32Array) -> FloatArray:
         if self._index is None:
             self._index = np.ascontiguousarray(self.model.index_vectors(), np.float32)  # (n_model, d)
-        query = np.asarray(self.model.query_vectors(self.histories(users)), np.float32)  # (B, d)
-        model_scores = query @ self._index.T  # (B, n_model)
+        histories = self.histories(users)
+        exact = getattr(self.model, "score_all", None)  # a model whose exact score is not an inner product
+        if callable(exact):
+            model_scores = np.asarray(exact(histories), np.float32)  # (B, n_model)
+        else:
+            query = np.asarray(self.model.query_vectors(histories), np.float32)  # (B, d)
+            model_scores = query @ self._index.T  # (B, n_model)
         out = np.full((len(users), self.n_items), -np.inf, np.float32)  # (B, n_items)
         out[:, self._known] = model_scores[:, self._to_model[self._known]]
         return out

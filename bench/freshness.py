@@ -1,0 +1,180 @@
+"""Freshness benchmark: event produced -> that user's list changed in Redis, at a steady rate.
+
+    python bench/freshness.py --rate 10000 --seconds 30
+
+Starts the embedded broker (or uses RECD_KAFKA_BOOTSTRAP) and the Redis at
+RECD_REDIS_URL, warms up with synthetic events, runs ``recd run --roles
+ingest,serve,train`` as a subprocess until the first model serves, then
+publishes a steady stream at ``--rate`` events/s. Among the stream, tracer
+users (who get no other events) receive one event every ``--tracer-gap-s``;
+a poller reads their lists every few milliseconds, and the latency of each
+tracer event is the time from just before ``producer.send`` to the first poll
+that sees the user's list rewritten. Last line: JSON with p50/p95/p99/max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from daemon.config import Settings, load_settings
+from daemon.embedded import start_broker
+from daemon.keys import Keys
+from daemon.produce import SyntheticSpec, encode, synthetic_events
+from daemon.publish import ensure_topics, make_producer, publish_synthetic
+
+
+def env_for(settings: Settings, model_dir: Path) -> dict[str, str]:
+    return {**os.environ, "RECD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "RECD_REDIS_URL": settings.redis_url,
+            "RECD_REDIS_PREFIX": settings.redis_prefix, "RECD_EVENTS_TOPIC": settings.events_topic,
+            "RECD_PROFILES_TOPIC": settings.profiles_topic, "RECD_CONSUMER_GROUP": settings.consumer_group,
+            "RECD_MODEL_DIR": str(model_dir), "RECD_METRICS_PORT": "0", "RECD_TRAIN_MIN_EVENTS": "10000",
+            "RECD_TRAIN_INTERVAL_S": "100000", "RECD_LOG_LEVEL": "WARNING"}
+
+
+def wait(label: str, check: Any, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(label)
+        time.sleep(0.2)
+    print(f"{label}: ok", flush=True)
+
+
+class Tracer:
+    """Send tracer events and watch the tracer users' lists change."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, users: list[str]) -> None:
+        self.client, self.keys, self.users = client, keys, users
+        self.pending: dict[str, tuple[float, bytes | None]] = {}
+        self.latencies: list[float] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+    def sent(self, user: str, at: float) -> None:
+        before: Any = self.client.get(self.keys.rec(user))
+        with self.lock:
+            self.pending[user] = (at, before)
+
+    def poll(self) -> None:
+        while not self.stop.is_set():
+            with self.lock:
+                users = list(self.pending)
+            if users:
+                raw: Any = self.client.mget([self.keys.rec(u) for u in users])
+                now = time.time()
+                with self.lock:
+                    for user, value in zip(users, raw, strict=True):
+                        at, before = self.pending[user]
+                        if value is not None and value != before:
+                            self.latencies.append(now - at)
+                            del self.pending[user]
+            time.sleep(0.003)
+
+
+def steady(settings: Settings, spec: SyntheticSpec, tracer: Tracer, rate: int, seconds: float, gap_s: float) -> int:
+    """Publish ``rate`` events/s for ``seconds`` in 10 ms slices; tracer events spread over users."""
+    producer = make_producer(settings)
+    stream = synthetic_events(spec, int(rate * seconds) + rate)
+    per_slice, sent, started = max(1, rate // 100), 0, time.time()
+    next_tracer, t_index = started, 0
+    while (now := time.time()) - started < seconds:
+        for _ in range(per_slice):
+            ev = next(stream)
+            producer.send(settings.events_topic, key=ev["user_id"].encode(), value=encode(ev))
+        sent += per_slice
+        if now >= next_tracer:
+            user = tracer.users[t_index % len(tracer.users)]
+            t_index += 1
+            event = {"event_id": uuid.uuid4().hex, "user_id": user, "item_id": spec_item(spec, t_index),
+                     "type": "click", "ts": int(time.time() * 1000)}
+            tracer.sent(user, time.time())
+            producer.send(settings.events_topic, key=user.encode(), value=encode(event))
+            next_tracer = now + gap_s / len(tracer.users)
+        producer.flush(timeout=5) if sent % (per_slice * 10) == 0 else None
+        time.sleep(max(0.0, started + sent / rate - time.time()))
+    producer.flush()
+    producer.close()
+    return sent
+
+
+def spec_item(spec: SyntheticSpec, n: int) -> str:
+    return f"i{(n * 7919) % spec.items}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rate", type=int, default=10_000)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--warmup-events", type=int, default=50_000)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--items", type=int, default=5_000)
+    ap.add_argument("--tracers", type=int, default=100)
+    ap.add_argument("--tracer-gap-s", type=float, default=2.0)
+    args = ap.parse_args()
+    tag = uuid.uuid4().hex[:8]
+    broker = None if "RECD_KAFKA_BOOTSTRAP" in os.environ else start_broker(Path(f"var/bench-fresh-{tag}"))
+    settings = load_settings(**({"kafka_bootstrap": broker.address} if broker else {}),
+                             redis_prefix=f"bench-fresh-{tag}:", events_topic=f"fresh-{tag}",
+                             profiles_topic=f"fresh-{tag}.profiles", consumer_group=f"fresh-{tag}")
+    try:
+        result = run(settings, args, Path(f"var/bench-fresh-{tag}/models"))
+    finally:
+        if broker:
+            broker.stop()
+    print(json.dumps(result))
+
+
+def run(settings: Settings, args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
+    client, keys = redis.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix)
+    ensure_topics(settings)
+    now = int(time.time() * 1000)
+    spec = SyntheticSpec(users=args.users, items=args.items, seed=1, start_ms=now - 600_000, step_ms=5)
+    tracer_users = [f"tracer-{k}" for k in range(args.tracers)]
+    warm = [{"event_id": f"w-{u}", "user_id": u, "item_id": "i1", "type": "click", "ts": now} for u in tracer_users]
+    producer = make_producer(settings)
+    for ev in warm:
+        producer.send(settings.events_topic, key=ev["user_id"].encode(), value=encode(ev))
+    producer.close()
+    publish_synthetic(settings, spec, args.warmup_events)
+    daemon = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--roles", "ingest,serve,train"],
+                              env=env_for(settings, model_dir))
+    try:
+        wait("first model served", lambda: client.exists(keys.model_current) and client.exists(
+            keys.rec(tracer_users[-1])) and client.zcard(keys.dirty) == 0, 600)
+        time.sleep(3)
+        tracer = Tracer(client, keys, tracer_users)
+        poller = threading.Thread(target=tracer.poll, daemon=True)
+        poller.start()
+        started = time.time()
+        sent = steady(settings, SyntheticSpec(**{**spec.__dict__, "start_ms": now, "seed": 2}), tracer,
+                      args.rate, args.seconds, args.tracer_gap_s)
+        achieved = sent / (time.time() - started)
+        time.sleep(5)
+        tracer.stop.set()
+        poller.join()
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+    lat = np.asarray(tracer.latencies) * 1000
+    pct = {f"p{q}_ms": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)} if len(lat) else {}
+    return {"rate_target": args.rate, "rate_achieved": round(achieved), "tracer_events": len(lat) + len(
+        tracer.pending), "unchanged": len(tracer.pending), **pct, "max_ms": round(float(lat.max()), 1)
+        if len(lat) else None, "target_p99_ms": 1000}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""Serving end to end on the real broker and Redis: events -> ingest -> first model -> lists.
+
+Every warm user gets ten unseen ANN items with a model version and time; a
+profile-only user gets a cold-start list; a new event changes the user's list
+within a deadline; a model swap (and a rollback) under concurrent readers
+never exposes a partial list or one whose scores belong to another version.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from daemon.app import build_ingest, build_server, build_watcher
+from daemon.config import Settings
+from daemon.ingest import IngestWorker
+from daemon.keys import Keys
+from daemon.metrics import Metrics
+from daemon.produce import SyntheticSpec, encode, synthetic_events, synthetic_profiles
+from daemon.retrain import TrainRole, publish
+from daemon.serving import Server, entry_weight
+from daemon.state import StateReader
+from schemas.records import RecommendationList
+from tests.kafkatools import produce_raw
+from trainer.models.base import History
+
+pytestmark = pytest.mark.integration
+
+COLD_USER = "cold-profile-only"
+
+
+@dataclass
+class World:
+    settings: Settings
+    keys: Keys
+    metrics: Metrics
+    ingest: IngestWorker
+    trainer: TrainRole
+    server: Server
+    events: list[dict[str, Any]]
+
+    def pump(self, until: Any, timeout_s: float = 60.0) -> float:
+        """Step ingest and serving until ``until()`` holds; returns the seconds it took."""
+        started = time.monotonic()
+        while not until():
+            if time.monotonic() - started > timeout_s:
+                raise AssertionError(f"condition not met within {timeout_s}s")
+            self.ingest.step()
+            self.server.step()
+        return time.monotonic() - started
+
+
+def _applied(client: redis.Redis, keys: Keys) -> int:
+    stats: Any = client.hmget(keys.stats, "applied", "duplicates", "stale")
+    return sum(int(x or 0) for x in stats)
+
+
+def _queued(client: redis.Redis, keys: Keys) -> int:
+    return sum(int(client.zcard(k)) for k in (keys.dirty, keys.swap_queue, keys.dirty_inflight))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def world(settings: Settings, rclient: redis.Redis) -> Iterator[World]:
+    settings = settings.replace(train_min_events=1, train_threads=2, recency_half_life_s=10 * 86_400,
+                                new_item_slots=0, quality_tolerance=0.5)
+    now = int(time.time() * 1000)
+    spec = SyntheticSpec(users=80, items=120, clusters=4, seed=5, start_ms=now - 1_800_000, step_ms=600)
+    events = list(synthetic_events(spec, 3000))
+    profiles = [*synthetic_profiles(spec, now - 3_600_000),
+                {"user_id": COLD_USER, "attributes": {"country": "US", "age_band": "25-34", "gender": "F"},
+                 "ts": now}]
+    produce_raw(settings, settings.profiles_topic, [(p["user_id"].encode(), encode(p)) for p in profiles])
+    produce_raw(settings, settings.events_topic, [(e["user_id"].encode(), encode(e)) for e in events])
+    metrics = Metrics(CollectorRegistry())
+    keys = Keys(settings.redis_prefix)
+    watcher = build_watcher(settings.replace(model_poll_s=0.0), rclient, metrics)
+    w = World(settings, keys, metrics, build_ingest(settings, metrics), TrainRole(settings, rclient, metrics),
+              build_server(settings, metrics, watcher), events)
+    try:
+        w.pump(lambda: _applied(rclient, keys) >= len(events) and rclient.exists(keys.profile(COLD_USER)))
+        yield w
+    finally:
+        w.ingest.shutdown()
+        w.server.shutdown()
+
+
+def _train(w: World) -> str:
+    outcome = w.trainer.run_once()
+    assert outcome.status == "published", outcome
+    assert outcome.version is not None
+    return outcome.version
+
+
+def _lists(client: redis.Redis, keys: Keys, users: list[str]) -> dict[str, RecommendationList]:
+    raw: Any = client.mget([keys.rec(u) for u in users])
+    return {u: RecommendationList.from_json(r) for u, r in zip(users, raw, strict=True) if r}
+
+
+def _warm_users(w: World, client: redis.Redis) -> dict[str, set[str]]:
+    """Users with a positive event (they must be served by ANN), with everything they touched."""
+    reader = StateReader(client, w.keys)
+    users = sorted({e["user_id"] for e in w.events})
+    out = {}
+    for user, entries in reader.histories_by_item_id(users).items():
+        weights = [entry_weight(e, w.settings.event_weights, w.settings.rating_threshold, time.time(),
+                                w.settings.recency_half_life_s) for _, e in entries]
+        if any(x > 0 for x in weights):
+            out[user] = {item for item, _ in entries}
+    return out
+
+
+def test_warm_users_get_unseen_ann_lists_and_cold_user_gets_segment(world: World, rclient: redis.Redis) -> None:
+    version = _train(world)
+    world.pump(lambda: world.server.watcher.current is not None and _queued(rclient, world.keys) == 0)
+    warm = _warm_users(world, rclient)
+    assert len(warm) > 40
+    lists = _lists(rclient, world.keys, sorted(warm))
+    assert set(lists) == set(warm), "every warm user has a list"
+    now_ms = time.time() * 1000
+    for user, rec in lists.items():
+        assert rec.source == "ann", (user, rec.source)
+        assert len(rec.items) == 10 and len(set(rec.items)) == 10
+        assert not set(rec.items) & warm[user], f"{user} was recommended items they have seen"
+        assert rec.model_version == version
+        assert now_ms - 120_000 < rec.updated_at <= now_ms + 1000
+        assert rec.scores == sorted(rec.scores, reverse=True)
+    cold = RecommendationList.from_json(rclient.get(world.keys.rec(COLD_USER)))  # type: ignore[arg-type]
+    assert cold.source.startswith("coldstart:") or cold.source == "popular"
+    assert cold.source.startswith("coldstart:"), "synthetic profiles share segments with the cold user"
+    assert len(cold.items) == 10
+    written = world.metrics.registry.get_sample_value("recd_lists_written_total", {"source": "ann"})
+    assert written is not None and written >= len(warm)
+
+
+def test_new_event_changes_the_list_within_deadline(world: World, rclient: redis.Redis) -> None:
+    _train(world)
+    world.pump(lambda: world.server.watcher.current is not None and _queued(rclient, world.keys) == 0)
+    user = sorted(_warm_users(world, rclient))[0]
+    before = _lists(rclient, world.keys, [user])[user]
+    bought = before.items[0]
+    event = {"event_id": "fresh-1", "user_id": user, "item_id": bought, "type": "purchase",
+             "ts": int(time.time() * 1000)}
+    produce_raw(world.settings, world.settings.events_topic, [(user.encode(), encode(event))])
+
+    def changed() -> bool:
+        now = _lists(rclient, world.keys, [user]).get(user)
+        return now is not None and now.updated_at != before.updated_at
+
+    took = world.pump(changed, timeout_s=10.0)
+    after = _lists(rclient, world.keys, [user])[user]
+    assert bought not in after.items, "a just-bought item must leave the list"
+    assert after.items != before.items
+    assert took < 5.0, f"list changed {took:.2f}s after the event was produced"
+    fresh = world.metrics.registry.get_sample_value("recd_freshness_seconds_count")
+    assert fresh is not None and fresh >= 1
+
+
+def _expected_scores(w: World, client: redis.Redis, rec: RecommendationList, index: Any) -> list[float]:
+    """Scores the named version gives the listed items for this user's history (as served)."""
+    reader = StateReader(client, w.keys)
+    entries = reader.histories_by_item_id([rec.user_id])[rec.user_id]
+    now_s = rec.updated_at / 1000
+    pos, weights = [], []
+    for item, entry in entries:
+        weight = entry_weight(entry, w.settings.event_weights, w.settings.rating_threshold, now_s,
+                              w.settings.recency_half_life_s)
+        if item in index.item_pos and weight > 0:
+            pos.append(index.item_pos[item])
+            weights.append(weight)
+    query = index.model.query_vectors([History(np.asarray(pos, np.int64), np.asarray(weights, np.float32))])[0]
+    rows = index.model.index_vectors()[[index.item_pos[i] for i in rec.items]]
+    return [float(x) for x in rows @ query]
+
+
+def test_model_swap_and_rollback_under_concurrent_reads(world: World, rclient: redis.Redis) -> None:
+    v1 = _train(world)
+    world.pump(lambda: world.server.watcher.current is not None and _queued(rclient, world.keys) == 0)
+    users = sorted(_warm_users(world, rclient))[:30]
+    indexes = {v1: world.server.watcher.current}
+    seen: list[tuple[str, str]] = []
+    problems: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        client = redis.Redis.from_url(world.settings.redis_url)
+        while not stop.is_set():
+            for raw in client.mget([world.keys.rec(u) for u in users]):  # type: ignore[union-attr]
+                try:
+                    rec = RecommendationList.from_json(raw)
+                except (ValueError, TypeError, KeyError) as exc:
+                    problems.append(f"unreadable list: {exc}")
+                    continue
+                if len(rec.items) != 10 or len(rec.scores) != 10:
+                    problems.append(f"partial list for {rec.user_id}")
+                seen.append((rec.user_id, raw.decode() if isinstance(raw, bytes) else str(raw)))
+        client.close()
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        v2 = _train(world)  # a fine-tune of v1 on the same data: a new version to swap to
+        assert v2 != v1
+        world.pump(lambda: world.server.watcher.current is not None
+                   and world.server.watcher.current.version == v2 and _queued(rclient, world.keys) == 0)
+        indexes[v2] = world.server.watcher.current
+        back = world.trainer.store.rollback()
+        assert back == v1
+        publish(rclient, world.keys, world.trainer.store, back)
+        world.pump(lambda: world.server.watcher.current is not None
+                   and world.server.watcher.current.version == v1 and _queued(rclient, world.keys) == 0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not problems, problems[:5]
+    versions = {json.loads(raw)["model_version"] for _, raw in seen}
+    assert versions <= {v1, v2} and v2 in versions, versions
+    final = _lists(rclient, world.keys, users)
+    assert {rec.model_version for rec in final.values()} == {v1}, "rollback refreshed every list"
+    _check_not_mixed(world, rclient, {raw for _, raw in seen}, indexes)
+
+
+def _check_not_mixed(w: World, client: redis.Redis, raws: set[str], indexes: dict[str, Any]) -> None:
+    """Every list read must score exactly as the version it names (no mixing of versions)."""
+    checked = 0
+    for raw in raws:
+        rec = RecommendationList.from_json(raw)
+        expected = _expected_scores(w, client, rec, indexes[rec.model_version])
+        np.testing.assert_allclose(rec.scores, expected, rtol=1e-3, atol=1e-4,
+                                   err_msg=f"{rec.user_id} list does not match model {rec.model_version}")
+        checked += 1
+    assert checked >= 30
+
+
+def _get(url: str) -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_http_lookups(world: World, rclient: redis.Redis) -> None:
+    from daemon.app import build_lookup
+    from daemon.http import Routes, start_http
+
+    version = _train(world)
+    world.pump(lambda: world.server.watcher.current is not None and _queued(rclient, world.keys) == 0)
+    routes = Routes(world.metrics)
+    build_lookup(world.settings, lambda: world.server.watcher.current).add_routes(routes)
+    http = start_http(routes, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{http.port}"
+    try:
+        user = sorted(_warm_users(world, rclient))[0]
+        status, body = _get(f"{base}/recommendations/{user}")
+        assert status == 200 and body["source"] == "ann" and body["model_version"] == version
+        assert body["items"] == _lists(rclient, world.keys, [user])[user].items
+        status, body = _get(f"{base}/recommendations/{user}?k=3")
+        assert status == 200 and len(body["items"]) == 3
+        status, body = _get(f"{base}/recommendations/never-seen-user")
+        assert status == 200 and (body["source"] == "popular" or body["source"].startswith("coldstart:"))
+        assert len(body["items"]) == 10
+        status, body = _get(f"{base}/recommendations/{user}?k=0")
+        assert status == 400 and "k must be" in body["error"]
+        status, body = _get(f"{base}/recommendations/{'x' * 300}")
+        assert status == 400 and "longer than" in body["error"]
+        item = world.server.watcher.current.item_ids[0]  # type: ignore[union-attr]
+        status, body = _get(f"{base}/similar/{item}")
+        assert status == 200 and len(body["items"]) == 10 and item not in body["items"]
+        status, body = _get(f"{base}/similar/no-such-item")
+        assert status == 404 and "not known" in body["error"]
+        status, body = _get(f"{base}/openapi.json")
+        assert status == 200 and "/recommendations/{user_id}" in body["paths"]
+        ok = world.metrics.registry.get_sample_value("recd_lookups_total", {"endpoint": "recommendations",
+                                                                             "status": "200"})
+        assert ok is not None and ok >= 3
+    finally:
+        http.stop()

@@ -1,0 +1,109 @@
+"""What every recd model's training shares: device choice, seeds, thread caps,
+NaN checks and the warm-start row mapping.
+
+Warm start keeps every item of the previous model (its row is copied and then
+refined), appends rows for items the new data brings, and keeps old items the
+new data no longer mentions, unchanged, so a fine-tune on recent data cannot
+drop or scramble them. Rows are matched by external item id, never by position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from trainer.interactions import FloatArray, IntArray, Interactions
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error, not a silent fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but torch sees no CUDA GPU")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu or cuda[:N]")
+    return torch.device(name)
+
+
+def seeded(seed: int, device: torch.device) -> torch.Generator:
+    """Seed python, numpy and torch; return a torch generator on ``device`` for sampling."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Cap torch's intra-op CPU threads for the duration of a fit, then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def check_finite(name: str, value: float | torch.Tensor) -> None:
+    """Raise (never publish garbage) when a loss or table holds NaN or inf."""
+    ok = bool(torch.isfinite(value).all()) if isinstance(value, torch.Tensor) else bool(np.isfinite(value))
+    if not ok:
+        raise FloatingPointError(f"{name} is not finite; lower the learning rate or check the data")
+
+
+@dataclass(frozen=True)
+class WarmPlan:
+    """How a new fit's item table relates to the previous model's.
+
+    ``item_ids``: previous items first (same order), then items new in the data;
+    ``data_to_model``: for each of the data's item indices, its row in the new table;
+    ``n_old``: rows copied from the previous model.
+    """
+
+    item_ids: list[str]
+    data_to_model: IntArray
+    n_old: int
+
+    @property
+    def n_new(self) -> int:
+        return len(self.item_ids) - self.n_old
+
+
+def plan_items(data_item_ids: Sequence[str], previous_ids: Sequence[str] | None) -> WarmPlan:
+    """Merge the previous model's item ids with the data's (see ``WarmPlan``)."""
+    ids = list(previous_ids or [])
+    index = {item: i for i, item in enumerate(ids)}
+    n_old = len(ids)
+    rows = np.empty(len(data_item_ids), np.int64)
+    for k, item in enumerate(data_item_ids):
+        row = index.get(item)
+        if row is None:
+            row = index[item] = len(ids)
+            ids.append(item)
+        rows[k] = row
+    return WarmPlan(ids, rows, n_old)
+
+
+def grow_table(old: npt.NDArray[np.float32] | None, n_rows: int, dim: int, scale: float,
+               rng: np.random.Generator) -> FloatArray:
+    """(n_rows, dim) float32: ``old`` rows on top, new rows ~ U(-scale, scale)."""
+    out = rng.uniform(-scale, scale, (n_rows, dim)).astype(np.float32)
+    if old is not None and len(old):
+        if old.shape[1] != dim:
+            raise ValueError(f"warm start: previous model has dim {old.shape[1]}, this one {dim}")
+        out[: len(old)] = old
+    return out
+
+
+def remap(data: Interactions, plan: WarmPlan) -> tuple[IntArray, IntArray]:
+    """(user rows, item rows in the new table) for every row of ``data``."""
+    return data.users.astype(np.int64), plan.data_to_model[data.items]
