@@ -1,0 +1,73 @@
+"""Two `recd run --roles ingest,serve` replicas in one consumer group split the partitions."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from daemon.config import Settings, env_name
+from daemon.keys import Keys
+from daemon.produce import SyntheticSpec, encode, synthetic_events
+from daemon.publish import ensure_topics
+from tests.kafkatools import produce_raw
+
+pytestmark = pytest.mark.integration
+
+
+def spawn(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    for name in ("kafka_bootstrap", "redis_url", "redis_prefix", "events_topic", "profiles_topic", "consumer_group",
+                 "model_dir"):
+        env[env_name(name)] = str(getattr(settings, name))
+    env.update({"RECD_SESSION_TIMEOUT_MS": "6000", "RECD_METRICS_PORT": "0", "RECD_POLL_MAX_RECORDS": "200"})
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--roles", "ingest,serve"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def assignments(log: Path, topic: str) -> set[int]:
+    """Partitions of ``topic`` the replica holds after its latest assignment."""
+    found = re.findall(r"assigned (\[.*\])", log.read_text())
+    return {p for t, p in ast.literal_eval(found[-1]) if t == topic} if found else set()
+
+
+def test_replicas_split_partitions_and_apply_each_event_once(settings: Settings, rclient: redis.Redis,
+                                                             tmp_path: Path) -> None:
+    ensure_topics(settings, partitions=4)
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [spawn(settings, logs[0])]
+    time.sleep(2)
+    procs.append(spawn(settings, logs[1]))
+    keys, topic = Keys(settings.redis_prefix), settings.events_topic
+    now = int(time.time() * 1000)
+    events = list(synthetic_events(SyntheticSpec(users=200, items=100, seed=9, start_ms=now - 600_000), 4000))
+    try:
+        deadline = time.monotonic() + 60
+        while not (all(assignments(log, topic) for log in logs) and
+                   len(assignments(logs[0], topic) | assignments(logs[1], topic)) == 4):
+            assert time.monotonic() < deadline, [log.read_text()[-2000:] for log in logs]
+            time.sleep(0.5)
+        produce_raw(settings, settings.events_topic, [(e["user_id"].encode(), encode(e)) for e in events])
+        deadline = time.monotonic() + 60
+        while int(rclient.hget(keys.stats, "applied") or 0) < len(events):
+            assert time.monotonic() < deadline, rclient.hgetall(keys.stats)
+            time.sleep(0.2)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(30)
+    a, b = assignments(logs[0], topic), assignments(logs[1], topic)
+    assert a and b and not a & b, (a, b)
+    assert int(rclient.hget(keys.stats, "duplicates") or 0) == 0
+    assert int(rclient.hget(keys.stats, "applied") or 0) == len(events)
+    assert all(proc.returncode == 0 for proc in procs), [log.read_text()[-2000:] for log in logs]
