@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry
@@ -115,6 +117,28 @@ def broker_check(settings: Settings) -> tuple[bool, str]:
     return False, "no broker reachable: " + "; ".join(errors)
 
 
+class Sampler:
+    """Gauges sampled when /metrics is scraped (at most every ``every_s``): Redis memory, readiness."""
+
+    def __init__(self, settings: Settings, routes: Routes, metrics: Metrics, every_s: float = 5.0) -> None:
+        self.settings, self.routes, self.metrics, self.every_s = settings, routes, metrics, every_s
+        self._last = -every_s
+
+    def refresh(self) -> None:
+        if time.monotonic() - self._last < self.every_s:
+            return
+        self._last = time.monotonic()
+        status, _ = self.routes.health(self.routes.ready)
+        self.metrics.ready.set(1 if status == 200 else 0)
+        try:
+            client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+            info: Any = client.info("memory")
+            client.close()
+            self.metrics.redis_memory.set(float(info["used_memory"]))
+        except redis.RedisError:
+            log.debug("redis memory sample failed")
+
+
 @dataclass
 class App:
     """What a running daemon holds: settings, metrics, service, HTTP."""
@@ -134,6 +158,7 @@ class App:
         routes.live.append(("roles", service.liveness))
         routes.ready.append(("redis", lambda: redis_check(settings)))
         routes.ready.append(("kafka", lambda: broker_check(settings)))
+        routes.on_scrape.append(Sampler(settings, routes, metrics).refresh)
         return cls(settings, metrics, service, routes)
 
     def start_http(self) -> HttpHandle:

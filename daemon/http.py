@@ -36,6 +36,7 @@ class Routes:
     live: list[tuple[str, Check]] = field(default_factory=list)
     ready: list[tuple[str, Check]] = field(default_factory=list)
     table: list[tuple[str, re.Pattern[str], Handler]] = field(default_factory=list)
+    on_scrape: list[Callable[[], None]] = field(default_factory=list)  # refresh sampled gauges
 
     def add(self, name: str, pattern: str, handler: Handler) -> None:
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
@@ -71,6 +72,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
         if parts.path == "/metrics":
+            for refresh in self.routes.on_scrape:
+                refresh()
             self._send(200, generate_latest(self.routes.metrics.registry), CONTENT_TYPE_LATEST)
             return
         started = time.perf_counter()

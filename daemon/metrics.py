@@ -87,3 +87,4 @@ class Metrics:
             "recd_model_quality", "Held-out quality of the last trained model, by metric", ["metric"], registry=r
         )
         self.redis_memory = Gauge("recd_redis_used_memory_bytes", "Redis used_memory (sampled)", registry=r)
+        self.ready = Gauge("recd_ready", "1 when the /readyz checks pass (Redis and broker reachable)", registry=r)

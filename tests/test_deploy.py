@@ -1,0 +1,534 @@
+"""deploy/ checked against the code: the metric names a running daemon exports, the RECD_* settings,
+the files compose and the k8s manifests refer to, and promtool on the Prometheus config and rules.
+
+Nothing here runs Docker or Kubernetes (these machines have neither); Prometheus itself is exercised
+by tests/test_prometheus.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from daemon.config import ENV_PREFIX, Settings, env_name
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
+RULES = DEPLOY / "prometheus" / "rules.yml"
+K8S_RULES = DEPLOY / "k8s" / "prometheusrule.yaml"
+OPS_GUIDE = ROOT / "docs" / "operations.md"
+METRIC = re.compile(r"\brecd_[A-Za-z0-9_]+")
+RECORDED = re.compile(r"\brecd:[A-Za-z0-9_:]+")
+# Series names a metric family of each type puts on the wire (prometheus-client appends _total to counters).
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "info": ("_info",),
+    "unknown": ("",),
+}
+PROMTOOL_MISSING = "promtool is not on PATH: install Debian's prometheus package (apt-get install prometheus; CI does)"
+
+
+# ----- reading the files
+
+def load_yaml(path: Path) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+
+
+def walk_exprs(node: Any) -> Iterator[str]:
+    """Every PromQL string in a Grafana dashboard (panel targets, annotations, template queries)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("expr", "query") and isinstance(value, str):
+                yield value
+            else:
+                yield from walk_exprs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from walk_exprs(item)
+
+
+def rule_groups() -> dict[str, list[dict[str, Any]]]:
+    """rules.yml and the PrometheusRule resource, by file name."""
+    return {RULES.name: load_yaml(RULES)[0]["groups"], K8S_RULES.name: load_yaml(K8S_RULES)[0]["spec"]["groups"]}
+
+
+def all_rules() -> list[dict[str, Any]]:
+    return [rule for group in load_yaml(RULES)[0]["groups"] for rule in group["rules"]]
+
+
+@functools.cache
+def recording_rules() -> dict[str, str]:
+    return {r["record"]: r["expr"] for r in all_rules() if "record" in r}
+
+
+def alerts() -> dict[str, dict[str, Any]]:
+    return {r["alert"]: r for r in all_rules() if "alert" in r}
+
+
+def dashboard_exprs() -> list[str]:
+    return [e for path in DASHBOARDS for e in walk_exprs(json.loads(path.read_text(encoding="utf-8")))]
+
+
+def expand(expr: str) -> str:
+    """A PromQL expression with every recording rule it uses replaced by (its expression)."""
+    records = recording_rules()
+    for _ in range(5):
+        expr = RECORDED.sub(lambda m: f"({records[m.group()]})" if m.group() in records else m.group(), expr)
+    return expr
+
+
+def referenced_metrics() -> dict[str, set[str]]:
+    """recd_* series name -> the files whose PromQL uses it."""
+    used: dict[str, set[str]] = {}
+    sources = [(p.name, e) for p in DASHBOARDS for e in walk_exprs(json.loads(p.read_text(encoding="utf-8")))]
+    for name, groups in rule_groups().items():
+        sources += [(name, r["expr"]) for g in groups for r in g["rules"]]
+    for where, expr in sources:
+        for metric in METRIC.findall(expr):
+            used.setdefault(metric, set()).add(where)
+    return used
+
+
+def exported_series(text: str) -> set[str]:
+    """Every series name the scraped text can carry, including families that have no children yet."""
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names |= {family.name + suffix for suffix in SUFFIXES[family.type]}
+        names |= {sample.name for sample in family.samples}
+    return names
+
+
+def test_exported_series_maps_suffixes_by_type() -> None:
+    text = (
+        "# HELP a_total c\n# TYPE a_total counter\n"
+        "# HELP h h\n# TYPE h histogram\n"
+        "# HELP g g\n# TYPE g gauge\ng 1.0\n"
+    )
+    names = exported_series(text)
+    assert {"a_total", "a_created", "h_bucket", "h_count", "h_sum", "g"} <= names
+    assert not {"a", "h", "g_total", "a_total_total"} & names
+
+
+# ----- the daemon, as ops run it
+
+def daemon_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The parent environment without its RECD_* variables, plus the test's settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    for name in ("kafka_bootstrap", "redis_url", "redis_prefix", "events_topic", "profiles_topic",
+                 "consumer_group", "session_timeout_ms", "model_dir"):
+        env[env_name(name)] = str(getattr(settings, name))
+    env.update({"RECD_HTTP_HOST": "127.0.0.1", "RECD_METRICS_PORT": "0", **extra})
+    return env
+
+
+def wait_for_http(proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 45.0) -> str:
+    """The daemon's HTTP base URL, once /metrics answers (the port is read from its log)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"recd exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        found = re.search(r"http on ([\d.]+):(\d+)", log.read_text(errors="replace"))
+        if found:
+            base = f"http://{found.group(1)}:{found.group(2)}"
+            with contextlib.suppress(OSError), urllib.request.urlopen(base + "/metrics", timeout=2):
+                return base
+        time.sleep(0.1)
+    raise AssertionError(f"recd served no /metrics within {timeout_s}s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def running_daemon(settings: Settings, log: Path, roles: str = "ingest,serve", **env: str) -> Iterator[str]:
+    """`recd run --roles ROLES` as a subprocess; yields its HTTP base URL; SIGTERM and wait on exit."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--roles", roles],
+                                env=daemon_env(settings, **env), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield wait_for_http(proc, log)
+    finally:
+        code = stop(proc, 30)
+    assert code == 0, f"recd did not exit cleanly on SIGTERM ({code}):\n{log.read_text()[-3000:]}"
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """SIGTERM, wait, SIGKILL if it would not go; the exit status."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        return -signal.SIGKILL
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.mark.integration
+def test_every_metric_in_dashboards_and_rules_is_exported(settings: Settings, tmp_path: Path) -> None:
+    used = referenced_metrics()
+    assert len(used) > 20, used  # the extraction found the dashboards' and rules' metrics
+    with running_daemon(settings, tmp_path / "recd.log") as base:
+        status, body = http_get(base + "/metrics")
+        probes = {path: http_get(base + path)[0] for path in ("/healthz", "/readyz")}
+    assert status == 200
+    exported = exported_series(body.decode())
+    missing = {name: sorted(where) for name, where in used.items() if name not in exported}
+    assert not missing, f"not exported by recd run --roles ingest,serve: {missing}"
+    assert probes == {"/healthz": 200, "/readyz": 200}  # what the k8s probes ask, on the metrics port
+
+
+# ----- dashboards and alerts cover what ops need
+
+# (what, metric, label it must be split by, or None)
+DASHBOARD_NEEDS = [
+    ("ingest rate by type", "recd_events_total", "type"),
+    ("DLQ rate by reason", "recd_events_invalid_total", "reason"),
+    ("consumer lag per partition", "recd_consumer_lag", "partition"),
+    ("ingest batch latency", "recd_ingest_batch_seconds_bucket", None),
+    ("Redis latency", "recd_redis_seconds_bucket", "op"),
+    ("freshness percentiles", "recd_freshness_seconds_bucket", None),
+    ("lists written by source", "recd_lists_written_total", "source"),
+    ("lookup latency", "recd_lookup_seconds_bucket", "endpoint"),
+    ("lookup errors", "recd_lookups_total", "status"),
+    ("model version", "recd_model_info", "version"),
+    ("model age", "recd_model_published_timestamp_seconds", None),
+    ("training loss", "recd_train_loss", None),
+    ("training duration", "recd_train_seconds_sum", None),
+    ("held-out metrics", "recd_model_quality", "metric"),
+    ("Redis memory", "recd_redis_used_memory_bytes", None),
+]
+
+
+def splits_by(expr: str, label: str) -> bool:
+    return bool(re.search(rf"\bby\s*\([^)]*\b{label}\b", expr))
+
+
+@pytest.mark.parametrize(("what", "metric", "label"), DASHBOARD_NEEDS, ids=[n[0] for n in DASHBOARD_NEEDS])
+def test_dashboards_cover(what: str, metric: str, label: str | None) -> None:
+    exprs = [expand(e) for e in dashboard_exprs()]
+    using = [e for e in exprs if re.search(rf"\b{metric}\b", e)]
+    assert using, f"no dashboard panel shows {what} ({metric})"
+    if label is not None:
+        assert any(splits_by(e, label) for e in using), f"{what}: no panel splits {metric} by {label}: {using}"
+
+
+def test_dashboard_freshness_percentiles_and_recorded_series_exist() -> None:
+    exprs = dashboard_exprs()
+    fresh = [e for e in map(expand, exprs) if "recd_freshness_seconds_bucket" in e]
+    quantiles = {float(q) for e in fresh for q in re.findall(r"histogram_quantile\(\s*([\d.]+)", e)}
+    assert {0.5, 0.95, 0.99} <= quantiles
+    unknown = {r for e in exprs for r in RECORDED.findall(e)} - set(recording_rules())
+    assert not unknown, f"dashboards use recording rules that rules.yml does not define: {unknown}"
+
+
+# alert -> (metric or series its expression must use, after expanding recording rules)
+ALERT_NEEDS = {
+    "RecdConsumerLagGrowing": "recd_consumer_lag",
+    "RecdDeadLetterRateHigh": "recd_events_invalid_total",
+    "RecdModelStale": "recd_model_published_timestamp_seconds",
+    "RecdFreshnessSLOBreached": "recd_freshness_seconds_bucket",
+    "RecdDaemonDown": 'up{job="recd"}',
+    "RecdNotReady": "recd_ready",
+}
+
+
+def test_alert_rules_cover_the_failures_ops_must_hear_about() -> None:
+    found = alerts()
+    for name, needle in ALERT_NEEDS.items():
+        assert name in found, f"missing alert {name}"
+        assert needle in expand(found[name]["expr"]), f"{name} does not look at {needle}"
+    fresh = expand(found["RecdFreshnessSLOBreached"]["expr"])
+    assert "histogram_quantile(0.99" in fresh and re.search(r">\s*1\s*$", fresh.strip()), fresh
+    assert "deriv(" in found["RecdConsumerLagGrowing"]["expr"]  # growing, not merely high
+
+
+def github_anchor(heading: str) -> str:
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_has_a_severity_and_a_runbook_in_the_operations_guide() -> None:
+    guide = OPS_GUIDE.read_text(encoding="utf-8")
+    anchors = {github_anchor(h) for h in re.findall(r"^#+\s+(.+)$", guide, flags=re.M)}
+    for name, rule in alerts().items():
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        url = rule["annotations"]["runbook_url"]
+        path, _, anchor = url.partition("#")
+        assert path == "docs/operations.md" and anchor in anchors, f"{name}: runbook {url} not in {OPS_GUIDE}"
+
+
+def test_prometheusrule_is_rendered_from_rules_yml() -> None:
+    spec = importlib.util.spec_from_file_location("render_rules", DEPLOY / "k8s" / "render_rules.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    expected = module.render(RULES.read_text(encoding="utf-8"))
+    assert K8S_RULES.read_text(encoding="utf-8") == expected, "run: python deploy/k8s/render_rules.py"
+
+
+# ----- files parse, promtool agrees
+
+def test_every_yaml_and_json_file_parses() -> None:
+    files = [p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml", ".json")]
+    assert len(files) >= 15, files
+    for path in files:
+        if path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+        else:
+            assert load_yaml(path), f"{path} is empty"
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.fail(PROMTOOL_MISSING)
+    return found
+
+
+def test_promtool_checks_rules_and_config(tmp_path: Path) -> None:
+    for name in ("prometheus.yml", "rules.yml"):  # the layout of /etc/prometheus in compose
+        shutil.copy(DEPLOY / "prometheus" / name, tmp_path / name)
+    checks = [["check", "rules", str(RULES)], ["check", "config", str(tmp_path / "prometheus.yml")]]
+    for args in checks:
+        done = subprocess.run([promtool(), *args], capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, f"promtool {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+        assert "SUCCESS" in done.stdout + done.stderr
+
+
+def test_promtool_unit_tests_of_the_alerts() -> None:
+    tests = DEPLOY / "prometheus" / "rules_test.yml"
+    done = subprocess.run([promtool(), "test", "rules", tests.name], cwd=tests.parent, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, f"promtool test rules:\n{done.stdout}\n{done.stderr}"
+    tested = {a["alertname"] for t in load_yaml(tests)[0]["tests"] for a in t.get("alert_rule_test", [])}
+    assert set(alerts()) <= tested, f"alerts without a promtool unit test: {set(alerts()) - tested}"
+
+
+# ----- settings
+
+def test_every_recd_variable_in_deploy_and_the_guide_is_a_setting() -> None:
+    settings = {env_name(f.name) for f in dataclasses.fields(Settings)} | {ENV_PREFIX + "CONFIG"}
+    used: dict[str, set[str]] = {}
+    for path in [*DEPLOY.rglob("*"), OPS_GUIDE]:
+        if path.is_file() and path.suffix != ".py":
+            for name in re.findall(r"\bRECD_[A-Z0-9_]+", path.read_text(encoding="utf-8")):
+                used.setdefault(name, set()).add(str(path.relative_to(ROOT)))
+    assert len(used) > 10
+    unknown = {name: sorted(where) for name, where in used.items() if name not in settings}
+    assert not unknown, f"RECD_* variables that daemon/config.py does not read: {unknown}"
+
+
+# ----- docker compose
+
+def compose() -> dict[str, Any]:
+    doc: dict[str, Any] = load_yaml(DEPLOY / "compose.yaml")[0]
+    return doc
+
+
+def test_compose_images_ports_and_healthchecks() -> None:
+    services = compose()["services"]
+    assert {"kafka", "kafka-init", "redis", "recd", "trainer", "trainer-cpu", "prometheus", "grafana"} <= set(services)
+    for name, svc in services.items():
+        image = svc.get("image", "")
+        assert re.fullmatch(r"[\w.\-/]+:[\w.\-]+", image) and not image.endswith(":latest"), f"{name}: {image!r}"
+        for port in svc.get("ports", []):
+            assert re.fullmatch(r"(\d+:)?\d+", str(port)), f"{name}: port {port!r}"
+        for dep in svc.get("depends_on", {}):
+            assert dep in services, f"{name} depends on unknown {dep}"
+    for name in ("kafka", "redis"):
+        assert "healthcheck" in services[name], name
+    assert "9108" in services["recd"]["ports"] and services["recd"]["environment"]["RECD_METRICS_PORT"] == "9108"
+    redis_args = services["redis"]["command"]
+    assert redis_args[redis_args.index("--appendonly") + 1] == "yes"  # AOF
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
+
+
+def test_compose_volumes_and_files_exist() -> None:
+    doc = compose()
+    named = set(doc["volumes"])
+    for name, svc in doc["services"].items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith((".", "/")):
+                assert (DEPLOY / source).exists(), f"{name}: {source} does not exist (relative to deploy/)"
+            else:
+                assert source in named, f"{name}: volume {source} is not declared"
+        build = svc.get("build")
+        if build:
+            assert (DEPLOY / build["context"] / build["dockerfile"]).is_file(), name
+    dashboards = doc["services"]["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert dashboards.startswith("/var/lib/grafana/dashboards/")
+    assert (DEPLOY / "grafana" / "dashboards" / Path(dashboards).name).is_file()
+
+
+def test_compose_trainer_gets_a_gpu_or_runs_on_cpu() -> None:
+    services = compose()["services"]
+    gpu, cpu = services["trainer"], services["trainer-cpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert gpu["profiles"] == ["gpu"] and gpu["environment"]["RECD_DEVICE"] == "cuda"
+    assert cpu["profiles"] == ["cpu"] and cpu["environment"]["RECD_DEVICE"] == "cpu"
+    for svc in (gpu, cpu):
+        assert svc["command"] == ["run", "--roles", "train"]
+    assert services["recd"]["command"] == ["run", "--roles", "ingest,serve"]
+
+
+def test_prometheus_scrapes_the_compose_services() -> None:
+    services = compose()["services"]
+    names = set(services) | {a for svc in services.values()
+                             for net in (svc.get("networks") or {}).values() for a in (net or {}).get("aliases", [])}
+    config = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")[0]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    for job in ("recd", "recd-trainer"):
+        for sd in jobs[job]["dns_sd_configs"]:
+            assert set(sd["names"]) <= names and sd["port"] == 9108, job
+    assert config["rule_files"] == ["rules.yml"]
+    mounts = services["prometheus"]["volumes"]
+    assert "./prometheus/rules.yml:/etc/prometheus/rules.yml:ro" in mounts
+
+
+# ----- Kubernetes
+
+def k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
+    """(kind, name) -> object, for every file kustomization.yaml lists (which must all exist)."""
+    kustomization = load_yaml(DEPLOY / "k8s" / "kustomization.yaml")[0]
+    objects = {}
+    for resource in kustomization["resources"]:
+        for obj in load_yaml(DEPLOY / "k8s" / resource):
+            assert obj["metadata"].get("namespace", "recd") == "recd", obj["metadata"]
+            objects[(obj["kind"], obj["metadata"]["name"])] = obj
+    listed = {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == set(kustomization["resources"]), "k8s files missing from kustomization.yaml"
+    return objects
+
+
+def workloads() -> dict[str, dict[str, Any]]:
+    return {name: obj for (kind, name), obj in k8s_objects().items() if kind == "Deployment"}
+
+
+def check_probes(name: str, container: dict[str, Any]) -> None:
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports.get("metrics") == 9108, f"{name}: metrics port"
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
+        get = container[probe]["httpGet"]
+        assert (get["path"], get["port"]) == (path, "metrics"), f"{name}: {probe}"
+
+
+def test_k8s_deployments_have_probes_resources_and_security() -> None:
+    config = k8s_objects()[("ConfigMap", "recd-config")]["data"]
+    assert config["RECD_METRICS_PORT"] == "9108" and config["RECD_HTTP_HOST"] == "0.0.0.0"
+    found = workloads()
+    assert set(found) == {"recd", "recd-trainer"}
+    for name, deployment in found.items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        for container in pod["containers"]:
+            check_probes(name, container)
+            requests = container["resources"]["requests"]
+            assert {"cpu", "memory"} <= set(requests), f"{name}: resource requests"
+            assert "memory" in container["resources"]["limits"], name
+    trainer = found["recd-trainer"]["spec"]["template"]["spec"]["containers"][0]
+    assert trainer["resources"]["limits"]["nvidia.com/gpu"] == trainer["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert trainer["args"] == ["run", "--roles", "train"]
+    assert found["recd"]["spec"]["template"]["spec"]["containers"][0]["args"] == ["run", "--roles", "ingest,serve"]
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_k8s_pdb_and_services_select_the_pods() -> None:
+    objects = k8s_objects()
+    pods = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in workloads().items()}
+    pdb = objects[("PodDisruptionBudget", "recd")]["spec"]
+    assert selects(pdb["selector"]["matchLabels"], pods["recd"])
+    assert not selects(pdb["selector"]["matchLabels"], pods["recd-trainer"])
+    services = {name: obj for (kind, name), obj in objects.items() if kind == "Service"}
+    for target in ("recd", "recd-trainer"):
+        matching = [s for s, obj in services.items() if selects(obj["spec"]["selector"], pods[target])]
+        assert len(matching) == 1, f"{target}: services {matching}"
+        assert [p["targetPort"] for p in services[matching[0]]["spec"]["ports"]] == ["metrics"]
+    monitor = objects[("ServiceMonitor", "recd")]["spec"]
+    assert all(selects(monitor["selector"]["matchLabels"], s["metadata"]["labels"]) for s in services.values())
+    assert [e["port"] for e in monitor["endpoints"]] == ["metrics"]
+
+
+def test_k8s_config_and_secret_keys_are_recd_settings() -> None:
+    objects = k8s_objects()
+    settings = {env_name(f.name) for f in dataclasses.fields(Settings)}
+    for (_kind, name), obj in objects.items():
+        spec = obj.get("spec", {}).get("template", {}).get("spec", {})
+        for container in spec.get("containers", []):
+            for source in container.get("envFrom", []):
+                ref = source.get("configMapRef") or source.get("secretRef")
+                ref_kind = "ConfigMap" if "configMapRef" in source else "Secret"
+                target = objects[(ref_kind, ref["name"])]
+                keys = set(target.get("data") or {}) | set(target.get("stringData") or {})
+                assert keys and keys <= settings, f"{name} gets {ref_kind} {ref['name']}: {sorted(keys - settings)}"
+            for env in container.get("env", []):
+                assert not env["name"].startswith(ENV_PREFIX) or env["name"] in settings, f"{name}: {env['name']}"
+        for volume in spec.get("volumes", []):
+            if "secret" in volume:
+                assert ("Secret", volume["secret"]["secretName"]) in objects, f"{name}: {volume}"
+            if "persistentVolumeClaim" in volume:
+                assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in objects, name
+
+
+# ----- image and Grafana
+
+def test_dockerfile_matches_the_project() -> None:
+    text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert 'ENTRYPOINT ["recd"]' in text and "recd" in project["project"]["scripts"]
+    default_port = next(f.default for f in dataclasses.fields(Settings) if f.name == "metrics_port")
+    assert f"EXPOSE {default_port}" in text and f"RECD_METRICS_PORT={default_port}" in text
+    assert "/healthz" in text and "USER 10001:10001" in text  # k8s runAsUser 10001
+    kept = re.findall(r"^!(\S+?)/?$", (DEPLOY / "Dockerfile.dockerignore").read_text(encoding="utf-8"), flags=re.M)
+    assert "pyproject.toml" in kept
+    for package in project["tool"]["setuptools"]["packages"]["find"]["include"]:
+        assert package.rstrip("*") in kept, f"the image build context leaves out {package}"
+
+
+def test_grafana_dashboard_and_provisioning() -> None:
+    compose_mounts = compose()["services"]["grafana"]["volumes"]
+    provider = load_yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "recd.yaml")[0]["providers"][0]
+    assert f"./grafana/dashboards:{provider['options']['path']}:ro" in compose_mounts
+    source = load_yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml")[0]["datasources"][0]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    for path in DASHBOARDS:
+        board = json.loads(path.read_text(encoding="utf-8"))
+        panels = board["panels"]
+        ids = [p["id"] for p in panels]
+        assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
+        for panel in panels:
+            for target in panel.get("targets", []):
+                assert target["expr"].strip(), f"{path.name}: {panel['title']}: empty expr"
+                assert panel["datasource"]["uid"] == "${datasource}", f"{path.name}: {panel['title']}"
