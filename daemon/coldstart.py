@@ -22,6 +22,9 @@ from daemon.keys import Keys, text
 POOL = 200  # candidates kept per segment, before filtering what a user has seen
 
 
+SEGS_REFRESH_S = 2.0
+
+
 @dataclass
 class _Cached:
     at: float
@@ -39,9 +42,14 @@ class ColdStart:
         self.clock = clock
         self._cache: dict[str, _Cached] = {}
 
-    def _cached(self, name: str, load: Callable[[], list[tuple[str, float]]]) -> list[tuple[str, float]]:
+    def _cached(self, name: str, load: Callable[[], list[tuple[str, float]]], refresh_s: float | None = None
+                ) -> list[tuple[str, float]]:
+        """``load()`` at most every ``refresh_s``; an empty answer is retried after a second, not kept."""
         hit = self._cache.get(name)
-        if hit is None or self.clock() - hit.at > self.refresh_s:
+        ttl = self.refresh_s if refresh_s is None else refresh_s
+        if hit is not None and not hit.items:
+            ttl = min(ttl, 1.0)
+        if hit is None or self.clock() - hit.at > ttl:
             hit = _Cached(self.clock(), load())
             self._cache[name] = hit
         return hit.items
@@ -51,7 +59,8 @@ class ColdStart:
         return [(text(m), float(s)) for m, s in reply]
 
     def _segment_pool(self, segment: str) -> list[tuple[str, float]]:
-        finest = [text(s) for s in self._cached("segs", self._segment_names)]
+        # the segment list changes only when a new segment appears: re-read it often, it is small
+        finest = [name for name, _ in self._cached("segs", self._segment_names, min(self.refresh_s, SEGS_REFRESH_S))]
         members = [s for s in finest if s == segment or s.startswith(segment + "|")]
         if not members:
             return []

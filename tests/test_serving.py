@@ -75,9 +75,8 @@ def world(settings: Settings, rclient: redis.Redis) -> Iterator[World]:
     now = int(time.time() * 1000)
     spec = SyntheticSpec(users=80, items=120, clusters=4, seed=5, start_ms=now - 1_800_000, step_ms=600)
     events = list(synthetic_events(spec, 3000))
-    profiles = [*synthetic_profiles(spec, now - 3_600_000),
-                {"user_id": COLD_USER, "attributes": {"country": "US", "age_band": "25-34", "gender": "F"},
-                 "ts": now}]
+    profiles = list(synthetic_profiles(spec, now - 3_600_000))
+    cold = {"user_id": COLD_USER, "attributes": {"country": "US", "age_band": "25-34", "gender": "F"}, "ts": now}
     produce_raw(settings, settings.profiles_topic, [(p["user_id"].encode(), encode(p)) for p in profiles])
     produce_raw(settings, settings.events_topic, [(e["user_id"].encode(), encode(e)) for e in events])
     metrics = Metrics(CollectorRegistry())
@@ -86,7 +85,11 @@ def world(settings: Settings, rclient: redis.Redis) -> Iterator[World]:
     w = World(settings, keys, metrics, build_ingest(settings, metrics), TrainRole(settings, rclient, metrics),
               build_server(settings, metrics, watcher), events)
     try:
-        w.pump(lambda: _applied(rclient, keys) >= len(events) and rclient.exists(keys.profile(COLD_USER)))
+        w.pump(lambda: _applied(rclient, keys) >= len(events))
+        time.sleep(2.5)  # serving re-reads the list of known segments every 2 s
+        # a user known only by a profile, arriving once the segments have data
+        produce_raw(settings, settings.profiles_topic, [(COLD_USER.encode(), encode(cold))])
+        w.pump(lambda: rclient.exists(keys.rec(COLD_USER)))
         yield w
     finally:
         w.ingest.shutdown()
