@@ -44,11 +44,11 @@ class ColdStart:
 
     def _cached(self, name: str, load: Callable[[], list[tuple[str, float]]], refresh_s: float | None = None
                 ) -> list[tuple[str, float]]:
-        """``load()`` at most every ``refresh_s``; an empty answer is retried after a second, not kept."""
+        """``load()`` at most every ``refresh_s``; young (short) pools are re-read within seconds."""
         hit = self._cache.get(name)
         ttl = self.refresh_s if refresh_s is None else refresh_s
-        if hit is not None and not hit.items:
-            ttl = min(ttl, 1.0)
+        if hit is not None and len(hit.items) < POOL:  # a new segment or a new deployment: fills up fast
+            ttl = min(ttl, 1.0 if not hit.items else SEGS_REFRESH_S)
         if hit is None or self.clock() - hit.at > ttl:
             hit = _Cached(self.clock(), load())
             self._cache[name] = hit

@@ -35,9 +35,13 @@ class Bar:
 
     def __init__(self, label: str, total: int) -> None:
         self.label, self.total, self.done = label, max(1, total), 0
+        self._drawn: int | None = None
 
     def update(self, done: int) -> None:
-        self.done = min(done, self.total)
+        done = min(done, self.total)
+        if done == self._drawn:
+            return  # nothing moved: do not redraw (keeps logs of non-terminal runs short)
+        self.done = self._drawn = done
         filled = int(30 * self.done / self.total)
         sys.stderr.write(f"\r  {self.label:<28} [{'#' * filled}{'.' * (30 - filled)}] {self.done:>8}/{self.total}")
         sys.stderr.flush()
