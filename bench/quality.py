@@ -1,0 +1,123 @@
+"""Quality benchmark: recd's model presets against baselines on one public dataset.
+
+    .venv/bin/python -m bench.quality --dataset ml-100k-recbole
+    .venv/bin/python -m bench.quality --dataset ../shared/data/selfrec-amazon-beauty --models item2vec,als --no-tune
+
+Each model is fitted on the dataset's protocol split (given split, else
+leave-latest-out, else a seeded random holdout; see ``trainer.splits``) through
+``trainer.evaluate.run_evaluation``; baselines (ALS, BPR, gensim) are tuned on
+a validation split inside train unless ``--no-tune``. A model that fails is
+reported with its error and the others still run. Progress goes to stderr, a
+table to stdout, and the LAST stdout line is one JSON object::
+
+    {"dataset": name, "models": {"<model>": {"recall@20": .., "ndcg@20": .., "hr@10_sampled": ..,
+     "ndcg@10_sampled": .., "coverage": .., "tail_share": .., "auc": .., "fit_s": ..}, ...}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trainer.evaluate import run_evaluation
+
+DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_MODELS = ("item2vec", "item2vec_tail", "mf_bpr", "ncf", "als", "bpr", "popularity", "gensim")
+METRICS = ("recall@20", "ndcg@20", "hr@10_sampled", "ndcg@10_sampled", "coverage", "tail_share")
+EXTRA = ("auc", "fit_s")  # reported when present
+
+log = logging.getLogger("bench.quality")
+
+
+def dataset_path(arg: str) -> Path:
+    """``arg`` as given when it exists, else that folder of ``../shared/data``."""
+    given = Path(arg)
+    if given.exists():
+        return given
+    shared = DATA_ROOT / arg
+    if shared.exists():
+        return shared
+    known = sorted(p.name for p in DATA_ROOT.iterdir()) if DATA_ROOT.is_dir() else []
+    raise SystemExit(f"no dataset {arg!r} (neither a path nor a folder of {DATA_ROOT}: {known})")
+
+
+def evaluate_one(path: Path, name: str, seed: int, tune: bool) -> tuple[dict[str, Any], str]:
+    """(one model's figures, dataset name) from ``run_evaluation``; {"error": ...} when it fails."""
+    try:
+        result = run_evaluation(path, models=[name], seed=seed, tune_baselines=tune, with_auc=True)
+    except Exception as exc:  # one broken model must not sink the whole comparison
+        log.error("%s failed:\n%s", name, traceback.format_exc())
+        return {"error": f"{type(exc).__name__}: {exc}"}, ""
+    figures = result["models"][name]
+    out: dict[str, Any] = {key: _num(figures[key]) for key in (*METRICS, *EXTRA) if key in figures}
+    missing = [key for key in METRICS if key not in figures]
+    if missing:
+        out["error"] = f"run_evaluation returned no {missing}"
+    if "params" in figures:
+        out["params"] = figures["params"]
+    return out, str(result["dataset"])
+
+
+def _num(value: Any) -> float | None:
+    number = float(value)
+    return round(number, 5) if math.isfinite(number) else None
+
+
+def table(models: Mapping[str, Mapping[str, Any]]) -> str:
+    """The figures as a fixed-width text table, one model a row."""
+    columns = (*METRICS, *EXTRA)
+    head = f"{'model':<16}" + "".join(f"{c:>16}" for c in columns)
+    rows = [head, "-" * len(head)]
+    for name, figures in models.items():
+        if "error" in figures and not any(c in figures for c in columns):
+            rows.append(f"{name:<16}  FAILED: {figures['error']}")
+            continue
+        cells = "".join(f"{_cell(figures.get(c)):>16}" for c in columns)
+        rows.append(f"{name:<16}{cells}")
+    return "\n".join(rows)
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def run(path: Path, models: Sequence[str], seed: int, tune: bool) -> dict[str, Any]:
+    results: dict[str, dict[str, Any]] = {}
+    dataset = path.name
+    for name in models:
+        started = time.perf_counter()
+        log.info("%s: fitting and evaluating %s ...", dataset, name)
+        figures, named = evaluate_one(path, name, seed, tune)
+        dataset = named or dataset
+        results[name] = figures
+        log.info("%s: %s done in %.1f s", dataset, name, time.perf_counter() - started)
+    return {"dataset": dataset, "models": results}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, help=f"a dataset folder or file, or a folder name in {DATA_ROOT}")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated presets and baselines")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tune", action=argparse.BooleanOptionalAction, default=True,
+                        help="tune ALS/BPR/gensim on a validation split inside train (default: on)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    started = time.perf_counter()
+    result = run(dataset_path(args.dataset), models, args.seed, args.tune)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"\n{result['dataset']} (seed {args.seed}, tune {'on' if args.tune else 'off'}, "
+          f"{result['seconds']} s)\n{table(result['models'])}", flush=True)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

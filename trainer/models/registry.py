@@ -1,0 +1,80 @@
+"""Named model presets and the model class behind each kind.
+
+A preset is ``{"model": kind, **constructor kwargs}``. A preset's name starts
+with its model kind, followed by ``_`` or nothing (``item2vec``, ``mf_bpr``):
+the daemon reads the kind of a configured preset as ``name.split("_")[0]``.
+
+Model modules are imported lazily, on the first ``model_class`` call, so that
+importing this module (``recd model presets``, config checks) never imports torch.
+
+Constructor kwargs every model class takes: ``seed``, ``device``, ``threads``,
+``dim``, ``epochs``; item2vec also ``context, negatives, sampler, tied, lr,
+batch``; mf ``loss, rating_range, negatives, lr, weight_decay``; ncf
+``variant, layers, negatives, lr``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from trainer.models.base import EmbeddingModel
+
+# kind -> (module, class name); imported on first use
+MODEL_CLASSES: dict[str, tuple[str, str]] = {
+    "item2vec": ("trainer.models.item2vec", "Item2Vec"),
+    "mf": ("trainer.models.mf", "MatrixFactorization"),
+    "ncf": ("trainer.models.ncf", "NCF"),
+}
+
+# Settings for the tail-favouring item2vec preset. Tuned by the item2vec
+# engineer; edit here (any Item2Vec constructor kwarg may be added).
+ITEM2VEC_TAIL: dict[str, Any] = {"sampler": "log_uniform"}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "item2vec": {"model": "item2vec"},
+    "item2vec_tail": {"model": "item2vec", **ITEM2VEC_TAIL},
+    "item2vec_unigram": {"model": "item2vec", "sampler": "unigram"},
+    "mf_bpr": {"model": "mf", "loss": "bpr"},
+    "mf_mse": {"model": "mf", "loss": "mse"},
+    "ncf": {"model": "ncf", "variant": "neumf"},
+    "ncf_gmf": {"model": "ncf", "variant": "gmf"},
+}
+
+
+def kind_of(preset: str) -> str:
+    """The model kind a preset name stands for (its part before the first ``_``)."""
+    return preset.split("_")[0]
+
+
+def model_class(kind: str) -> type[EmbeddingModel]:
+    """The ``EmbeddingModel`` subclass of a model kind (``item2vec``, ``mf``, ``ncf``); KeyError if unknown."""
+    try:
+        module_name, class_name = MODEL_CLASSES[kind]
+    except KeyError:
+        raise KeyError(f"unknown model kind {kind!r}; known kinds: {sorted(MODEL_CLASSES)}") from None
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, EmbeddingModel)):
+        raise TypeError(f"{module_name}.{class_name} is not an EmbeddingModel subclass")
+    return cls
+
+
+def preset_config(name: str) -> dict[str, Any]:
+    """A copy of preset ``name`` (``{"model": kind, **kwargs}``); KeyError listing the presets if unknown."""
+    try:
+        return copy.deepcopy(PRESETS[name])
+    except KeyError:
+        raise KeyError(f"unknown model preset {name!r}; presets: {sorted(PRESETS)}") from None
+
+
+def build_preset(
+    name: str, *, seed: int = 0, device: str = "auto", threads: int = 2, **overrides: Any,
+) -> EmbeddingModel:
+    """A fresh, unfitted model of preset ``name``; ``overrides`` replace or add constructor kwargs."""
+    config = preset_config(name)
+    kind = config.pop("model")
+    kwargs = {**config, **overrides, "seed": seed, "device": device, "threads": threads}
+    factory: Callable[..., EmbeddingModel] = model_class(kind)  # subclasses take keyword settings
+    return factory(**kwargs)
