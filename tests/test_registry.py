@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_preset_names_start_with_their_kind() -> None:
-    assert set(registry.PRESETS) >= {"item2vec", "item2vec_tail", "item2vec_unigram", "mf_bpr", "mf_mse",
-                                     "ncf", "ncf_gmf"}
+    assert set(registry.PRESETS) >= {"item2vec", "item2vec_tail", "item2vec_loguniform", "mf_bpr", "mf_mse",
+                                     "ncf", "ncf_gmf", "ials", "ials_tail"}
     for name, preset in registry.PRESETS.items():
         assert preset["model"] in registry.MODEL_CLASSES, name
         assert name.split("_")[0] == preset["model"] == registry.kind_of(name), name
@@ -30,7 +30,8 @@ def test_preset_names_start_with_their_kind() -> None:
 
 def test_presets_choose_the_documented_settings() -> None:
     p = registry.PRESETS
-    assert p["item2vec_unigram"]["sampler"] == "unigram" and p["item2vec_tail"]["sampler"] == "log_uniform"
+    assert p["item2vec_loguniform"]["sampler"] == "log_uniform" and p["item2vec_tail"]["sampler"] == "log_uniform"
+    assert p["ials_tail"]["tail_weight"] > 0 and not p["ials"].get("tail_weight")
     assert (p["mf_bpr"]["loss"], p["mf_mse"]["loss"]) == ("bpr", "mse")
     assert (p["ncf"]["variant"], p["ncf_gmf"]["variant"]) == ("neumf", "gmf")
 
