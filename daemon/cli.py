@@ -33,7 +33,7 @@ def _data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     prod.add_argument("--limit", type=int, help="replay at most this many events")
     ev = sub.add_parser("evaluate", help="offline evaluation of models and baselines on a dataset")
     ev.add_argument("dataset", type=Path)
-    ev.add_argument("--models", default="item2vec,item2vec_tail,mf_bpr,popularity,als",
+    ev.add_argument("--models", default="ials,ials_tail,item2vec,popularity,als",
                     help="comma-separated presets and baselines")
     ev.add_argument("--plots", type=Path, metavar="DIR", help="write an embedding map and training curves here")
     ev.add_argument("--seed", type=int, default=0)

@@ -76,7 +76,7 @@ class Settings:
     metrics_port: int = _s(9108, "port of that server (0 = any free port)")
     # --- Training
     model_dir: str = _s("var/models", "folder of versioned model snapshots")
-    model_kind: str = _s("item2vec", "model preset trained by the scheduler (see `recd model presets`)")
+    model_kind: str = _s("ials", "model preset trained by the scheduler (see `recd model presets`)")
     device: str = _s("auto", "training device: auto (CUDA when present), cpu, cuda")
     train_threads: int = _s(2, "CPU threads for training")
     train_interval_s: int = _s(600, "fine-tune at least this often when new events arrived")

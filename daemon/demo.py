@@ -9,6 +9,7 @@ users' lists, a cold-start list and similar items, then shuts everything down.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ import redis
 from daemon.app import App, redis_client
 from daemon.config import Settings
 from daemon.embedded import EmbeddedError, LocalProcess, redis_answers, start_broker, start_redis
-from daemon.keys import Keys
+from daemon.keys import Keys, text
 from daemon.produce import SyntheticSpec
 from daemon.publish import ensure_topics, make_producer, publish, publish_dataset, publish_synthetic
 from daemon.roles import add_roles
@@ -165,10 +166,17 @@ def _start(app: App) -> Callable[[], int]:
 
 
 def _settled(client: redis.Redis, keys: Keys, app: App) -> bool:
-    """A model is served and no user waits for a list."""
-    queued = client.zcard(keys.dirty) + client.zcard(keys.swap_queue) + client.zcard(keys.dirty_inflight)  # type: ignore[operator]
-    served = app.metrics.registry.get_sample_value("recd_index_items") or 0
-    return bool(queued == 0 and served > 0 and client.exists(keys.rec(COLD_USER)))
+    """A model is served, no user waits, and what the report prints was written by that model."""
+    index = app.watcher.current if app.watcher is not None else None
+    queued = sum(int(client.zcard(k)) for k in (keys.dirty, keys.swap_queue, keys.dirty_inflight))  # type: ignore[arg-type]
+    if index is None or queued or not client.exists(keys.rec(COLD_USER)):
+        return False
+    users: Any = client.zrevrange(keys.active, 0, 2)
+    lists: Any = client.mget([keys.rec(text(u)) for u in users]) if users else []
+    versions = {json.loads(raw)["model_version"] for raw in lists if raw}
+    top: Any = client.zrevrange(keys.popularity, 0, 0)
+    return versions == {index.version} and len(lists) == len(users) and bool(top and client.exists(
+        keys.sim(text(top[0]))))
 
 
 def _cleanup(client: redis.Redis, keys: Keys) -> None:
