@@ -1,0 +1,184 @@
+"""The faiss indexes recd serves from: exact or near-exact top-k, true inner-product scores.
+
+Small clustered catalogues (norms varying, as trained embeddings' do), checked
+against brute force in numpy: flat is exact, hnsw and ivf find >= 90% of the
+true top 10, every score is the query's inner product with the returned item,
+missing results (-1) never turn into items, similar() leaves the item out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from daemon.index import FLAT_MAX_ITEMS, IndexSpec, ServingIndex, build_index, choose_kind, search
+from trainer.interactions import Interactions
+from trainer.models.base import EmbeddingModel, EpochCallback, FitReport, History
+
+F32 = npt.NDArray[np.float32]
+KINDS = ["flat", "hnsw", "ivf"]
+
+
+def clustered(n: int, dim: int = 16, seed: int = 0) -> F32:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(2, n // 100), dim))
+    x = centres[rng.integers(0, len(centres), n)] + 0.4 * rng.normal(size=(n, dim))
+    norms = rng.lognormal(0.0, 0.25, (n, 1))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True) * norms).astype(np.float32)
+
+
+def queries_for(items: F32, n: int, seed: int = 1) -> F32:
+    rng = np.random.default_rng(seed)
+    picks = items[rng.integers(0, len(items), (n, 3))]
+    return (picks.mean(axis=1) + 0.1 * rng.normal(size=(n, items.shape[1]))).astype(np.float32)
+
+
+def true_top(items: F32, queries: F32, k: int) -> npt.NDArray[np.int64]:
+    return np.argsort(-(queries @ items.T), axis=1, kind="stable")[:, :k]
+
+
+class FixedModel(EmbeddingModel):
+    """A model that is only its vectors: enough for ServingIndex."""
+
+    kind: ClassVar[str] = "fixed"
+
+    def __init__(self, vectors: F32) -> None:
+        super().__init__()
+        self.vectors = vectors
+        self.item_ids = [f"i{k}" for k in range(len(vectors))]
+
+    def fit(self, data: Interactions, *, warm_from: EmbeddingModel | None = None,
+            on_epoch: EpochCallback | None = None) -> FitReport:
+        raise NotImplementedError
+
+    def index_vectors(self) -> F32:
+        return self.vectors
+
+    def query_vectors(self, histories: Sequence[History]) -> F32:
+        return np.stack([self.vectors[h.items].mean(axis=0) for h in histories]).astype(np.float32)
+
+    def similar_vectors(self) -> F32:
+        return (self.vectors / np.linalg.norm(self.vectors, axis=1, keepdims=True)).astype(np.float32)
+
+    def to_arrays(self) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
+        return {}, {"vectors": self.vectors}
+
+    @classmethod
+    def from_arrays(cls, config: dict[str, Any], arrays: dict[str, npt.NDArray[Any]],
+                    item_ids: list[str]) -> EmbeddingModel:
+        return cls(arrays["vectors"])
+
+
+def serving(vectors: F32, kind: str, nprobe: int = IndexSpec.ivf_nprobe) -> ServingIndex:
+    return ServingIndex.build("v1", FixedModel(vectors), 0, IndexSpec(kind=kind, ivf_nprobe=nprobe))
+
+
+@pytest.mark.parametrize(("kind", "min_recall"), [("flat", 1.0), ("hnsw", 0.9), ("ivf", 0.9)])
+def test_top_k_matches_brute_force(kind: str, min_recall: float) -> None:
+    items, queries = clustered(3000), queries_for(clustered(3000), 100)
+    _, found = search(build_index(items, IndexSpec(kind=kind)), queries, 10)
+    truth = true_top(items, queries, 10)
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found.tolist(), truth.tolist(), strict=True)])
+    assert recall >= min_recall, f"{kind}: recall@10 {recall:.3f}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_scores_are_the_true_inner_products_best_first(kind: str) -> None:
+    items = clustered(3000)
+    queries = queries_for(items, 50)
+    scores, found = serving(items, kind).search(queries, 20)
+    assert (found >= 0).all()
+    expected = np.einsum("qd,qkd->qk", queries, items[found])
+    np.testing.assert_allclose(scores, expected, rtol=1e-3, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-6).all(), "scores must be sorted best first"
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_deep_search_beyond_ef_search_still_fills_k(kind: str) -> None:
+    """Serving asks for up to k + 210 rows; an HNSW efSearch of 16 must not cap that."""
+    items = clustered(3000)
+    spec = IndexSpec(kind=kind, ef_search=16, ivf_nprobe=64)
+    _, found = search(build_index(items, spec), queries_for(items, 5), 220)
+    assert found.shape == (5, 220)
+    assert (found >= 0).all()
+    assert all(len(set(row)) == 220 for row in found.tolist())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_missing_results_are_minus_one_with_zero_score(kind: str) -> None:
+    items = clustered(40)
+    scores, found = search(build_index(items, IndexSpec(kind=kind)), queries_for(items, 3), 50)
+    assert ((found >= 0).sum(axis=1) <= 40).all()
+    assert (found[:, 40:] == -1).all()
+    assert (scores[found < 0] == 0.0).all()
+    assert sorted(found[0][found[0] >= 0].tolist()) == list(range(40)) or kind != "flat"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tiny_catalogue_never_leaks_minus_one_as_an_item(kind: str) -> None:
+    """item_ids[-1] is a real id: a -1 that slips through would recommend the last item."""
+    index = serving(clustered(3), kind)
+    scores, found = index.search(queries_for(clustered(3), 2), 10)
+    assert found.shape == (2, 3)
+    assert sorted(found[0].tolist()) == [0, 1, 2]
+    assert (scores[0] != 0).all()
+    items, sims = index.similar("i0", 10)
+    assert sorted(items) == ["i1", "i2"]
+    assert len(sims) == 2
+
+
+def test_short_ivf_results_never_leak_minus_one_into_similar() -> None:
+    """One probed list holds fewer than k items, so faiss pads with -1."""
+    index = serving(clustered(3000), "ivf", nprobe=1)
+    _, found = index.sim_index.search(index.sim_vectors[:20], 60)
+    assert (found < 0).any(), "the setup must produce -1 rows"
+    for item in range(20):
+        items, sims = index.similar(f"i{item}", 60)
+        assert len(set(items)) == len(items) < 60
+        cosine = index.sim_vectors[[int(i[1:]) for i in items]] @ index.sim_vectors[item]
+        np.testing.assert_allclose(sims, cosine, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_similar_excludes_the_item_and_ranks_by_cosine(kind: str) -> None:
+    vectors = clustered(3000)
+    index = serving(vectors, kind)
+    unit = index.sim_vectors
+    for item in (0, 17, 2999):
+        items, sims = index.similar(f"i{item}", 10)
+        assert f"i{item}" not in items
+        assert len(items) == 10
+        cosine = unit[[int(i[1:]) for i in items]] @ unit[item]
+        np.testing.assert_allclose(sims, cosine, rtol=1e-3, atol=1e-5)
+        cosines = unit @ unit[item]
+        cosines[item] = -np.inf
+        best = {f"i{k}" for k in np.argsort(-cosines)[:10]}
+        assert len(best & set(items)) >= (10 if kind == "flat" else 8)
+    assert index.similar("unknown", 10) == ([], [])
+
+
+def test_choose_kind_by_size() -> None:
+    assert choose_kind(IndexSpec(), 10) == "flat"
+    assert choose_kind(IndexSpec(), FLAT_MAX_ITEMS) == "flat"
+    assert choose_kind(IndexSpec(), FLAT_MAX_ITEMS + 1) == "hnsw"
+    assert choose_kind(IndexSpec(kind="ivf"), 10) == "ivf"
+    assert choose_kind(IndexSpec(kind="flat"), 10 * FLAT_MAX_ITEMS) == "flat"
+
+
+def test_hnsw_takes_its_parameters_from_the_spec() -> None:
+    index = build_index(clustered(500), IndexSpec(kind="hnsw", hnsw_m=12, ef_search=40, ef_construction=60))
+    assert index.hnsw.efSearch == 40
+    assert index.hnsw.efConstruction == 60
+    assert index.hnsw.nb_neighbors(1) == 12
+
+
+@pytest.mark.parametrize("kind", ["annoy", "HNSW", ""])
+def test_unknown_kind_is_a_clear_value_error(kind: str) -> None:
+    with pytest.raises(ValueError, match=r"unknown index kind .*auto, flat, hnsw, ivf"):
+        build_index(clustered(20), IndexSpec(kind=kind))
+    with pytest.raises(ValueError, match="RECD_INDEX_KIND"):
+        choose_kind(IndexSpec(kind=kind), 10)
