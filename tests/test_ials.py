@@ -110,3 +110,12 @@ def test_refuses_to_warm_start_from_another_kind() -> None:
 
     with pytest.raises(TypeError, match="item2vec"):
         ImplicitALS(dim=4, epochs=1, device="cpu").fit(planted(), warm_from=Item2Vec())
+
+
+def test_a_users_vector_does_not_depend_on_the_batch() -> None:
+    model = ImplicitALS(dim=6, epochs=2, device="cpu", threads=1)
+    model.fit(planted())
+    a = History(np.array([0, 4]), np.array([1.0, 2.0], np.float32))
+    b = History(np.array([1, 5, 9]), np.array([5.0, 5.0, 1.0], np.float32))
+    alone = model.query_vectors([a])[0]
+    np.testing.assert_allclose(model.query_vectors([b, a])[1], alone, rtol=1e-5, atol=1e-6)

@@ -179,8 +179,9 @@ class ImplicitALS(EmbeddingModel):
             return out
         rows = np.concatenate([np.full(len(histories[k].items), j) for j, k in enumerate(keep)])
         cols = np.concatenate([histories[k].items for k in keep]).astype(np.int64)
-        w = np.concatenate([histories[k].weights for k in keep]).astype(np.float32)
-        csr = _Csr.build(rows, cols, w / max(float(w.max()), 1e-9), len(keep), torch.device("cpu"))
+        # each history's weights scaled to a maximum of 1 (a user's vector never depends on the batch)
+        w = np.concatenate([_unit_max(histories[k].weights) for k in keep])
+        csr = _Csr.build(rows, cols, w, len(keep), torch.device("cpu"))
         reg = _reg(csr.counts(), cfg, self.n_items)
         with torch_threads(1):
             y = torch.from_numpy(self.items)
@@ -219,6 +220,11 @@ def _cells(data: Interactions, to_model: np.ndarray, alpha: float) -> tuple[np.n
     summed = np.bincount(inverse, weights=pos.weights, minlength=len(uniq))
     width = int(rows.max()) + 1 if len(rows) else 1
     return (uniq // width).astype(np.int64), (uniq % width).astype(np.int64), (1.0 + alpha * np.log1p(summed))
+
+
+def _unit_max(weights: np.ndarray) -> np.ndarray:
+    w = np.asarray(weights, np.float32)
+    return w / max(float(w.max()), 1e-9)
 
 
 def _reg(counts: torch.Tensor, cfg: IALSConfig, n_other: int) -> torch.Tensor:
