@@ -68,6 +68,8 @@ class Routes:
 class _RequestHandler(BaseHTTPRequestHandler):
     routes: Routes  # set on the subclass made per server
     server_version = "recd"
+    protocol_version = "HTTP/1.1"  # keep-alive: every reply carries Content-Length
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
@@ -113,9 +115,13 @@ class HttpHandle:
         self.thread.join(5)
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # the default 5 drops SYNs under a burst of clients: 1 s retransmit stalls
+
+
 def start_http(routes: Routes, host: str, port: int) -> HttpHandle:
     handler = type("RecdHandler", (_RequestHandler,), {"routes": routes})
-    server = ThreadingHTTPServer((host, port), handler)
+    server = _Server((host, port), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="recd-http", daemon=True)
     thread.start()

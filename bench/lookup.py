@@ -1,0 +1,140 @@
+"""HTTP lookup latency under concurrent load: GET /recommendations/{user} and /similar/{item}.
+
+    python bench/lookup.py --users 5000 --clients 16 --seconds 20
+
+Fills Redis (prefix of its own) with stored lists for ``--users`` users plus
+similar-item lists, starts the daemon's HTTP server with the lookup routes in a
+child process (as ``recd serve`` does), and runs ``--clients`` threads here,
+each a keep-alive client issuing requests back to back: 80% stored user lists,
+10% unknown users (the cold-start path), 10% similar items. Last line: JSON
+with requests/s and latency percentiles per route.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from prometheus_client import CollectorRegistry
+
+from daemon.app import build_lookup
+from daemon.config import load_settings
+from daemon.http import Routes, start_http
+from daemon.keys import Keys
+from daemon.metrics import Metrics
+from schemas.records import RecommendationList, SimilarList
+
+
+def fill(client: redis.Redis, keys: Keys, users: int, items: int) -> None:
+    now = int(time.time() * 1000)
+    pipe = client.pipeline(transaction=False)
+    for u in range(users):
+        picks = [f"i{(u * 7 + k * 13) % items}" for k in range(10)]
+        pipe.set(keys.rec(f"u{u}"), RecommendationList(f"u{u}", picks, [1.0 - k / 10 for k in range(10)], "ann",
+                                                       "bench", now).to_json())
+    for i in range(items):
+        picks = [f"i{(i + k + 1) % items}" for k in range(10)]
+        pipe.set(keys.sim(f"i{i}"), SimilarList(f"i{i}", picks, [0.9] * 10, "bench", now).to_json())
+    for i in range(items):
+        pipe.zadd(keys.trending, {f"i{i}": float(items - i)})
+    pipe.execute()
+
+
+def client_loop(port: int, users: int, items: int, stop: threading.Event, out: dict[str, list[float]],
+                errors: list[int], seed: int) -> None:
+    rng = random.Random(seed)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    while not stop.is_set():
+        r = rng.random()
+        if r < 0.8:
+            route, path = "recommendations", f"/recommendations/u{rng.randrange(users)}"
+        elif r < 0.9:
+            route, path = "cold", f"/recommendations/new-{rng.randrange(10**9)}"
+        else:
+            route, path = "similar", f"/similar/i{rng.randrange(items)}"
+        started = time.perf_counter()
+        conn.request("GET", path)
+        reply = conn.getresponse()
+        reply.read()
+        out[route].append(time.perf_counter() - started)
+        if reply.status != 200:
+            errors.append(reply.status)
+    conn.close()
+
+
+def serve_forever(prefix: str) -> None:
+    """Child process: the daemon's HTTP server with the lookup routes; prints its port."""
+    settings = load_settings(redis_prefix=prefix)
+    routes = Routes(Metrics(CollectorRegistry()))
+    build_lookup(settings, lambda: None).add_routes(routes)
+    server = start_http(routes, "127.0.0.1", 0)
+    print(server.port, flush=True)
+    sys.stdin.read()  # until the parent closes our stdin
+    server.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--users", type=int, default=5000)
+    ap.add_argument("--items", type=int, default=2000)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--serve-prefix", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_prefix:
+        serve_forever(args.serve_prefix)
+        return
+    settings = load_settings(redis_prefix=f"bench-lookup-{uuid.uuid4().hex[:8]}:")
+    client = redis.Redis.from_url(settings.redis_url)
+    fill(client, Keys(settings.redis_prefix), args.users, args.items)
+    child = subprocess.Popen([sys.executable, __file__, "--serve-prefix", settings.redis_prefix],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(child.stdout.readline()) if child.stdout else 0
+        lat, errors = load(port, args)
+    finally:
+        if child.stdin:
+            child.stdin.close()
+        child.wait(10)
+        for key in client.scan_iter(match=settings.redis_prefix + "*", count=1000):
+            client.delete(key)
+    total = sum(len(v) for v in lat.values())
+    report: dict[str, Any] = {"clients": args.clients, "seconds": args.seconds, "requests_per_s": round(
+        total / args.seconds), "errors": len(errors)}
+    for route, values in lat.items():
+        ms = np.asarray(values) * 1000
+        report[route] = {"n": len(ms), **{f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)}}
+    print(json.dumps(report))
+
+
+def load(port: int, args: argparse.Namespace) -> tuple[dict[str, list[float]], list[int]]:
+    lat: dict[str, list[float]] = {"recommendations": [], "cold": [], "similar": []}
+    errors: list[int] = []
+    stop = threading.Event()
+    threads = [threading.Thread(target=client_loop, args=(port, args.users, args.items, stop, lat, errors, k))
+               for k in range(args.clients)]
+    for t in threads:
+        t.start()
+    time.sleep(args.seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return lat, errors
+
+
+if __name__ == "__main__":
+    main()
