@@ -63,8 +63,9 @@ def test_build_preset_passes_settings_and_overrides(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(registry, "model_class", model_class)
     model: Any = registry.build_preset("mf_mse", seed=7, device="cpu", threads=3, dim=8, loss="bpr")
     assert kinds == ["mf"]
-    assert model.kwargs == {"loss": "bpr", "dim": 8, "seed": 7, "device": "cpu", "threads": 3}
-    assert registry.PRESETS["mf_mse"] == {"model": "mf", "loss": "mse"}  # the preset itself is untouched
+    assert model.kwargs == {"loss": "bpr", "dim": 8, "epochs": 10, "weight_decay": 1e-2, "seed": 7, "device": "cpu",
+                            "threads": 3}
+    assert registry.PRESETS["mf_mse"]["loss"] == "mse"  # the preset itself is untouched
     model = registry.build_preset("ncf")
     assert model.kwargs == {"variant": "neumf", "seed": 0, "device": "auto", "threads": 2}
 
