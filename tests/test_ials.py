@@ -31,7 +31,7 @@ def cluster_of(item_id: str, clusters: int = 4) -> int:
 
 def test_planted_clusters_rank_in_cluster_items_first() -> None:
     data = planted()
-    model = ImplicitALS(dim=8, epochs=6, reg=0.01, unobserved=0.1, device="cpu", threads=1)
+    model = ImplicitALS(dim=8, epochs=6, reg=1.0, unobserved=0.1, device="cpu", threads=1)
     report = model.fit(data)
     assert report.losses[-1] < report.losses[0]
     index = model.item_index()
