@@ -29,7 +29,8 @@ from typing import Any
 from trainer.evaluate import run_evaluation
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEFAULT_MODELS = ("ials", "ials_tail", "item2vec", "item2vec_tail", "mf_bpr", "ncf", "als", "bpr", "popularity", "gensim")
+DEFAULT_MODELS = ("ials", "ials_tail", "item2vec", "item2vec_tail", "mf_bpr", "ncf",
+                  "als", "bpr", "popularity", "gensim")
 METRICS = ("recall@20", "ndcg@20", "hr@10_sampled", "ndcg@10_sampled", "coverage", "tail_share")
 EXTRA = ("auc", "fit_s")  # reported when present
 
