@@ -19,8 +19,11 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        r = registry
-        # --- ingest
+        self._ingest(registry)
+        self._serving(registry)
+        self._training(registry)
+
+    def _ingest(self, r: CollectorRegistry) -> None:
         self.events = Counter("recd_events", "Valid interaction events consumed, by type", ["type"], registry=r)
         self.applied = Counter("recd_events_applied", "Events whose effects Redis now holds", registry=r)
         self.invalid = Counter(
@@ -49,7 +52,8 @@ class Metrics:
         self.errors = Counter(
             "recd_errors", "Errors that were retried (redis, kafka, serve, train)", ["component"], registry=r
         )
-        # --- serving
+
+    def _serving(self, r: CollectorRegistry) -> None:
         self.lists = Counter("recd_lists_written", "Recommendation lists written, by source", ["source"], registry=r)
         self.serve_seconds = Histogram(
             "recd_serve_batch_seconds", "Time to serve one batch of changed users", buckets=FAST_BUCKETS, registry=r
@@ -73,7 +77,8 @@ class Metrics:
         self.lookup_seconds = Histogram(
             "recd_lookup_seconds", "HTTP lookup latency", ["endpoint"], buckets=FAST_BUCKETS, registry=r
         )
-        # --- training
+
+    def _training(self, r: CollectorRegistry) -> None:
         self.train_runs = Counter(
             "recd_train_runs", "Training runs, by outcome (published, refused, failed, skipped)", ["outcome"],
             registry=r,
