@@ -4,8 +4,9 @@
 
 Starts the embedded broker (or uses RECD_KAFKA_BOOTSTRAP) and the Redis at
 RECD_REDIS_URL, warms up with synthetic events, runs ``recd run --roles
-ingest,serve,train`` as a subprocess until the first model serves, then
-publishes a steady stream at ``--rate`` events/s. Among the stream, tracer
+ingest,serve`` as a subprocess, trains the first model with a one-shot ``recd
+train`` (in production the trainer is its own replica), waits until it serves,
+then publishes a steady stream at ``--rate`` events/s. Among the stream, tracer
 users (who get no other events) receive one event every ``--tracer-gap-s``;
 a poller reads their lists every few milliseconds, and the latency of each
 tracer event is the time from just before ``producer.send`` to the first poll
@@ -43,6 +44,10 @@ def env_for(settings: Settings, model_dir: Path) -> dict[str, str]:
             "RECD_PROFILES_TOPIC": settings.profiles_topic, "RECD_CONSUMER_GROUP": settings.consumer_group,
             "RECD_MODEL_DIR": str(model_dir), "RECD_METRICS_PORT": "0", "RECD_TRAIN_MIN_EVENTS": "10000",
             "RECD_TRAIN_INTERVAL_S": "100000", "RECD_LOG_LEVEL": "WARNING"}
+
+
+def _queued(client: redis.Redis, keys: Keys) -> int:
+    return sum(int(client.zcard(k)) for k in (keys.dirty, keys.swap_queue, keys.dirty_inflight))  # type: ignore[arg-type]
 
 
 def wait(label: str, check: Any, timeout_s: float) -> None:
@@ -126,12 +131,14 @@ def main() -> None:
     ap.add_argument("--tracer-gap-s", type=float, default=2.0)
     args = ap.parse_args()
     tag = uuid.uuid4().hex[:8]
-    broker = None if "RECD_KAFKA_BOOTSTRAP" in os.environ else start_broker(Path(f"var/bench-fresh-{tag}"))
+    folder = Path(f"var/bench-fresh-{tag}")
+    folder.mkdir(parents=True, exist_ok=True)
+    broker = None if "RECD_KAFKA_BOOTSTRAP" in os.environ else start_broker(folder)
     settings = load_settings(**({"kafka_bootstrap": broker.address} if broker else {}),
                              redis_prefix=f"bench-fresh-{tag}:", events_topic=f"fresh-{tag}",
                              profiles_topic=f"fresh-{tag}.profiles", consumer_group=f"fresh-{tag}")
     try:
-        result = run(settings, args, Path(f"var/bench-fresh-{tag}/models"))
+        result = run(settings, args, folder / "models")
     finally:
         if broker:
             broker.stop()
@@ -150,11 +157,14 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path) -> dict[s
         producer.send(settings.events_topic, key=ev["user_id"].encode(), value=encode(ev))
     producer.close()
     publish_synthetic(settings, spec, args.warmup_events)
-    daemon = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--roles", "ingest,serve,train"],
-                              env=env_for(settings, model_dir))
+    env = env_for(settings, model_dir)
+    daemon = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--roles", "ingest,serve"], env=env)
     try:
+        wait("warm-up ingested", lambda: int(client.hget(keys.stats, "applied") or 0) >= args.warmup_events, 600)
+        # the trainer runs apart (its own replica in production), once, before the measured phase
+        subprocess.run([sys.executable, "-m", "daemon.cli", "train"], env=env, check=True, stdout=subprocess.DEVNULL)
         wait("first model served", lambda: client.exists(keys.model_current) and client.exists(
-            keys.rec(tracer_users[-1])) and client.zcard(keys.dirty) == 0, 600)
+            keys.rec(tracer_users[-1])) and _queued(client, keys) == 0, 600)
         time.sleep(3)
         tracer = Tracer(client, keys, tracer_users)
         poller = threading.Thread(target=tracer.poll, daemon=True)
