@@ -41,7 +41,7 @@ class IALSConfig:
     dim: int = 64
     epochs: int = 12
     warm_epochs: int = 4
-    reg: float = 3.0  # lam (tuned on validation splits inside train of ML-100K and Amazon-Beauty)
+    reg: float = 3.0  # lam (tuned on an ML-100K validation split inside train)
     unobserved: float = 0.2  # a0
     nu: float = 1.0
     alpha: float = 0.0  # w_ui = 1 + alpha * log1p(summed positive weight)
@@ -229,7 +229,7 @@ def _unit_max(weights: np.ndarray) -> np.ndarray:
 
 def _reg(counts: torch.Tensor, cfg: IALSConfig, n_other: int) -> torch.Tensor:
     """lam * ((n + a0 * n_other) / (a0 * n_other)) ** nu: Rendle's frequency scaling, relative to the
-    unobserved term, so one ``reg`` suits a 1.7k-item and a 57k-item catalogue alike (measured)."""
+    unobserved term, so ``reg`` keeps its meaning as catalogues grow."""
     base = max(cfg.unobserved * n_other, 1.0)
     return cfg.reg * ((counts.to(torch.float32) + base) / base) ** cfg.nu
 
