@@ -26,7 +26,7 @@ from tests.test_deploy import DEPLOY, http_get, load_yaml, running_daemon, stop
 
 pytestmark = pytest.mark.integration
 
-EVENTS = 30_000
+EVENTS = 60_000
 PROMETHEUS_MISSING = "prometheus is not on PATH: install Debian's prometheus package (CI does, in .ci/run)"
 
 
@@ -124,7 +124,7 @@ def test_prometheus_sees_ingest_rate_and_lag_rise_and_fall(settings: Settings, t
     publish(settings)  # before recd starts, so it has a backlog to catch up on, as after a deploy or an outage
     port = free_port()
     config = write_config(tmp_path, f"127.0.0.1:{port}")
-    env = {"RECD_METRICS_PORT": str(port), "RECD_POLL_MAX_RECORDS": "100"}
+    env = {"RECD_METRICS_PORT": str(port), "RECD_POLL_MAX_RECORDS": "20"}  # small batches: a catch-up Prometheus sees
     with running_prometheus(config, tmp_path) as prom, running_daemon(settings, tmp_path / "recd.log", "ingest", **env):
         wait_until(lambda: query(prom, 'up{job="recd", component="daemon"} == 1'), 15, "a successful scrape")
         seen = watch_catch_up(prom, settings)
