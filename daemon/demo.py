@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -109,6 +110,8 @@ def applied(client: redis.Redis, keys: Keys) -> int:
 
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
+    if "RECD_LOG_LEVEL" not in os.environ:  # the demo talks through its progress bars and report
+        logging.getLogger().setLevel(logging.WARNING)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     try:
