@@ -4,8 +4,9 @@
 
 Starts the embedded broker (or uses RECD_KAFKA_BOOTSTRAP) and the Redis at
 RECD_REDIS_URL, warms up with synthetic events, runs ``recd run --roles
-ingest,serve`` as a subprocess, trains the first model with a one-shot ``recd
-train`` (in production the trainer is its own replica), waits until it serves,
+ingest`` and ``recd run --roles serve`` as two subprocesses (``--one-process``:
+both roles in one), trains the first model with a one-shot ``recd train`` (in
+production the trainer is its own replica), waits until it serves,
 then publishes a steady stream at ``--rate`` events/s. Among the stream, tracer
 users (who get no other events) receive one event every ``--tracer-gap-s``;
 a poller reads their lists every few milliseconds, and the latency of each
@@ -129,6 +130,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=5_000)
     ap.add_argument("--tracers", type=int, default=100)
     ap.add_argument("--tracer-gap-s", type=float, default=2.0)
+    ap.add_argument("--one-process", action="store_true", help="ingest and serve in one process (default: two)")
     args = ap.parse_args()
     tag = uuid.uuid4().hex[:8]
     folder = Path(f"var/bench-fresh-{tag}")
@@ -158,7 +160,8 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path) -> dict[s
     producer.close()
     publish_synthetic(settings, spec, args.warmup_events)
     env = env_for(settings, model_dir)
-    daemon = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--roles", "ingest,serve"], env=env)
+    roles = ["ingest,serve"] if args.one_process else ["ingest", "serve"]  # default: a process per role
+    daemons = [subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--roles", r], env=env) for r in roles]
     try:
         wait("warm-up ingested", lambda: int(client.hget(keys.stats, "applied") or 0) >= args.warmup_events, 600)
         # the trainer runs apart (its own replica in production), once, before the measured phase
@@ -177,8 +180,10 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path) -> dict[s
         tracer.stop.set()
         poller.join()
     finally:
-        daemon.terminate()
-        daemon.wait(30)
+        for daemon in daemons:
+            daemon.terminate()
+        for daemon in daemons:
+            daemon.wait(30)
     lat = np.asarray(tracer.latencies) * 1000
     pct = {f"p{q}_ms": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)} if len(lat) else {}
     return {"rate_target": args.rate, "rate_achieved": round(achieved), "tracer_events": len(lat) + len(
