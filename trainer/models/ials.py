@@ -32,6 +32,7 @@ import torch
 from trainer.fit import check_finite, grow_table, plan_items, resolve_device, seeded, torch_threads
 from trainer.interactions import FloatArray, Interactions
 from trainer.models.base import Arrays, EmbeddingModel, EpochCallback, FitReport, History
+from trainer.models.negatives import UserCsr
 
 CHUNK_CELLS = 300_000  # padded (row, partner) cells per batched solve: memory ~ cells * dim * 4 bytes
 
@@ -60,11 +61,10 @@ class _Csr:
 
     @classmethod
     def build(cls, rows: np.ndarray, cols: np.ndarray, w: np.ndarray, n_rows: int, dev: torch.device) -> _Csr:
-        order = np.lexsort((cols, rows))
-        indptr = np.zeros(n_rows + 1, np.int64)
-        np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
-        return cls(torch.from_numpy(indptr).to(dev), torch.from_numpy(cols[order].astype(np.int64)).to(dev),
-                   torch.from_numpy(w[order].astype(np.float32)).to(dev))
+        grouped = UserCsr.build(np.asarray(rows, np.int64), np.asarray(cols, np.int64), np.asarray(w, np.float32),
+                                n_rows)
+        return cls(torch.from_numpy(grouped.indptr).to(dev), torch.from_numpy(grouped.items).to(dev),
+                   torch.from_numpy(grouped.weights).to(dev))
 
     def counts(self) -> torch.Tensor:
         return self.indptr[1:] - self.indptr[:-1]
