@@ -110,7 +110,8 @@ def steady(settings: Settings, spec: SyntheticSpec, tracer: Tracer, rate: int, s
             tracer.sent(user, time.time())
             producer.send(settings.events_topic, key=user.encode(), value=encode(event))
             next_tracer = now + gap_s / len(tracer.users)
-        producer.flush(timeout=5) if sent % (per_slice * 10) == 0 else None
+        if sent % (per_slice * 10) == 0:
+            producer.flush(timeout=5)
         time.sleep(max(0.0, started + sent / rate - time.time()))
     producer.flush()
     producer.close()

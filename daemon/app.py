@@ -123,6 +123,7 @@ class Sampler:
     def __init__(self, settings: Settings, routes: Routes, metrics: Metrics, every_s: float = 5.0) -> None:
         self.settings, self.routes, self.metrics, self.every_s = settings, routes, metrics, every_s
         self._last = -every_s
+        self._client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
 
     def refresh(self) -> None:
         if time.monotonic() - self._last < self.every_s:
@@ -131,9 +132,7 @@ class Sampler:
         status, _ = self.routes.health(self.routes.ready)
         self.metrics.ready.set(1 if status == 200 else 0)
         try:
-            client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
-            info: Any = client.info("memory")
-            client.close()
+            info: Any = self._client.info("memory")
             self.metrics.redis_memory.set(float(info["used_memory"]))
         except redis.RedisError:
             log.debug("redis memory sample failed")
