@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 
 from trainer.baselines import FactorScorer, _crc_hash
 from trainer.datasets import load_dataset
@@ -92,6 +93,13 @@ def run_item2vec(rows: Interactions, args: argparse.Namespace) -> tuple[Item2Vec
                                 "negatives": args.negatives, "seed": args.seed}
     if args.sampler:
         settings["sampler"] = args.sampler
+    if args.batch:
+        settings["batch"] = args.batch
+    if args.plan:
+        settings["plan"] = args.plan
+    for spec in args.set:
+        name, _, value = spec.partition("=")
+        settings[name] = json.loads(value)
     model = Item2Vec(device=args.device, threads=args.threads, **settings)
     wall, cpu = time.perf_counter(), time.process_time()
     report = model.fit(rows)
@@ -107,6 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", "--context", dest="window", type=int, default=4)
     p.add_argument("--sampler", default="", help="item2vec negative sampler (default: the model's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--batch", type=int, default=0, help="item2vec targets per SGD step (default: the model's)")
+    p.add_argument("--set", action="append", default=[], help="any other item2vec setting, NAME=JSON (repeatable)")
+    p.add_argument("--plan", default="", help="item2vec epoch planning: host, device or auto (default: the model's)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs of each; medians are reported")
     p.add_argument("--seed", type=int, default=0)
@@ -141,12 +152,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"per cpu-second: item2vec {statistics.median(r[1] for r in ours) / 1e6:.2f}M, "
           f"gensim {statistics.median(r[1] for r in theirs) / 1e6:.2f}M")
     return {
-        "dataset": data.name, "device": str(resolve_device(args.device)), "pairs": int(pairs),
+        "dataset": data.name, "device": _device_name(args.device), "batch": model.config.batch,
+        "pairs": int(pairs),
         "seconds": round(pairs / rate, 3), "pairs_per_s": round(rate), "gensim_pairs_per_s": round(g_rate),
         "pairs_per_s_vs_gensim": round(rate / g_rate, 3),
         "recall@20": round(mine["recall@20"], 4), "gensim_recall@20": round(base["recall@20"], 4),
         "ndcg@20": round(mine["ndcg@20"], 4), "gensim_ndcg@20": round(base["ndcg@20"], 4),
     }
+
+
+def _device_name(name: str) -> str:
+    dev = resolve_device(name)
+    return f"cuda ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "cpu"
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from trainer.models.sgns import StepSizes, Workspace, collision_scale, plan_epoc
 from trainer.sampling import NegativeSampler, UserSets, negative_probs, popularity_ranks, sample_pairs
 
 CLUSTERS, PER_CLUSTER = 5, 20
-FAST: dict[str, Any] = {"dim": 16, "epochs": 8, "batch": 256, "group": 64, "shared": 32, "lr": 0.05, "threads": 1}
+FAST: dict[str, Any] = {"dim": 16, "epochs": 8, "batch": 256, "group": 64, "shared": 32, "lr": 0.05, "threads": 1,
+                         "device": "cpu"}
 
 
 def planted(n_users: int = 300, per_user: int = 8, clusters: range = range(CLUSTERS), seed: int = 0,

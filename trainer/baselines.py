@@ -160,17 +160,27 @@ def make_baseline(name: str, train: Interactions, *, seed: int = 0, **params: An
 def tune_baseline(
     name: str, train: Interactions, *, seed: int = 0, max_users: int = 5000, grid: dict[str, list[Any]] | None = None,
 ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]]]:
-    """Pick the baseline's parameters by validation Recall@20 inside ``train``.
+    """Pick the baseline's parameters by validation Recall@20 inside ``train`` (see ``tune``)."""
+    grid = TUNING_GRIDS.get(name, {}) if grid is None else grid
+    return tune(lambda part, params: make_baseline(name, part, seed=seed, **params), train, grid,
+                seed=seed, max_users=max_users)
+
+
+def tune(
+    make: Callable[[Interactions, dict[str, Any]], Scorer], train: Interactions, grid: dict[str, list[Any]], *,
+    seed: int = 0, max_users: int = 5000,
+) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]]]:
+    """Grid search by validation Recall@20 inside ``train``; the test split is never looked at.
 
     The validation split is leave-latest-out when ``train`` has timestamps,
     else a seeded random 80/20 per-user holdout; scored on up to ``max_users``
-    users. Returns (best params, [(params, recall@20), ...]).
+    users. ``make(fit_part, params)`` fits one candidate. Returns (best
+    params, [(params, recall@20), ...]); ({}, []) for an empty grid.
     """
     import itertools
 
     from trainer.evaluate import evaluate, leave_latest_out, random_holdout
 
-    grid = TUNING_GRIDS.get(name, {}) if grid is None else grid
     if not grid:
         return {}, []
     fit_part, valid = leave_latest_out(train) if bool((train.ts > 0).any()) else random_holdout(train, 0.2, seed + 1)
@@ -180,6 +190,6 @@ def tune_baseline(
     trials: list[tuple[dict[str, Any], float]] = []
     for combo in itertools.product(*grid.values()):
         params = dict(zip(grid, combo, strict=True))
-        scorer = make_baseline(name, fit_part, seed=seed, **params)
+        scorer = make(fit_part, params)
         trials.append((params, evaluate(scorer, fit_part, valid, ks=(20,), users=users, seed=seed)["recall@20"]))
     return max(trials, key=lambda t: t[1])[0], trials

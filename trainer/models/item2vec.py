@@ -40,11 +40,14 @@ import torch
 
 from trainer.fit import check_finite, grow_table, plan_items, resolve_device, seeded, torch_threads
 from trainer.interactions import FloatArray, Interactions
+from trainer.models import device_plan
 from trainer.models.base import Arrays, EmbeddingModel, EpochCallback, FitReport, History
+from trainer.models.device_plan import DeviceSets
 from trainer.models.sgns import EpochPlan, StepSizes, Workspace, pad_to_groups, plan_epoch, train_epoch
 from trainer.sampling import SAMPLERS, NegativeSampler, UserSets, negative_probs, sample_pairs
 
 SCORING = ("in_out", "in_in")
+PLANS = ("auto", "host", "device")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +72,14 @@ class Item2VecConfig:
     warm_epochs: int = 0  # epochs of a warm-start fine-tune (0 = ``epochs``)
     warm_lr: float = 0.5  # learning-rate factor of a warm-start fine-tune
     hogwild: bool = False  # threads >= 2: SGD on that many threads, lock-free (faster, not bit-reproducible)
+    plan: str = "auto"  # where epochs are drawn: "host" (numpy), "device" (torch), "auto" = device on CUDA
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose from {SAMPLERS}")
+        if self.plan not in PLANS:
+            raise ValueError(f"unknown plan {self.plan!r}; choose from {PLANS}")
         if self.scoring not in SCORING:
             raise ValueError(f"unknown scoring {self.scoring!r}; choose from {SCORING}")
         if min(self.dim, self.context, self.negatives, self.batch, self.shared, self.group) < 1:
@@ -162,17 +168,13 @@ class Item2Vec(EmbeddingModel):
         spaces = [Workspace(rows, cfg.context, sizes, cfg.dim, dev) for _ in range(workers)]
         probs = np.zeros(len(self.counts))
         probs[active] = negative_probs(self.counts, cfg.sampler)[active]  # only items this data mentions
-        sampler = NegativeSampler(probs)
-
-        def prepare() -> EpochPlan:
-            targets, contexts = pad_to_groups(*sample_pairs(sets, cfg.context, rng), sizes.group, rng)
-            return plan_epoch(targets, contexts, sampler.draw((len(targets) // sizes.group, cfg.shared), rng),
-                              sizes, dev)
-
+        on_device = cfg.plan == "device" or (cfg.plan == "auto" and dev.type == "cuda")
+        prepare = (_device_planner if on_device else _host_planner)(sets, probs, sizes, cfg, rng, dev)
         losses: list[float] = []
         pairs = 0
         started = time.perf_counter()
-        for epoch, plan in enumerate(_plans(prepare, epochs if n_targets else 0, self.threads >= 2)):
+        ahead = self.threads >= 2 and not on_device  # device planning is queued on the GPU stream anyway
+        for epoch, plan in enumerate(_plans(prepare, epochs if n_targets else 0, ahead)):
             lrs = (_decay(lr, cfg.min_lr, epoch / epochs), _decay(lr, cfg.min_lr, (epoch + 1) / epochs))
             losses.append(train_epoch(self._in, self._out, plan, lrs, sizes, spaces))
             _check_loss(epoch, losses[-1], cfg.negatives)
@@ -244,6 +246,36 @@ class Item2Vec(EmbeddingModel):
         model.counts = np.asarray(arrays.get("counts", np.zeros(len(item_ids))), np.float32).copy()
         model.item_ids = list(item_ids)
         return model
+
+
+def _host_planner(sets: UserSets, probs: npt.NDArray[np.float64], sizes: StepSizes, cfg: Item2VecConfig,
+                  rng: np.random.Generator, dev: torch.device) -> Callable[[], EpochPlan]:
+    """Epochs drawn with numpy on the host (``trainer.sampling``), then copied to ``dev``."""
+    sampler = NegativeSampler(probs)
+
+    def prepare() -> EpochPlan:
+        targets, contexts = pad_to_groups(*sample_pairs(sets, cfg.context, rng), sizes.group, rng)
+        negs = sampler.draw((len(targets) // sizes.group, cfg.shared), rng)
+        return plan_epoch(targets, contexts, negs, sizes, dev)
+
+    return prepare
+
+
+def _device_planner(sets: UserSets, probs: npt.NDArray[np.float64], sizes: StepSizes, cfg: Item2VecConfig,
+                    rng: np.random.Generator, dev: torch.device) -> Callable[[], EpochPlan]:
+    """Epochs drawn with torch on ``dev`` (``trainer.models.device_plan``); seeded from ``rng``."""
+    on_dev = DeviceSets.build(sets, dev)
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(int(rng.integers(2**62)))
+    cdf = torch.from_numpy(np.cumsum(probs) / probs.sum()).to(dev)
+    n_rows = len(probs)
+
+    def prepare() -> EpochPlan:
+        targets, contexts = device_plan.sample_pairs(on_dev, cfg.context, sizes.group, gen)
+        negs = device_plan.draw_negatives(cdf, (len(targets) // sizes.group, cfg.shared), gen)
+        return device_plan.plan_epoch(targets, contexts, negs, sizes, n_rows)
+
+    return prepare
 
 
 def _plans(prepare: Callable[[], EpochPlan], epochs: int, ahead: bool) -> Iterator[EpochPlan]:
