@@ -78,7 +78,7 @@ def _train_all_batches(plan: sgns.EpochPlan, sizes: StepSizes, n: int, d: int) -
     n_t = int(plan.targets.shape[0])
     ws = Workspace(sizes.batch_targets, int(plan.contexts.shape[0]) // n_t, sizes, d, CPU)
     for lo in range(0, n_t, sizes.batch_targets):
-        sgd_step(win, wout, plan, (lo, min(n_t, lo + sizes.batch_targets)), 0.05, sizes, ws, False)
+        sgd_step(win, wout, plan, (lo, min(n_t, lo + sizes.batch_targets)), 0.05, sizes, ws, 0)
     return win, wout
 
 
