@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from trainer.interactions import Interactions
+from trainer.models import ials
 from trainer.models.base import History
 from trainer.models.ials import ImplicitALS, _Csr, solve_rows
 
@@ -29,9 +30,10 @@ def cluster_of(item_id: str, clusters: int = 4) -> int:
     return int(item_id.lstrip("ijk")) % clusters
 
 
-def test_planted_clusters_rank_in_cluster_items_first() -> None:
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_planted_clusters_rank_in_cluster_items_first(solver: str) -> None:
     data = planted()
-    model = ImplicitALS(dim=8, epochs=6, reg=1.0, unobserved=0.1, device="cpu", threads=1)
+    model = ImplicitALS(dim=8, epochs=6, reg=1.0, unobserved=0.1, device="cpu", threads=1, solver=solver)
     report = model.fit(data)
     assert report.losses[-1] < report.losses[0]
     index = model.item_index()
@@ -65,9 +67,71 @@ def test_batched_solve_matches_a_direct_solve() -> None:
         np.testing.assert_allclose(got[r], np.linalg.solve(a, (v * ww[:, None]).sum(0)), rtol=1e-4, atol=1e-5)
 
 
-def test_warm_start_keeps_untouched_items_and_adds_new_ones() -> None:
+def spd_problem(d: int = 6, n_rows: int = 4, seed: int = 1) -> tuple[_Csr, torch.Tensor, torch.Tensor]:
+    """Rows with 1..n_rows weighted cells over 40 random partners, like the batched-solve test."""
+    rng = np.random.default_rng(seed)
+    other = torch.from_numpy(rng.normal(size=(40, d)).astype(np.float32))
+    rows = np.repeat(np.arange(n_rows), np.arange(1, n_rows + 1) * 3)
+    cols = rng.integers(0, 40, len(rows))
+    w = rng.uniform(0.5, 3.0, len(rows)).astype(np.float32)
+    return _Csr.build(rows, cols, w, n_rows, torch.device("cpu")), other, torch.linspace(0.1, 1.0, n_rows)
+
+
+def test_cg_with_d_steps_from_zero_matches_the_exact_solve() -> None:
+    csr, other, reg = spd_problem()
+    rows = torch.arange(4)
+    exact = solve_rows(csr, other, 0.05, reg, rows)
+    cg = solve_rows(csr, other, 0.05, reg, rows, cg_steps=6)  # CG is exact after d steps (up to rounding)
+    np.testing.assert_allclose(cg.numpy(), exact.numpy(), rtol=1e-3, atol=1e-4)
+    warm = solve_rows(csr, other, 0.05, reg, rows, start=exact, cg_steps=3)  # the solution is a fixed point
+    np.testing.assert_allclose(warm.numpy(), exact.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_more_cg_steps_shrink_the_residual_and_the_error() -> None:
+    csr, other, reg = spd_problem(d=16, n_rows=5, seed=4)
+    rows = torch.arange(5)
+    exact = solve_rows(csr, other, 0.05, reg, rows).double()
+    d = other.shape[1]
+    gram = 0.05 * other.double().T @ other.double()
+    errors, residuals = [], []
+    for steps in (1, 2, 3):
+        err = solve_rows(csr, other, 0.05, reg, rows, cg_steps=steps).double() - exact
+        # A-norm of the error (what CG minimises) and |A err| = |b - A x| per row
+        mats = [gram + _cell_gram(csr, other, r) + float(reg[r]) * torch.eye(d, dtype=torch.float64) for r in range(5)]
+        a_err = torch.stack([mats[r] @ err[r] for r in range(5)])
+        errors.append((err * a_err).sum(1))
+        residuals.append(a_err.norm(dim=1))
+    assert bool((errors[1] < errors[0]).all() and (errors[2] < errors[1]).all())
+    assert bool((residuals[2] < residuals[0]).all())
+
+
+def _cell_gram(csr: _Csr, other: torch.Tensor, row: int) -> torch.Tensor:
+    lo, hi = int(csr.indptr[row]), int(csr.indptr[row + 1])
+    v = other[csr.col[lo:hi]].double()
+    return (v * csr.weight[lo:hi, None].double()).T @ v
+
+
+def test_unknown_solver_and_bad_cg_steps_are_refused() -> None:
+    with pytest.raises(ValueError, match="solver must be one of cholesky, cg"):
+        ImplicitALS(solver="lu")
+    with pytest.raises(ValueError, match="cg_steps"):
+        ImplicitALS(solver="cg", cg_steps=0)
+
+
+def test_cg_fit_folds_users_in_exactly() -> None:
+    """Training may be approximate, serving is not: the fold-in is the exact solve whatever the solver."""
+    model = ImplicitALS(dim=6, epochs=3, device="cpu", threads=1, solver="cg", cg_steps=2)
+    model.fit(planted())
+    exact = ImplicitALS(dim=6, epochs=3, device="cpu", threads=1)
+    exact.items, exact.counts, exact.item_ids = model.items, model.counts, model.item_ids
+    hist = [History(np.array([0, 4, 8]), np.array([1.0, 0.5, 2.0], np.float32))]
+    np.testing.assert_array_equal(model.query_vectors(hist), exact.query_vectors(hist))
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_warm_start_keeps_untouched_items_and_adds_new_ones(solver: str) -> None:
     first = planted(seed=2)
-    old = ImplicitALS(dim=8, epochs=5, device="cpu", threads=1)
+    old = ImplicitALS(dim=8, epochs=5, device="cpu", threads=1, solver=solver)
     old.fit(first)
     # new data: only clusters 0 and 1 are active, plus brand-new items of cluster 0
     fresh = planted(n_users=100, n_items=60, seed=3)
@@ -78,7 +142,7 @@ def test_warm_start_keeps_untouched_items_and_adds_new_ones() -> None:
     users = [recent.user_ids[u] for u in recent.users] + [extra.user_ids[u] for u in extra.users]
     items = [recent.item_ids[i] for i in recent.items] + [extra.item_ids[i] for i in extra.items]
     both = Interactions.from_ids(users, items)
-    new = ImplicitALS(dim=8, epochs=5, device="cpu", threads=1)
+    new = ImplicitALS(dim=8, epochs=5, device="cpu", threads=1, solver=solver)
     report = new.fit(both, warm_from=old)
     assert new.item_ids[: old.n_items] == old.item_ids
     assert report.new_items == 12 and new.n_items == old.n_items + 12
@@ -119,3 +183,15 @@ def test_a_users_vector_does_not_depend_on_the_batch() -> None:
     b = History(np.array([1, 5, 9]), np.array([5.0, 5.0, 1.0], np.float32))
     alone = model.query_vectors([a])[0]
     np.testing.assert_allclose(model.query_vectors([b, a])[1], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_cholesky_batches_capped_by_matrix_memory_give_the_same_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    other = torch.from_numpy(rng.normal(size=(50, 4)).astype(np.float32))
+    rows = np.repeat(np.arange(40), 2)
+    cols = rng.integers(0, 50, len(rows))
+    csr = _Csr.build(rows, cols, np.ones(len(rows), np.float32), 40, torch.device("cpu"))
+    reg = torch.full((40,), 0.3)
+    whole = solve_rows(csr, other, 0.1, reg, torch.arange(40))
+    monkeypatch.setattr(ials, "CHOLESKY_FLOATS", 3 * 16)  # three 4x4 matrices per batch
+    torch.testing.assert_close(solve_rows(csr, other, 0.1, reg, torch.arange(40)), whole)

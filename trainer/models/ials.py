@@ -8,8 +8,14 @@ Loss over a user-item matrix of positive signals:
 ``a0`` weighs the unobserved cells (Hu et al.'s implicit ALS uses 1 and
 ``w = 1 + alpha * r``); the frequency-scaled regulariser (``nu``) is the part
 that lets iALS match much newer models. Each half-step solves one small
-(d x d) system per user (or item), batched on the device with
-``torch.linalg.solve``.
+(d x d) system per user (or item), batched on the device: ``solver="cg"``
+(default) takes ``cg_steps`` conjugate-gradient steps from the row's current
+value, applying the matrix without forming it (Takacs et al. 2011, implicit's
+``cg_steps=3``), which costs O(steps * (d^2 + cells * d)) per row instead of
+O(cells * d^2 + d^3); ``solver="cholesky"`` factors each row's matrix exactly.
+Measured on Amazon-Beauty (CPU, 2 threads, 12 epochs): CG with 3 steps fits
+dim 64 in 6.4 s and dim 128 in 14 s against Cholesky's 58 s and 334 s, with
+recall@20 and NDCG@20 within 0.0002 of the exact solve (ML-100K: same 0.293).
 
 Serving: the user side is never stored. ``query_vectors`` folds a history in
 with exactly the user half-step (the history's items, with its type/recency
@@ -35,6 +41,8 @@ from trainer.models.base import Arrays, EmbeddingModel, EpochCallback, FitReport
 from trainer.models.negatives import UserCsr
 
 CHUNK_CELLS = 300_000  # padded (row, partner) cells per batched solve: memory ~ cells * dim * 4 bytes
+CHOLESKY_FLOATS = 32_000_000  # (rows * dim * dim) per batched Cholesky: short rows must not build GBs of matrices
+SOLVERS = ("cholesky", "cg")
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,14 @@ class IALSConfig:
     tail_weight: float = 0.0
     init_scale: float = 0.1
     seed: int = 0
+    solver: str = "cg"  # "cg": cg_steps CG steps from the current rows; "cholesky": exact per-row solve
+    cg_steps: int = 3
+
+    def __post_init__(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"ials solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if self.cg_steps < 1:
+            raise ValueError(f"ials cg_steps must be at least 1, got {self.cg_steps}")
 
 
 @dataclass(frozen=True)
@@ -70,44 +86,81 @@ class _Csr:
         return self.indptr[1:] - self.indptr[:-1]
 
 
-def solve_rows(csr: _Csr, other: torch.Tensor, a0: float, reg: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def solve_rows(csr: _Csr, other: torch.Tensor, a0: float, reg: torch.Tensor, rows: torch.Tensor,
+               start: torch.Tensor | None = None, cg_steps: int = 0) -> torch.Tensor:
     """Least-squares factors for ``rows`` of ``csr`` given the other side's factors (n_other, d).
 
     Rows are taken in order of length so each batch pads little: a batch is a
-    (b, m, d) tensor of the rows' observed partners, solved with one bmm and
-    one batched ``linalg.solve``.
+    (b, m, d) tensor of the rows' observed partners. ``cg_steps`` = 0 solves
+    each row exactly (one bmm and one batched Cholesky); ``cg_steps`` > 0 takes
+    that many conjugate-gradient steps from ``start`` (len(rows), d; zeros if None).
     """
     gram = a0 * (other.T @ other)  # (d, d)
     out = torch.zeros(len(rows), other.shape[1], dtype=other.dtype, device=other.device)
+    if start is not None and cg_steps:
+        out.copy_(start)
     n = (csr.indptr[rows + 1] - csr.indptr[rows]).cpu().numpy()
     order = np.argsort(n, kind="stable")
     n_sorted = np.maximum(n[order], 1)
-    start = 0
-    while start < len(rows):
-        cost = np.arange(1, len(rows) - start + 1) * n_sorted[start:]  # batch of rows start..start+k: nondecreasing
-        stop = start + max(1, int(np.searchsorted(cost, CHUNK_CELLS, side="right")))
-        take = torch.from_numpy(order[start:stop]).to(rows.device)
-        out[take] = _solve_batch(csr, other, gram, reg[rows[take]], rows[take])
-        start = stop
+    begin = 0
+    while begin < len(rows):
+        cost = np.arange(1, len(rows) - begin + 1) * n_sorted[begin:]  # batch of rows begin..begin+k: nondecreasing
+        stop = begin + max(1, int(np.searchsorted(cost, CHUNK_CELLS, side="right")))
+        if not cg_steps:
+            stop = min(stop, begin + max(1, CHOLESKY_FLOATS // other.shape[1] ** 2))
+        take = torch.from_numpy(order[begin:stop]).to(rows.device)
+        vec, w = _gather(csr, other, rows[take])
+        if cg_steps:
+            out[take] = _cg_batch(vec, w, gram, reg[rows[take]], out[take], cg_steps)
+        else:
+            out[take] = _solve_batch(vec, w, gram, reg[rows[take]])
+        begin = stop
     return out
 
 
-def _solve_batch(csr: _Csr, other: torch.Tensor, gram: torch.Tensor, reg: torch.Tensor, rows: torch.Tensor
-                 ) -> torch.Tensor:
+def _gather(csr: _Csr, other: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows' partner vectors (b, m, d) and weights (b, m), padded with weight 0."""
     lo, n = csr.indptr[rows], csr.indptr[rows + 1] - csr.indptr[rows]
-    m, d = max(1, int(n.max())), other.shape[1]
+    m = max(1, int(n.max()))
     offs = torch.arange(m, device=rows.device)
     mask = offs[None, :] < n[:, None]  # (b, m)
     idx = torch.where(mask, lo[:, None] + offs[None, :], torch.zeros_like(lo)[:, None])
     w = torch.where(mask, csr.weight[idx], torch.zeros((), device=rows.device))  # (b, m)
-    vec = other[csr.col[idx]]  # (b, m, d)
+    return other[csr.col[idx]], w
+
+
+def _solve_batch(vec: torch.Tensor, w: torch.Tensor, gram: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
     weighted = vec * w[:, :, None]
     a = gram + torch.bmm(weighted.transpose(1, 2), vec)  # (b, d, d)
-    a += reg[:, None, None] * torch.eye(d, dtype=a.dtype, device=a.device)
+    a += reg[:, None, None] * torch.eye(vec.shape[2], dtype=a.dtype, device=a.device)
     rhs = weighted.sum(1)  # (b, d)
     chol = torch.linalg.cholesky(a)  # a is symmetric positive definite (reg > 0): Cholesky is ~2x LU
     solved: torch.Tensor = torch.cholesky_solve(rhs[:, :, None], chol)[:, :, 0]
     return solved
+
+
+def _apply(vec: torch.Tensor, w: torch.Tensor, gram: torch.Tensor, reg: torch.Tensor, p: torch.Tensor
+           ) -> torch.Tensor:
+    """A p per row, A = gram + sum_cells w v v^T + reg I, without forming A: p (b, d) -> (b, d)."""
+    vp = torch.bmm(vec, p[:, :, None])[:, :, 0]  # (b, m)
+    return p @ gram + torch.bmm((w * vp)[:, None, :], vec)[:, 0, :] + reg[:, None] * p
+
+
+def _cg_batch(vec: torch.Tensor, w: torch.Tensor, gram: torch.Tensor, reg: torch.Tensor, x: torch.Tensor,
+              steps: int) -> torch.Tensor:
+    """``steps`` conjugate-gradient steps on every row's A x = sum_cells w v, from ``x`` (b, d)."""
+    tiny = torch.finfo(x.dtype).tiny
+    r = torch.bmm(w[:, None, :], vec)[:, 0, :] - _apply(vec, w, gram, reg, x)
+    p, rs = r, (r * r).sum(1)
+    for _ in range(steps):
+        ap = _apply(vec, w, gram, reg, p)
+        alpha = rs / (p * ap).sum(1).clamp_min(tiny)  # a converged row (r = p = 0) takes a zero step
+        x = x + alpha[:, None] * p
+        r = r - alpha[:, None] * ap
+        rs_new = (r * r).sum(1)
+        p = r + (rs_new / rs.clamp_min(tiny))[:, None] * p
+        rs = rs_new
+    return x
 
 
 class ImplicitALS(EmbeddingModel):
@@ -146,10 +199,10 @@ class ImplicitALS(EmbeddingModel):
             active_i = torch.nonzero(by_item.counts() > 0).flatten()  # items the data mentions: the only rows refit
             unseen_new = torch.nonzero(by_item.counts()[plan.n_old:] == 0).flatten() + plan.n_old
             y[unseen_new] = 0.0  # an item without data must not outscore trained ones with its random start
-            for epoch in range(epochs):
-                x = torch.zeros(data.n_users, cfg.dim, device=dev)
-                x[active_u] = solve_rows(by_user, y, cfg.unobserved, reg_u, active_u)
-                y[active_i] = solve_rows(by_item, x, cfg.unobserved, reg_i, active_i)
+            x, steps = torch.zeros(data.n_users, cfg.dim, device=dev), cfg.cg_steps if cfg.solver == "cg" else 0
+            for epoch in range(epochs):  # cg starts each row from its last value (users: zeros at first)
+                x[active_u] = solve_rows(by_user, y, cfg.unobserved, reg_u, active_u, x[active_u], steps)
+                y[active_i] = solve_rows(by_item, x, cfg.unobserved, reg_i, active_i, y[active_i], steps)
                 losses.append(_loss(x, y, by_user, active_u, cfg.unobserved))
                 check_finite(f"ials loss at epoch {epoch}", losses[-1])
                 if on_epoch is not None:
