@@ -5,8 +5,9 @@
 
 Each model is fitted on the dataset's protocol split (given split, else
 leave-latest-out, else a seeded random holdout; see ``trainer.splits``) through
-``trainer.evaluate.run_evaluation``; baselines (ALS, BPR, gensim) are tuned on
-a validation split inside train unless ``--no-tune``. A model that fails is
+``trainer.evaluate.run_evaluation``; baselines (ALS, BPR, gensim) and recd
+presets with a grid (``registry.TUNING_GRIDS``) are tuned on a validation split
+inside train unless ``--no-tune``. A model that fails is
 reported with its error and the others still run. Progress goes to stderr, a
 table to stdout, and the LAST stdout line is one JSON object::
 
@@ -52,7 +53,7 @@ def dataset_path(arg: str) -> Path:
 def evaluate_one(path: Path, name: str, seed: int, tune: bool) -> tuple[dict[str, Any], str]:
     """(one model's figures, dataset name) from ``run_evaluation``; {"error": ...} when it fails."""
     try:
-        result = run_evaluation(path, models=[name], seed=seed, tune_baselines=tune, with_auc=True)
+        result = run_evaluation(path, models=[name], seed=seed, tune=tune, with_auc=True)
     except Exception as exc:  # one broken model must not sink the whole comparison
         log.error("%s failed:\n%s", name, traceback.format_exc())
         return {"error": f"{type(exc).__name__}: {exc}"}, ""
@@ -108,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated presets and baselines")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tune", action=argparse.BooleanOptionalAction, default=True,
-                        help="tune ALS/BPR/gensim on a validation split inside train (default: on)")
+                        help="tune ALS/BPR/gensim and the presets with a grid on a validation split inside train "
+                             "(default: on)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     models = [m.strip() for m in args.models.split(",") if m.strip()]

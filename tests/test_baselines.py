@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -83,3 +85,19 @@ def test_tune_baseline_returns_the_best_trial(split: tuple[Interactions, Interac
 def test_unknown_baseline() -> None:
     with pytest.raises(ValueError, match="unknown baseline"):
         make_baseline("svd", clustered(n_users=8, n_items=8, per_user=2))
+
+
+def test_run_evaluation_tunes_a_preset_with_a_grid_on_validation_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from trainer.evaluate import run_evaluation
+    from trainer.models import registry
+
+    data = clustered(n_users=60, n_items=30, per_user=6)
+    lines = [f"u{u} i{i} 1 {t}" for t, (u, i) in enumerate(zip(data.users.tolist(), data.items.tolist(), strict=True))]
+    (tmp_path / "plays.txt").write_text("\n".join(lines) + "\n")
+    monkeypatch.setitem(registry.TUNING_GRIDS, "ials", {"dim": [2, 8], "epochs": [2]})
+    tuned = run_evaluation(tmp_path / "plays.txt", models=["ials"], tune=True, with_auc=False)["models"]["ials"]
+    assert tuned["params"] in ({"dim": 2, "epochs": 2}, {"dim": 8, "epochs": 2})
+    plain = run_evaluation(tmp_path / "plays.txt", models=["ials"], tune=False, with_auc=False)["models"]["ials"]
+    assert "params" not in plain and "recall@20" in plain

@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from trainer.baselines import BASELINES, make_baseline, tune_baseline
+from trainer.baselines import BASELINES, make_baseline, tune, tune_baseline
 from trainer.datasets import Dataset, load_dataset
 from trainer.interactions import FloatArray, Int32Array, Interactions
 from trainer.metrics import (
@@ -296,15 +296,15 @@ def holdout_metrics(
 
 def run_evaluation(
     dataset_path: str | Path, models: Sequence[str] = ("item2vec", "als", "popularity"), k: int = 20,
-    plots_dir: str | Path | None = None, seed: int = 0, *, tune_baselines: bool = False, with_auc: bool = True,
+    plots_dir: str | Path | None = None, seed: int = 0, *, tune: bool = False, with_auc: bool = True,
     factories: Mapping[str, ModelFactory] | None = None,
 ) -> dict[str, Any]:
     """Load a dataset, fit each named model on its train split and evaluate it (``recd evaluate``).
 
     Names are baselines (``popularity``, ``als``, ``bpr``, ``gensim``), keys of
-    ``factories``, or presets of ``trainer.models.registry``. With
-    ``tune_baselines`` ALS/BPR/gensim pick their parameters on a validation
-    split inside train first. Returns a JSON-able dict: dataset, protocol,
+    ``factories``, or presets of ``trainer.models.registry``. With ``tune``,
+    ALS/BPR/gensim and the presets in ``registry.TUNING_GRIDS`` pick their
+    parameters on a validation split inside train first. Returns a JSON-able dict: dataset, protocol,
     sizes and ``models`` -> metrics plus ``fit_s`` / ``eval_s``.
     """
     data = load_dataset(dataset_path)
@@ -315,7 +315,7 @@ def run_evaluation(
     reports: list[FitReport] = []
     for name in models:
         started = time.perf_counter()
-        scorer, extra = _fit_named(name, train, seed, tune_baselines, factories or {})
+        scorer, extra = _fit_named(name, train, seed, tune, factories or {})
         fit_s = time.perf_counter() - started
         if isinstance(scorer, EmbeddingScorer):
             fitted[name] = scorer.model
@@ -339,9 +339,13 @@ def _fit_named(
 ) -> tuple[Scorer, dict[str, Any]]:
     """(scorer, extra result fields) for one model name."""
     if name in factories or name not in BASELINES:
-        model = factories[name]() if name in factories else _registry_model(name, seed)
+        tuned = _tune_preset(name, train, seed) if tune and name not in factories else {}
+        model = factories[name]() if name in factories else _registry_model(name, seed, **tuned)
         report = model.fit(train)
-        return EmbeddingScorer(model, train, name=name), {"reports": [report], "device": report.device}
+        extra: dict[str, Any] = {"reports": [report], "device": report.device}
+        if tuned:
+            extra["params"] = tuned
+        return EmbeddingScorer(model, train, name=name), extra
     params: dict[str, Any] = {}
     if tune and name != "popularity":
         params, trials = tune_baseline(name, train, seed=seed)
@@ -349,11 +353,27 @@ def _fit_named(
     return make_baseline(name, train, seed=seed, **params), ({"params": params} if params else {})
 
 
-def _registry_model(name: str, seed: int) -> EmbeddingModel:
+def _tune_preset(name: str, train: Interactions, seed: int) -> dict[str, Any]:
+    """Preset overrides chosen on a validation split inside ``train`` ({} when the preset has no grid)."""
+    from trainer.models import registry
+
+    grid = registry.TUNING_GRIDS.get(name, {})
+
+    def make(part: Interactions, params: dict[str, Any]) -> Scorer:
+        model = _registry_model(name, seed, **params)
+        model.fit(part)
+        return EmbeddingScorer(model, part, name=name)
+
+    best, trials = tune(make, train, grid, seed=seed)
+    log.info("%s tuning: %s", name, trials)
+    return best
+
+
+def _registry_model(name: str, seed: int, **overrides: Any) -> EmbeddingModel:
     from trainer.models import registry
 
     try:
-        return registry.build_preset(name, seed=seed)
+        return registry.build_preset(name, seed=seed, **overrides)
     except KeyError:
         known = sorted([*BASELINES, *registry.PRESETS])
         raise ValueError(f"unknown model {name!r}; choose from {known}") from None

@@ -47,6 +47,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ials_tail": {"model": "ials", "tail_weight": 0.05},
 }
 
+# Presets ``run_evaluation(tune=True)`` / ``bench.quality --tune`` tune like the ALS baseline:
+# validation Recall@20 inside train, a grid of the same size and dims (ALS: factors 64/128 x alpha 5/20/40;
+# a0 = 0.005/0.02/0.2 spans the same confidence ratios, a0 ~ 1 / (1 + alpha)).
+TUNING_GRIDS: dict[str, dict[str, list[Any]]] = {
+    "ials": {"dim": [64, 128], "unobserved": [0.005, 0.02, 0.2]},
+}
+
 
 def kind_of(preset: str) -> str:
     """The model kind a preset name stands for (its part before the first ``_``)."""
