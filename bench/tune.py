@@ -19,13 +19,13 @@ import time
 from typing import Any
 
 from bench.quality import dataset_path
-from trainer.baselines import tune
 from trainer.datasets import load_dataset
 from trainer.evaluate import EmbeddingScorer, evaluate
 from trainer.fit import resolve_device
 from trainer.interactions import Interactions
 from trainer.models import registry
 from trainer.splits import protocol_split
+from trainer.tuning import tune
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[Any]]:

@@ -57,6 +57,18 @@ def entry_weight(entry: Entry, weights: Mapping[str, float], threshold: float, n
     return float(base * 2.0 ** (-max(0.0, now_s - entry.ts) / half_life_s))
 
 
+def top_unseen(item_ids: list[str], found: list[int], scores: list[float], seen: set[str], k: int
+               ) -> list[tuple[str, float]]:
+    """The first ``k`` (item, score) of a search row that the user has not seen; stops as soon as it has them."""
+    out: list[tuple[str, float]] = []
+    for pos, score in zip(found, scores, strict=True):
+        if pos >= 0 and item_ids[pos] not in seen:
+            out.append((item_ids[pos], score))
+            if len(out) == k:
+                break
+    return out
+
+
 class ListMaker:
     """Builds recommendation lists for a batch of users from their state and the served index."""
 
@@ -105,8 +117,7 @@ class ListMaker:
         fresh = self.cold.new_items(index.item_pos, self.options.new_item_window_ms, now_ms)
         out = []
         for row, user in enumerate(users):
-            pairs = [(index.item_ids[p], float(s)) for p, s in zip(found[row], scores[row], strict=True)
-                     if p >= 0 and index.item_ids[p] not in seen[user]][:k]
+            pairs = top_unseen(index.item_ids, found[row].tolist(), scores[row].tolist(), seen[user], k)
             if len(pairs) < k:  # a tiny catalogue or a voracious user: pad from trending
                 taken = {i for i, _ in pairs} | seen[user]
                 pairs += [(i, 0.0) for i, _ in self.cold.popular() if i not in taken][: k - len(pairs)]

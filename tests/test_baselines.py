@@ -101,3 +101,15 @@ def test_run_evaluation_tunes_a_preset_with_a_grid_on_validation_only(
     assert tuned["params"] in ({"dim": 2, "epochs": 2}, {"dim": 8, "epochs": 2})
     plain = run_evaluation(tmp_path / "plays.txt", models=["ials"], tune=False, with_auc=False)["models"]["ials"]
     assert "params" not in plain and "recall@20" in plain
+
+
+def test_tail_preset_keeps_the_strongest_tilt_within_the_recall_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer.models import registry
+    from trainer.tuning import tune_preset
+
+    data = clustered(n_users=80, n_items=40, per_user=8)
+    monkeypatch.setitem(registry.TUNING_GRIDS, "ials", {"dim": [4], "epochs": [3]})
+    monkeypatch.setitem(registry.TAIL_SWEEPS, "ials_tail", ("ials", "tail_weight", [1e-4, 100.0]))
+    chosen = tune_preset("ials_tail", data, seed=0)
+    assert chosen == {"dim": 4, "epochs": 3, "tail_weight": 1e-4}  # 100 ranks by unpopularity alone: far below
+    assert tune_preset("item2vec", data, seed=0) == {}  # no grid, no sweep: the preset as it is

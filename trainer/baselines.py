@@ -32,7 +32,7 @@ ALS_DEFAULTS: dict[str, Any] = {"factors": 128, "regularization": 20.0, "alpha":
 BPR_DEFAULTS: dict[str, Any] = {"factors": 64, "learning_rate": 0.01, "regularization": 0.01, "iterations": 100}
 GENSIM_DEFAULTS: dict[str, Any] = {"vector_size": 64, "window": 3, "negative": 10, "epochs": 10, "sample": 0.0}
 TUNING_GRIDS: dict[str, dict[str, list[Any]]] = {
-    "als": {"factors": [64, 128], "alpha": [5.0, 20.0, 40.0]},
+    "als": {"factors": [64, 128, 256], "alpha": [2.0, 10.0, 50.0, 250.0], "regularization": [5.0, 20.0]},
     "bpr": {"learning_rate": [0.01, 0.05], "iterations": [100, 300]},
     "gensim": {"epochs": [3, 10, 30]},
 }
@@ -162,34 +162,7 @@ def tune_baseline(
 ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]]]:
     """Pick the baseline's parameters by validation Recall@20 inside ``train`` (see ``tune``)."""
     grid = TUNING_GRIDS.get(name, {}) if grid is None else grid
+    from trainer.tuning import tune
+
     return tune(lambda part, params: make_baseline(name, part, seed=seed, **params), train, grid,
                 seed=seed, max_users=max_users)
-
-
-def tune(
-    make: Callable[[Interactions, dict[str, Any]], Scorer], train: Interactions, grid: dict[str, list[Any]], *,
-    seed: int = 0, max_users: int = 5000,
-) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]]]:
-    """Grid search by validation Recall@20 inside ``train``; the test split is never looked at.
-
-    The validation split is leave-latest-out when ``train`` has timestamps,
-    else a seeded random 80/20 per-user holdout; scored on up to ``max_users``
-    users. ``make(fit_part, params)`` fits one candidate. Returns (best
-    params, [(params, recall@20), ...]); ({}, []) for an empty grid.
-    """
-    import itertools
-
-    from trainer.evaluate import evaluate, leave_latest_out, random_holdout
-
-    if not grid:
-        return {}, []
-    fit_part, valid = leave_latest_out(train) if bool((train.ts > 0).any()) else random_holdout(train, 0.2, seed + 1)
-    users = np.unique(valid.users[valid.weights > 0])
-    if len(users) > max_users:
-        users = np.random.default_rng(seed).choice(users, max_users, replace=False)
-    trials: list[tuple[dict[str, Any], float]] = []
-    for combo in itertools.product(*grid.values()):
-        params = dict(zip(grid, combo, strict=True))
-        scorer = make(fit_part, params)
-        trials.append((params, evaluate(scorer, fit_part, valid, ks=(20,), users=users, seed=seed)["recall@20"]))
-    return max(trials, key=lambda t: t[1])[0], trials

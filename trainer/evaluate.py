@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from trainer.baselines import BASELINES, make_baseline, tune, tune_baseline
+from trainer.baselines import BASELINES, make_baseline, tune_baseline
 from trainer.datasets import Dataset, load_dataset
 from trainer.interactions import FloatArray, Int32Array, Interactions
 from trainer.metrics import (
@@ -46,6 +46,7 @@ from trainer.metrics import (
 )
 from trainer.models.base import EmbeddingModel, FitReport, History
 from trainer.splits import holdout_split, leave_latest_out, protocol_split, random_holdout
+from trainer.tuning import tune_preset
 
 __all__ = [
     "EmbeddingScorer", "EvalSets", "HasItemVectors", "Scorer", "evaluate", "holdout_metrics", "holdout_split",
@@ -339,7 +340,7 @@ def _fit_named(
 ) -> tuple[Scorer, dict[str, Any]]:
     """(scorer, extra result fields) for one model name."""
     if name in factories or name not in BASELINES:
-        tuned = _tune_preset(name, train, seed) if tune and name not in factories else {}
+        tuned = tune_preset(name, train, seed) if tune and name not in factories else {}
         model = factories[name]() if name in factories else _registry_model(name, seed, **tuned)
         report = model.fit(train)
         extra: dict[str, Any] = {"reports": [report], "device": report.device}
@@ -351,22 +352,6 @@ def _fit_named(
         params, trials = tune_baseline(name, train, seed=seed)
         log.info("%s tuning: %s", name, trials)
     return make_baseline(name, train, seed=seed, **params), ({"params": params} if params else {})
-
-
-def _tune_preset(name: str, train: Interactions, seed: int) -> dict[str, Any]:
-    """Preset overrides chosen on a validation split inside ``train`` ({} when the preset has no grid)."""
-    from trainer.models import registry
-
-    grid = registry.TUNING_GRIDS.get(name, {})
-
-    def make(part: Interactions, params: dict[str, Any]) -> Scorer:
-        model = _registry_model(name, seed, **params)
-        model.fit(part)
-        return EmbeddingScorer(model, part, name=name)
-
-    best, trials = tune(make, train, grid, seed=seed)
-    log.info("%s tuning: %s", name, trials)
-    return best
 
 
 def _registry_model(name: str, seed: int, **overrides: Any) -> EmbeddingModel:

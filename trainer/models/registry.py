@@ -47,12 +47,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ials_tail": {"model": "ials", "tail_weight": 0.05},
 }
 
-# Presets ``run_evaluation(tune=True)`` / ``bench.quality --tune`` tune like the ALS baseline:
-# validation Recall@20 inside train, a grid of the same size and dims (ALS: factors 64/128 x alpha 5/20/40;
-# a0 = 0.005/0.02/0.2 spans the same confidence ratios, a0 ~ 1 / (1 + alpha)).
+# Presets ``run_evaluation(tune=True)`` / ``bench.quality --tune`` tune like the ALS baseline: validation
+# Recall@20 inside train over a grid of the same shape (ALS: factors 64/128/256 x confidence alpha 2/10/50/250
+# x regularisation 5/20; iALS: dims 64/128/256 x unobserved weight a0 = 1 / (1 + alpha) x reg 1.5/3).
 TUNING_GRIDS: dict[str, dict[str, list[Any]]] = {
-    "ials": {"dim": [64, 128], "unobserved": [0.005, 0.02, 0.2]},
+    "ials": {"dim": [64, 128, 256], "unobserved": [0.33, 0.09, 0.02, 0.004], "reg": [1.5, 3.0]},
 }
+# Tail presets tuned as (base preset, tail setting, values): the base's grid first, then the largest tail
+# value whose validation recall is >= TAIL_RECALL_FLOOR x the untilted one's (``trainer.tuning.tune_preset``).
+TAIL_SWEEPS: dict[str, tuple[str, str, list[float]]] = {
+    "ials_tail": ("ials", "tail_weight", [0.005, 0.01, 0.02, 0.05, 0.1]),
+}
+TAIL_RECALL_FLOOR = 0.95
 
 
 def kind_of(preset: str) -> str:
