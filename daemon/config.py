@@ -77,6 +77,9 @@ class Settings:
     # --- Training
     model_dir: str = _s("var/models", "folder of versioned model snapshots")
     model_kind: str = _s("ials", "model preset trained by the scheduler (see `recd model presets`)")
+    model_params: dict[str, float] = _s(
+        {}, "numeric overrides of the preset's settings, e.g. 'dim=128,unobserved=0.004' (pick with bench/tune.py)",
+    )
     device: str = _s("auto", "training device: auto (CUDA when present), cpu, cuda")
     train_threads: int = _s(2, "CPU threads for training")
     train_interval_s: int = _s(600, "fine-tune at least this often when new events arrived")
@@ -108,6 +111,7 @@ class Settings:
             if not isinstance(weight, float):
                 raise ConfigError(f"RECD_EVENT_WEIGHTS: weight of {name!r} is not a number")
         object.__setattr__(self, "event_weights", MappingProxyType(dict(self.event_weights)))
+        object.__setattr__(self, "model_params", MappingProxyType(dict(self.model_params)))
 
     @property
     def dlq_topic(self) -> str:

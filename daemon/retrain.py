@@ -18,10 +18,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
-from daemon.config import Settings
+from daemon.config import ConfigError, Settings
 from daemon.keys import Keys
 from daemon.metrics import Metrics
 from daemon.modelwatch import Pointer, write_pointer
@@ -67,6 +68,17 @@ class TrainRole:
         self.store = ModelStore(Path(settings.model_dir))
         self.holder = uuid.uuid4().hex
         self._last_run = 0.0
+        self._new_model()  # a bad RECD_MODEL_KIND / RECD_MODEL_PARAMS fails at start, not at the first fit
+
+    def _new_model(self) -> EmbeddingModel:
+        params: dict[str, Any] = {k: int(v) if float(v).is_integer() else v
+                                  for k, v in self.settings.model_params.items()}
+        try:
+            return build_preset(self.settings.model_kind, device=self.settings.device,
+                                threads=self.settings.train_threads, **params)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"RECD_MODEL_KIND={self.settings.model_kind!r} with RECD_MODEL_PARAMS={params}: "
+                              f"{exc}") from None
 
     def due(self) -> bool:
         applied = int(self.client.hget(self.keys.stats, "applied") or 0)  # type: ignore[arg-type]
@@ -120,8 +132,7 @@ class TrainRole:
 
     def _train(self, snap: Snapshot) -> Outcome:
         current, current_metrics, current_version = self._current()
-        model = build_preset(self.settings.model_kind, device=self.settings.device,
-                             threads=self.settings.train_threads)
+        model = self._new_model()
         train_part, _ = holdout_split(snap.data)
         report = model.fit(train_part, warm_from=current)
         scores = holdout_metrics(model, snap.data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +80,23 @@ def test_kafka_security_passthrough() -> None:
         "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "svc",
         "sasl_plain_password": "pw", "ssl_cafile": "/ca.pem",
     }
+
+
+def test_model_params_override_the_preset_and_bad_ones_fail_at_start(tmp_path: Path) -> None:
+    import redis
+    from prometheus_client import CollectorRegistry
+
+    from daemon.metrics import Metrics
+    from daemon.retrain import TrainRole
+
+    env = {"RECD_MODEL_PARAMS": "dim=128,unobserved=0.004", "RECD_MODEL_DIR": str(tmp_path / "models")}
+    settings = load_settings(environ=env)
+    assert dict(settings.model_params) == {"dim": 128.0, "unobserved": 0.004}
+    client = redis.Redis()  # never contacted by the constructor
+    model: Any = TrainRole(settings, client, Metrics(CollectorRegistry()))._new_model()
+    assert model.config.dim == 128 and isinstance(model.config.dim, int) and model.config.unobserved == 0.004
+    bad = load_settings(environ={**env, "RECD_MODEL_PARAMS": "dimension=128"})
+    with pytest.raises(ConfigError, match=r"RECD_MODEL_PARAMS.*dimension"):
+        TrainRole(bad, client, Metrics(CollectorRegistry()))
+    with pytest.raises(ConfigError, match="RECD_MODEL_PARAMS"):
+        load_settings(environ={"RECD_MODEL_PARAMS": "dim=big"})
