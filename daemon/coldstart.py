@@ -79,13 +79,18 @@ class ColdStart:
     def popular(self) -> list[tuple[str, float]]:
         return self._cached("trend", lambda: self._top(self.keys.trending))
 
-    def segment(self, segment: str) -> list[tuple[str, float]]:
+    def segment(self, segment: str, reload: bool = False) -> list[tuple[str, float]]:
+        if reload:
+            self._cache.pop("segs", None)
+            self._cache.pop("seg:" + segment, None)
         return self._cached("seg:" + segment, lambda: self._segment_pool(segment))
 
     def for_user(self, segments: list[str], seen: Collection[str], k: int) -> tuple[list[str], list[float], str]:
         """Finest segment with k unseen items, coarser ones next, then trending."""
         for seg in reversed(segments):
             picked = [(i, s) for i, s in self.segment(seg) if i not in seen][:k]
+            if len(picked) < k:  # a short pool may be a stale read from while the segment was filling up
+                picked = [(i, s) for i, s in self.segment(seg, reload=True) if i not in seen][:k]
             if len(picked) >= k:
                 return [i for i, _ in picked], [s for _, s in picked], f"coldstart:{seg}"
         picked = [(i, s) for i, s in self.popular() if i not in seen][:k]
