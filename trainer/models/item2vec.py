@@ -152,11 +152,9 @@ class Item2Vec(EmbeddingModel):
 
         Negatives are drawn only among ``active`` rows (items with a positive
         in this data): on warm start, old items the new data does not mention
-        keep their output rows too, not just their input rows.
-        With ``threads >= 2`` the next epoch's pairs and negatives are
-        prepared on a background thread (numpy releases the GIL) while this
-        one trains; one producer draws from ``rng`` in epoch order, so the
-        result does not depend on the thread count.
+        keep their output rows too. With ``threads >= 2`` host planning runs a
+        background thread (numpy releases the GIL) drawing from ``rng`` in
+        epoch order, so the result does not depend on the thread count.
         """
         cfg = self.config
         assert self._in is not None and self._out is not None

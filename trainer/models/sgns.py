@@ -168,14 +168,10 @@ def sgd_step(
 ) -> float:
     """One batch: targets ``span[0]:span[1]`` (whole groups); returns the loss sum of its first ``loss_groups``.
 
-    The loss is only monitored (divergence check, reporting), so training
-    samples it on one group of a batch: scoring every negative through
-    ``softplus`` cost ~10% of a CPU epoch.
-
-    Loss per target = sum_c softplus(-t.c) + w * sum_n softplus(t.n) with
-    w = C * negatives / N; the SGD step is applied in place to ``win`` and
-    ``wout`` (the same tensor for tied tables). All gathers happen before
-    the first scatter, so tied tables see one consistent snapshot.
+    The loss is only monitored (divergence check, reporting): training samples it on one group, since
+    ``softplus`` over every negative cost ~10% of a CPU epoch. Loss per target = sum_c softplus(-t.c)
+    + w * sum_n softplus(t.n), w = C * negatives / N; the step is applied in place to ``win`` and
+    ``wout`` (one tensor when tied); all gathers precede the first scatter (one consistent snapshot).
     """
     lo, hi = span
     n_c, d, n_n = int(plan.contexts.shape[0]) // int(plan.targets.shape[0]), int(win.shape[1]), sizes.shared
