@@ -4,7 +4,7 @@
         --grid dim=64,128 --grid unobserved=0.02,0.06,0.2
 
 The same protocol ``bench.quality`` gives the ALS/BPR/gensim baselines
-(``trainer.baselines.tune``: validation Recall@20 inside train, the test
+(``trainer.tuning.tune``: validation Recall@20 inside train, the test
 split never looked at while choosing), so a tuned preset and a tuned
 baseline are compared on equal terms. Each trial's validation recall and fit
 seconds go to stdout; the LAST line is one JSON object with the grid, the
@@ -20,12 +20,12 @@ from typing import Any
 
 from bench.quality import dataset_path
 from trainer.datasets import load_dataset
-from trainer.evaluate import EmbeddingScorer, evaluate
+from trainer.evaluate import Scorer, evaluate
 from trainer.fit import resolve_device
 from trainer.interactions import Interactions
 from trainer.models import registry
 from trainer.splits import protocol_split
-from trainer.tuning import tune
+from trainer.tuning import preset_maker, tune
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[Any]]:
@@ -53,13 +53,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train, test, protocol = protocol_split(data, args.seed)
     print(f"{data.name}: {protocol}; preset {args.preset}; device {resolve_device(args.device)}", flush=True)
 
-    def make(part: Interactions, params: dict[str, Any]) -> EmbeddingScorer:
-        model = registry.build_preset(args.preset, seed=args.seed, device=args.device, threads=args.threads,
-                                      **params)
+    fit = preset_maker(args.preset, args.seed, device=args.device, threads=args.threads)
+
+    def make(part: Interactions, params: dict[str, Any]) -> Scorer:
         started = time.perf_counter()
-        model.fit(part)
+        scorer = fit(part, params)
         print(f"  fitted {params} in {time.perf_counter() - started:.1f}s", flush=True)
-        return EmbeddingScorer(model, part)
+        return scorer
 
     best, trials = tune(make, train, grid, seed=args.seed)
     for params, recall in trials:

@@ -305,8 +305,9 @@ def run_evaluation(
     Names are baselines (``popularity``, ``als``, ``bpr``, ``gensim``), keys of
     ``factories``, or presets of ``trainer.models.registry``. With ``tune``,
     ALS/BPR/gensim and the presets in ``registry.TUNING_GRIDS`` pick their
-    parameters on a validation split inside train first. Returns a JSON-able dict: dataset, protocol,
-    sizes and ``models`` -> metrics plus ``fit_s`` / ``eval_s``.
+    parameters on a validation split inside train first. Returns a JSON-able
+    dict: dataset, protocol, sizes and ``models`` -> metrics plus ``fit_s`` /
+    ``eval_s``.
     """
     data = load_dataset(dataset_path)
     train, test, protocol = protocol_split(data, seed)

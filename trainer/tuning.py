@@ -47,7 +47,7 @@ def tune(
     users = np.unique(valid.users[valid.weights > 0])
     if len(users) > max_users:
         users = np.random.default_rng(seed).choice(users, max_users, replace=False)
-    trials: list[tuple[dict[str, Any], float]] = []
+    trials: Trials = []
     for combo in itertools.product(*grid.values()):
         params = dict(zip(grid, combo, strict=True))
         scorer = make(fit_part, params)
@@ -70,14 +70,14 @@ def tune_preset(name: str, train: Interactions, seed: int) -> dict[str, Any]:
     grid = registry.TUNING_GRIDS.get(base_name, {})
     memo = (base_name, seed, repr(grid), _fingerprint(train))
     if memo not in _TUNED:  # a tail preset reuses its base's search from the same run
-        _TUNED[memo] = tune(_preset_maker(base_name, seed), train, grid, seed=seed)
+        _TUNED[memo] = tune(preset_maker(base_name, seed), train, grid, seed=seed)
         log.info("%s tuning: %s", base_name, _TUNED[memo][1])
     best = _TUNED[memo][0]
     if sweep is None:
         return best
     _, key, values = sweep
     tilt = {**{k: [v] for k, v in best.items()}, key: [0.0, *values]}
-    _, tilted = tune(_preset_maker(name, seed), train, tilt, seed=seed)
+    _, tilted = tune(preset_maker(name, seed), train, tilt, seed=seed)
     log.info("%s tail sweep: %s", name, tilted)
     floor = registry.TAIL_RECALL_FLOOR * tilted[0][1]
     return max((p for p, recall in tilted if recall >= floor), key=lambda p: float(p[key]))
@@ -94,12 +94,16 @@ def _fingerprint(data: Interactions) -> str:
     return f"{data.n_users}x{data.n_items}:{len(data)}:{digest:08x}"
 
 
-def _preset_maker(name: str, seed: int) -> Callable[[Interactions, dict[str, Any]], Scorer]:
+def preset_maker(name: str, seed: int, **machine: Any) -> Callable[[Interactions, dict[str, Any]], Scorer]:
+    """``make(part, params)`` for ``tune``: preset ``name`` with ``params`` fitted on ``part``, as a scorer.
+
+    ``machine`` (``device``, ``threads``) goes to ``build_preset`` unchanged.
+    """
     from trainer.evaluate import EmbeddingScorer
     from trainer.models import registry
 
     def make(part: Interactions, params: dict[str, Any]) -> Scorer:
-        model = registry.build_preset(name, seed=seed, **params)
+        model = registry.build_preset(name, seed=seed, **machine, **params)
         model.fit(part)
         return EmbeddingScorer(model, part, name=name)
 
