@@ -23,6 +23,7 @@ POOL = 200  # candidates kept per segment, before filtering what a user has seen
 
 
 SEGS_REFRESH_S = 2.0
+SHORT_MAX_AGE_S = 0.25  # a pool too short for a user is re-read when older than this (at most once per interval)
 
 
 @dataclass
@@ -58,9 +59,10 @@ class ColdStart:
         reply: Any = self.client.zrevrange(key, 0, POOL - 1, withscores=True)
         return [(text(m), float(s)) for m, s in reply]
 
-    def _segment_pool(self, segment: str) -> list[tuple[str, float]]:
+    def _segment_pool(self, segment: str, max_age_s: float) -> list[tuple[str, float]]:
         # the segment list changes only when a new segment appears: re-read it often, it is small
-        finest = [name for name, _ in self._cached("segs", self._segment_names, min(self.refresh_s, SEGS_REFRESH_S))]
+        names = self._cached("segs", self._segment_names, min(self.refresh_s, SEGS_REFRESH_S, max_age_s))
+        finest = [name for name, _ in names]
         members = [s for s in finest if s == segment or s.startswith(segment + "|")]
         if not members:
             return []
@@ -79,18 +81,17 @@ class ColdStart:
     def popular(self) -> list[tuple[str, float]]:
         return self._cached("trend", lambda: self._top(self.keys.trending))
 
-    def segment(self, segment: str, reload: bool = False) -> list[tuple[str, float]]:
-        if reload:
-            self._cache.pop("segs", None)
-            self._cache.pop("seg:" + segment, None)
-        return self._cached("seg:" + segment, lambda: self._segment_pool(segment))
+    def segment(self, segment: str, max_age_s: float | None = None) -> list[tuple[str, float]]:
+        """The segment's pool, read no longer than ``max_age_s`` ago when given (else the cache's own rule)."""
+        age = self.refresh_s if max_age_s is None else max_age_s
+        return self._cached("seg:" + segment, lambda: self._segment_pool(segment, age), max_age_s)
 
     def for_user(self, segments: list[str], seen: Collection[str], k: int) -> tuple[list[str], list[float], str]:
         """Finest segment with k unseen items, coarser ones next, then trending."""
         for seg in reversed(segments):
             picked = [(i, s) for i, s in self.segment(seg) if i not in seen][:k]
             if len(picked) < k:  # a short pool may be a stale read from while the segment was filling up
-                picked = [(i, s) for i, s in self.segment(seg, reload=True) if i not in seen][:k]
+                picked = [(i, s) for i, s in self.segment(seg, SHORT_MAX_AGE_S) if i not in seen][:k]
             if len(picked) >= k:
                 return [i for i, _ in picked], [s for _, s in picked], f"coldstart:{seg}"
         picked = [(i, s) for i, s in self.popular() if i not in seen][:k]
