@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,18 @@ def build_index(vectors: npt.NDArray[np.float32], spec: IndexSpec) -> Any:
     return index
 
 
+def top_unseen(item_ids: list[str], found: list[int], scores: list[float], seen: Collection[str], k: int
+               ) -> list[tuple[str, float]]:
+    """The first ``k`` (item, score) of a search row that the user has not seen; stops as soon as it has them."""
+    out: list[tuple[str, float]] = []
+    for pos, score in zip(found, scores, strict=True):
+        if pos >= 0 and item_ids[pos] not in seen:
+            out.append((item_ids[pos], score))
+            if len(out) == k:
+                break
+    return out
+
+
 def search(index: Any, queries: npt.NDArray[np.float32], k: int
            ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Top-k (inner-product scores best first, positions) per query row.
@@ -158,9 +171,8 @@ class ServingIndex:
             return []
         scores, found = search(self.sim_index, self.sim_vectors[positions], min(k + 1, len(self.item_ids)))
         out = []
-        for own, row_pos, row_scores in zip(positions, found, scores, strict=True):
-            pairs = [(self.item_ids[p], float(s)) for p, s in zip(row_pos, row_scores, strict=True)
-                     if p >= 0 and p != own][:k]
+        for own, row_pos, row_scores in zip(positions.tolist(), found, scores, strict=True):
+            pairs = top_unseen(self.item_ids, row_pos.tolist(), row_scores.tolist(), {self.item_ids[own]}, k)
             out.append(([i for i, _ in pairs], [s for _, s in pairs]))
         return out
 

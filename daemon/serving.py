@@ -19,7 +19,7 @@ import numpy as np
 import redis
 
 from daemon.coldstart import ColdStart, pick_new_item
-from daemon.index import ServingIndex
+from daemon.index import ServingIndex, top_unseen
 from daemon.keys import Keys, text
 from daemon.metrics import Metrics
 from daemon.modelwatch import ModelWatcher
@@ -55,18 +55,6 @@ def entry_weight(entry: Entry, weights: Mapping[str, float], threshold: float, n
     if base <= 0:
         return 0.0
     return float(base * 2.0 ** (-max(0.0, now_s - entry.ts) / half_life_s))
-
-
-def top_unseen(item_ids: list[str], found: list[int], scores: list[float], seen: set[str], k: int
-               ) -> list[tuple[str, float]]:
-    """The first ``k`` (item, score) of a search row that the user has not seen; stops as soon as it has them."""
-    out: list[tuple[str, float]] = []
-    for pos, score in zip(found, scores, strict=True):
-        if pos >= 0 and item_ids[pos] not in seen:
-            out.append((item_ids[pos], score))
-            if len(out) == k:
-                break
-    return out
 
 
 class ListMaker:
