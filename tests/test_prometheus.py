@@ -124,7 +124,8 @@ def test_prometheus_sees_ingest_rate_and_lag_rise_and_fall(settings: Settings, t
     publish(settings)  # before recd starts, so it has a backlog to catch up on, as after a deploy or an outage
     port = free_port()
     config = write_config(tmp_path, f"127.0.0.1:{port}")
-    env = {"RECD_METRICS_PORT": str(port), "RECD_POLL_MAX_RECORDS": "20"}  # small batches: a catch-up Prometheus sees
+    # tiny batches: the catch-up lasts several 1 s scrapes even on a fast machine (20 finished between two)
+    env = {"RECD_METRICS_PORT": str(port), "RECD_POLL_MAX_RECORDS": "5"}
     with running_prometheus(config, tmp_path) as prom, running_daemon(settings, tmp_path / "recd.log", "ingest", **env):
         wait_until(lambda: query(prom, 'up{job="recd", component="daemon"} == 1'), 15, "a successful scrape")
         seen = watch_catch_up(prom, settings)
