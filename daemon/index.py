@@ -17,10 +17,13 @@ from typing import Any
 import faiss
 import numpy as np
 import numpy.typing as npt
+import torch
 
+from trainer.fit import torch_threads
 from trainer.models.base import EmbeddingModel
 
 log = logging.getLogger(__name__)
+IntArray = npt.NDArray[np.int64]
 
 FLAT_MAX_ITEMS = 50_000  # up to this many items exact search is fast enough
 KINDS = ("auto", "flat", "hnsw", "ivf")
@@ -99,16 +102,33 @@ def build_index(vectors: npt.NDArray[np.float32], spec: IndexSpec) -> Any:
     return index
 
 
-def top_unseen(item_ids: list[str], found: list[int], scores: list[float], seen: Collection[str], k: int
-               ) -> list[tuple[str, float]]:
-    """The first ``k`` (item, score) of a search row that the user has not seen; stops as soon as it has them."""
-    out: list[tuple[str, float]] = []
+def top_unseen(found: list[int], scores: list[float], seen: Collection[int], k: int) -> list[tuple[int, float]]:
+    """The first ``k`` (position, score) of a search row not in ``seen``; stops as soon as it has them."""
+    out: list[tuple[int, float]] = []
     for pos, score in zip(found, scores, strict=True):
-        if pos >= 0 and item_ids[pos] not in seen:
-            out.append((item_ids[pos], score))
+        if pos >= 0 and pos not in seen:
+            out.append((pos, score))
             if len(out) == k:
                 break
     return out
+
+
+def exact_unseen(vectors: npt.NDArray[np.float32], queries: npt.NDArray[np.float32], seen: list[IntArray],
+                 excluded: IntArray, k: int) -> list[list[tuple[int, float]]]:
+    """Per query row, its ``k`` best (position, score) by exact inner product over every item, with the
+    row's ``seen`` positions and every row's ``excluded`` ones masked out first (so there is no deep
+    search to filter afterwards)."""
+    lengths = [len(s) for s in seen]
+    rows = torch.from_numpy(np.repeat(np.arange(len(seen)), lengths))
+    cols = torch.from_numpy(np.concatenate(seen).astype(np.int64) if seen else np.zeros(0, np.int64))
+    with torch_threads(1):
+        scores = torch.from_numpy(np.ascontiguousarray(queries, np.float32)) @ torch.from_numpy(vectors).T
+        scores[rows, cols] = -torch.inf
+        scores[:, torch.from_numpy(excluded)] = -torch.inf
+        best = torch.topk(scores, min(k, len(vectors)), dim=1)
+    values, positions = best.values.tolist(), best.indices.tolist()
+    return [[(p, s) for p, s in zip(row_pos, row_val, strict=True) if s != -np.inf]
+            for row_pos, row_val in zip(positions, values, strict=True)]
 
 
 def search(index: Any, queries: npt.NDArray[np.float32], k: int
@@ -140,6 +160,7 @@ class ServingIndex:
     model: EmbeddingModel
     published_at: int  # epoch ms
     rec_index: Any
+    rec_vectors: npt.NDArray[np.float32]
     sim_index: Any
     sim_vectors: npt.NDArray[np.float32]
     item_ids: list[str]
@@ -151,7 +172,8 @@ class ServingIndex:
     def build(cls, version: str, model: EmbeddingModel, published_at: int, spec: IndexSpec) -> ServingIndex:
         started = time.perf_counter()
         faiss.omp_set_num_threads(max(1, spec.threads))
-        rec = build_index(model.index_vectors(), spec)
+        rec_vectors = np.ascontiguousarray(model.index_vectors(), dtype=np.float32)
+        rec = build_index(rec_vectors, spec)
         sim_vectors = np.ascontiguousarray(model.similar_vectors(), dtype=np.float32)
         sim = build_index(sim_vectors, spec)
         ids = list(model.item_ids)
@@ -159,11 +181,25 @@ class ServingIndex:
         kind = choose_kind(spec, len(ids))
         log.info("built %s index for model %s: %d items in %.2fs", kind, version, len(ids), seconds)
         positions = {item: k for k, item in enumerate(ids)}
-        return cls(version, model, published_at, rec, sim, sim_vectors, ids, positions, seconds, kind)
+        return cls(version, model, published_at, rec, rec_vectors, sim, sim_vectors, ids, positions, seconds, kind)
 
     def search(self, queries: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Top-k (scores, item positions) per query row; positions -1 where fewer exist."""
         return search(self.rec_index, queries, min(k, len(self.item_ids)))
+
+    def top_unseen_batch(self, queries: npt.NDArray[np.float32], seen: list[IntArray], excluded: IntArray,
+                         k: int) -> list[list[tuple[int, float]]]:
+        """Per query row, the ``k`` best (position, score) not among that row's ``seen`` positions nor
+        ``excluded`` (fewer when the catalogue runs out). A flat index scores every item exactly with
+        those masked (4x faster than faiss's flat search at the depth filtering needs); ANN indexes
+        search deep enough to filter up to 200 of them."""
+        if self.kind == "flat":
+            return exact_unseen(self.rec_vectors, queries, seen, excluded, k)
+        depth = k + min(200, max((len(s) for s in seen), default=0) + len(excluded)) + 10
+        scores, found = self.search(queries, depth)
+        banned = set(excluded.tolist())
+        return [top_unseen(row_pos.tolist(), row_scores.tolist(), banned | set(row_seen.tolist()), k)
+                for row_pos, row_scores, row_seen in zip(found, scores, seen, strict=True)]
 
     def similar_batch(self, positions: npt.NDArray[np.int64], k: int) -> list[tuple[list[str], list[float]]]:
         """For each item position, the k items most like it (itself excluded)."""
@@ -172,8 +208,8 @@ class ServingIndex:
         scores, found = search(self.sim_index, self.sim_vectors[positions], min(k + 1, len(self.item_ids)))
         out = []
         for own, row_pos, row_scores in zip(positions.tolist(), found, scores, strict=True):
-            pairs = top_unseen(self.item_ids, row_pos.tolist(), row_scores.tolist(), {self.item_ids[own]}, k)
-            out.append(([i for i, _ in pairs], [s for _, s in pairs]))
+            pairs = top_unseen(row_pos.tolist(), row_scores.tolist(), {own}, k)
+            out.append(([self.item_ids[p] for p, _ in pairs], [s for _, s in pairs]))
         return out
 
     def similar(self, item_id: str, k: int) -> tuple[list[str], list[float]]:

@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import redis
 
 from daemon.coldstart import ColdStart, pick_new_item
-from daemon.index import ServingIndex, top_unseen
+from daemon.histories import HistoryBatch, PositionMap, code_weights
+from daemon.index import ServingIndex
 from daemon.keys import Keys, text
 from daemon.metrics import Metrics
 from daemon.modelwatch import ModelWatcher
-from daemon.state import Entry, StateReader
+from daemon.state import StateReader
 from daemon.workqueue import Claim, WorkQueue
 from schemas.records import RecommendationList, SimilarList
 from trainer.models.base import History
@@ -44,75 +46,83 @@ class ServeOptions:
     weights: Mapping[str, float] | None = None
     rating_threshold: float = 4.0
     similar_chunk: int = 500
-
-
-def entry_weight(entry: Entry, weights: Mapping[str, float], threshold: float, now_s: float, half_life_s: float
-                 ) -> float:
-    """Implicit weight of a history entry, decayed by its age."""
-    base = weights.get(entry.type, 0.0)
-    if entry.type == "rating" and entry.value < threshold:
-        base = 0.0
-    if base <= 0:
-        return 0.0
-    return float(base * 2.0 ** (-max(0.0, now_s - entry.ts) / half_life_s))
+    exclusions_refresh_s: float = 1.0
 
 
 class ListMaker:
-    """Builds recommendation lists for a batch of users from their state and the served index."""
+    """Builds recommendation lists for a batch of users from their histories and the served index."""
 
-    def __init__(self, options: ServeOptions, cold: ColdStart) -> None:
+    def __init__(self, options: ServeOptions, cold: ColdStart, names: Callable[[Iterable[int]], Mapping[int, str]]
+                 ) -> None:
         self.options = options
         self.cold = cold
-        self.weights = dict(options.weights or {})
+        self.names = names  # item number -> item id (cached by the reader)
+        self.code_weight = code_weights(options.weights or {}, options.rating_threshold)
+        self._positions: PositionMap | None = None
 
-    def _history(self, index: ServingIndex, entries: list[tuple[str, Entry]], now_s: float) -> History | None:
-        opts = self.options
-        pos, weights = [], []
-        for item_id, entry in entries:
-            p = index.item_pos.get(item_id)
-            w = entry_weight(entry, self.weights, opts.rating_threshold, now_s, opts.recency_half_life_s)
-            if p is not None and w > 0:
-                pos.append(p)
-                weights.append(w)
-        if len(pos) < max(1, opts.cold_min_history):
-            return None
-        return History(np.asarray(pos, np.int64), np.asarray(weights, np.float32))
-
-    def make(self, index: ServingIndex | None, histories: dict[str, list[tuple[str, Entry]]],
-             segments: dict[str, list[str]], excluded: set[str], now_ms: int) -> list[RecommendationList]:
-        k, version = self.options.top_k, index.version if index else "none"
-        warm: dict[str, History] = {}
-        if index is not None:
-            for user, entries in histories.items():
-                hist = self._history(index, entries, now_ms / 1000)
-                if hist is not None:
-                    warm[user] = hist
-        seen = {u: {i for i, _ in entries} | excluded for u, entries in histories.items()}
-        lists = self._ann(index, warm, seen, now_ms) if index is not None and warm else []
-        for user in histories:
-            if user not in warm:
-                items, scores, source = self.cold.for_user(segments.get(user, []), seen[user], k)
-                lists.append(RecommendationList(user, items, scores, source, version, now_ms))
+    def make(self, index: ServingIndex | None, batch: HistoryBatch,
+             segments_of: Callable[[list[str]], dict[str, list[str]]], excluded: set[str], now_ms: int
+             ) -> list[RecommendationList]:
+        """Lists for every user of ``batch``: ANN for users with enough positive history the model knows,
+        cold start (profile segments, read only for those users) for the rest."""
+        weight = batch.decayed_weights(self.code_weight, now_ms / 1000, self.options.recency_half_life_s)
+        pos = self._position_map(index).lookup(batch.item, self.names) if index else np.full(len(weight), -1)
+        useful = (pos >= 0) & (weight > 0)
+        counts = np.bincount(batch.owner()[useful], minlength=len(batch.users))
+        is_warm = counts >= max(1, self.options.cold_min_history) if index else np.zeros(len(counts), bool)
+        lists = []
+        if index is not None and is_warm.any():
+            lists = self._ann(index, batch, np.flatnonzero(is_warm), (pos, weight, useful), excluded, now_ms)
+        cold = [batch.users[r] for r in np.flatnonzero(~is_warm)]
+        segments = segments_of(cold) if cold else {}
+        version = index.version if index else "none"
+        for row in np.flatnonzero(~is_warm).tolist():
+            user = batch.users[row]
+            seen = self._ids(batch.item[batch.bounds[row]:batch.bounds[row + 1]]) | excluded
+            items, scores, source = self.cold.for_user(segments.get(user, []), seen, self.options.top_k)
+            lists.append(RecommendationList(user, items, scores, source, version, now_ms))
         return lists
 
-    def _ann(self, index: ServingIndex, warm: dict[str, History], seen: dict[str, set[str]], now_ms: int
-             ) -> list[RecommendationList]:
-        k = self.options.top_k
-        users = list(warm)
-        queries = index.model.query_vectors([warm[u] for u in users])
-        depth = k + min(200, max(len(seen[u]) for u in users)) + 10
-        scores, found = index.search(queries, depth)
+    def _position_map(self, index: ServingIndex) -> PositionMap:
+        if self._positions is None or self._positions.version != index.version:
+            self._positions = PositionMap(index.version, index.item_pos)
+        return self._positions
+
+    def _ids(self, numbers: npt.NDArray[np.int64]) -> set[str]:
+        if not len(numbers):
+            return set()
+        listed = numbers.tolist()
+        names = self.names(listed)
+        return {names[n] for n in listed if n in names}
+
+    def _ann(self, index: ServingIndex, batch: HistoryBatch, rows: npt.NDArray[np.int64],
+             records: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.bool_]],
+             excluded: set[str], now_ms: int) -> list[RecommendationList]:
+        pos, weight, useful = records
+        owner, known = batch.owner(), pos >= 0
+        cuts = np.cumsum(np.bincount(owner[useful], minlength=len(batch.users)))[:-1]
+        parts = zip(np.split(pos[useful], cuts), np.split(weight[useful].astype(np.float32), cuts), strict=True)
+        histories = [History(p, w) for p, w in parts]
+        seen = np.split(pos[known], np.cumsum(np.bincount(owner[known], minlength=len(batch.users)))[:-1])
+        queries = index.model.query_vectors([histories[r] for r in rows.tolist()])
+        banned = np.asarray([index.item_pos[i] for i in excluded if i in index.item_pos], np.int64)
+        found = index.top_unseen_batch(queries, [seen[r] for r in rows.tolist()], banned, self.options.top_k)
         fresh = self.cold.new_items(index.item_pos, self.options.new_item_window_ms, now_ms)
         out = []
-        for row, user in enumerate(users):
-            pairs = top_unseen(index.item_ids, found[row].tolist(), scores[row].tolist(), seen[user], k)
-            if len(pairs) < k:  # a tiny catalogue or a voracious user: pad from trending
-                taken = {i for i, _ in pairs} | seen[user]
-                pairs += [(i, 0.0) for i, _ in self.cold.popular() if i not in taken][: k - len(pairs)]
-            pairs = self._expose_new(user, pairs, fresh, seen[user])
+        for row, best in zip(rows.tolist(), found, strict=True):
+            user, (lo, hi) = batch.users[row], (int(batch.bounds[row]), int(batch.bounds[row + 1]))
+            pairs = [(index.item_ids[p], s) for p, s in best]
+            if len(pairs) < self.options.top_k:  # a tiny catalogue or a voracious user: pad from trending
+                pairs = self._pad(pairs, self._ids(batch.item[lo:hi]) | excluded)
+            if fresh:  # new items are ones the model lacks: only those of the user's need names
+                pairs = self._expose_new(user, pairs, fresh, self._ids(batch.item[lo:hi][~known[lo:hi]]) | excluded)
             out.append(RecommendationList(user, [i for i, _ in pairs], [s for _, s in pairs], "ann",
                                           index.version, now_ms))
         return out
+
+    def _pad(self, pairs: list[tuple[str, float]], seen: set[str]) -> list[tuple[str, float]]:
+        taken = {i for i, _ in pairs} | seen
+        return pairs + [(i, 0.0) for i, _ in self.cold.popular() if i not in taken][: self.options.top_k - len(pairs)]
 
     def _expose_new(self, user: str, pairs: list[tuple[str, float]], fresh: list[str], seen: set[str]
                     ) -> list[tuple[str, float]]:
@@ -142,8 +152,9 @@ class Server:
         self.queue = WorkQueue(client, keys)
         self.reader = StateReader(client, keys, segment_keys)
         self.cold = ColdStart(client, keys)
-        self.maker = ListMaker(options, self.cold)
+        self.maker = ListMaker(options, self.cold, self.reader.item_ids)
         self._similar_todo: list[int] = []
+        self._exclusions: tuple[float, set[str]] | None = None  # (read at, items)
 
     def step(self) -> int:
         now_ms = int(self.clock() * 1000)
@@ -152,7 +163,7 @@ class Server:
             queued = self.queue.enqueue_refresh(now_ms - self.options.refresh_window_ms)
             self._similar_todo = list(range(len(swapped.item_ids)))
             log.info("model %s: refreshing %d active users' lists", swapped.version, queued)
-        claims = self.queue.claim(self.options.batch, now_ms)
+        claims = self.queue.claim(self.options.batch, now_ms, with_history=True)
         if not claims:
             self._write_similar()
             self.metrics.dirty_users.set(self.queue.depth())
@@ -163,28 +174,33 @@ class Server:
         return len(lists)
 
     def serve(self, claims: list[Claim], now_ms: int) -> list[RecommendationList]:
-        users = [c.user_id for c in claims]
-        histories = self.reader.histories_by_item_id(users)
-        profiles = self.reader.profiles(users)
-        segments = {u: p.segments for u, p in profiles.items() if p is not None}
-        excluded = self._excluded()
-        lists = self.maker.make(self.watcher.current, histories, segments, excluded, now_ms)
-        self._write(lists, histories, claims)
+        batch = HistoryBatch.decode([c.user_id for c in claims], [c.history for c in claims])
+        lists = self.maker.make(self.watcher.current, batch, self._segments, self._excluded(), now_ms)
+        self._write(lists, batch, claims)
         return lists
 
-    def _excluded(self) -> set[str]:
-        reply: Any = self.client.smembers(self.keys.exclusions)
-        return {text(m) for m in reply}
+    def _segments(self, users: list[str]) -> dict[str, list[str]]:
+        return {u: p.segments for u, p in self.reader.profiles(users).items() if p is not None}
 
-    def _write(self, lists: list[RecommendationList], histories: dict[str, list[tuple[str, Entry]]],
-               claims: list[Claim]) -> None:
+    def _excluded(self) -> set[str]:
+        """Ops' exclusions, re-read at most every ``exclusions_refresh_s`` (a round trip saved per step)."""
+        now = time.monotonic()
+        if self._exclusions is None or now - self._exclusions[0] >= self.options.exclusions_refresh_s:
+            reply: Any = self.client.smembers(self.keys.exclusions)
+            self._exclusions = (now, {text(m) for m in reply})
+        return self._exclusions[1]
+
+    def _write(self, lists: list[RecommendationList], batch: HistoryBatch, claims: list[Claim]) -> None:
+        """The lists, the users' last activity (for refreshes after a swap) and the claims' acks: one round trip."""
         ttl = self.options.list_ttl_s or None
         pipe = self.client.pipeline(transaction=False)
         for rec in lists:
             pipe.set(self.keys.rec(rec.user_id), rec.to_json(), ex=ttl)
-            entries = histories.get(rec.user_id)
-            if entries:
-                pipe.zadd(self.keys.active, {rec.user_id: max(e.ts for _, e in entries) * 1000})
+        has_history = np.diff(batch.bounds) > 0
+        last_ms = {u: 1000 * t for u, t, h in zip(batch.users, batch.last_ts().tolist(), has_history.tolist(),
+                                                  strict=True) if h}
+        if last_ms:
+            pipe.zadd(self.keys.active, last_ms)  # type: ignore[arg-type]
         self.queue.ack(pipe, [c.user_id for c in claims])
         pipe.execute()
         written = int(self.clock() * 1000)

@@ -23,6 +23,7 @@ class Claim:
     user_id: str
     score: float  # message ms of the earliest unserved change, or -(last activity ms) for a swap refresh
     swap: bool
+    history: bytes | None = None  # the packed history, read with the claim (``claim(with_history=True)``)
 
 
 class WorkQueue:
@@ -32,9 +33,16 @@ class WorkQueue:
         self.lease_ms = lease_ms
         self._claim = client.register_script(resources.files("daemon").joinpath("claim.lua").read_text())
 
-    def claim(self, n: int, now_ms: int) -> list[Claim]:
+    def claim(self, n: int, now_ms: int, with_history: bool = False) -> list[Claim]:
+        """Up to n users, fresh changes first; ``with_history`` reads their histories in the same call."""
         keys = [self.keys.dirty, self.keys.dirty_inflight, self.keys.swap_queue]
-        flat: Any = self._claim(keys=keys, args=[n, now_ms, self.lease_ms])
+        args: list[Any] = [n, now_ms, self.lease_ms]
+        if with_history:
+            args += self.keys.history("\0").split("\0")  # the key around the user id
+            flat: Any = self._claim(keys=keys, args=args)
+            return [Claim(text(flat[i]), float(flat[i + 1]), int(flat[i + 2]) == 1, flat[i + 3])
+                    for i in range(0, len(flat), 4)]
+        flat = self._claim(keys=keys, args=args)
         return [Claim(text(flat[i]), float(flat[i + 1]), int(flat[i + 2]) == 1) for i in range(0, len(flat), 3)]
 
     def ack(self, pipe: Any, user_ids: list[str]) -> None:

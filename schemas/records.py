@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import orjson
+
 MANIFEST_SCHEMA_VERSION = 1
 SOURCES = ("ann", "popular")  # plus "coldstart:<segment>"
 
@@ -28,8 +30,11 @@ class RecommendationList:
         if self.source not in SOURCES and not self.source.startswith("coldstart:"):
             raise ValueError(f"unknown source {self.source!r}")
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+    def to_json(self) -> bytes:
+        """Compact JSON (built field by field: ``dataclasses.asdict`` deep-copies and was 15% of serving)."""
+        return orjson.dumps({"user_id": self.user_id, "items": self.items, "scores": self.scores,
+                             "source": self.source, "model_version": self.model_version,
+                             "updated_at": self.updated_at}, option=orjson.OPT_SERIALIZE_NUMPY)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> RecommendationList:
@@ -50,8 +55,10 @@ class SimilarList:
         if len(self.items) != len(self.scores):
             raise ValueError("items and scores differ in length")
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+    def to_json(self) -> bytes:
+        return orjson.dumps({"item_id": self.item_id, "items": self.items, "scores": self.scores,
+                             "model_version": self.model_version, "updated_at": self.updated_at},
+                            option=orjson.OPT_SERIALIZE_NUMPY)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> SimilarList:

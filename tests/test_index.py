@@ -182,3 +182,35 @@ def test_unknown_kind_is_a_clear_value_error(kind: str) -> None:
         build_index(clustered(20), IndexSpec(kind=kind))
     with pytest.raises(ValueError, match="RECD_INDEX_KIND"):
         choose_kind(IndexSpec(kind=kind), 10)
+
+
+@pytest.mark.parametrize(("kind", "min_recall"), [("flat", 1.0), ("hnsw", 0.9), ("ivf", 0.9)])
+def test_top_unseen_batch_leaves_out_seen_and_excluded_items(kind: str, min_recall: float) -> None:
+    """Flat masks seen and excluded items before an exact top-k; ANN indexes filter a deep search."""
+    items = clustered(2000)
+    index = serving(items, kind)
+    queries = queries_for(items, 40)
+    truth = np.argsort(-(queries @ items.T), axis=1, kind="stable")
+    seen = [truth[r, : 3 + r % 25].copy() for r in range(40)]  # each row's best items, 3..27 of them
+    excluded = truth[:, 30][:3].astype(np.int64)  # items some rows would otherwise rank high
+    found = index.top_unseen_batch(queries, seen, excluded, 10)
+    hits = 0
+    for r, row in enumerate(found):
+        positions = [p for p, _ in row]
+        assert len(positions) == len(set(positions)) == 10
+        assert not set(positions) & (set(seen[r].tolist()) | set(excluded.tolist()))
+        np.testing.assert_allclose([s for _, s in row], items[positions] @ queries[r], rtol=1e-4, atol=1e-5)
+        allowed = [p for p in truth[r].tolist() if p not in set(seen[r].tolist()) | set(excluded.tolist())]
+        hits += len(set(positions) & set(allowed[:10]))
+    assert hits / 400 >= min_recall
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_top_unseen_batch_returns_fewer_when_everything_is_seen(kind: str) -> None:
+    items = clustered(12)
+    index = serving(items, kind)
+    seen = [np.arange(8), np.arange(12), np.zeros(0, np.int64)]
+    found = index.top_unseen_batch(queries_for(items, 3), seen, np.array([11]), 10)
+    assert sorted(p for p, _ in found[0]) == [8, 9, 10]
+    assert found[1] == []
+    assert len(found[2]) == 10 and 11 not in {p for p, _ in found[2]}

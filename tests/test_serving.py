@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +28,8 @@ from daemon.keys import Keys
 from daemon.metrics import Metrics
 from daemon.produce import SyntheticSpec, encode, synthetic_events, synthetic_profiles
 from daemon.retrain import TrainRole, publish
-from daemon.serving import Server, entry_weight
-from daemon.state import StateReader
+from daemon.serving import Server
+from daemon.state import Entry, StateReader
 from schemas.records import RecommendationList
 from tests.kafkatools import produce_raw
 from trainer.models.base import History
@@ -94,6 +95,18 @@ def world(settings: Settings, rclient: redis.Redis) -> Iterator[World]:
     finally:
         w.ingest.shutdown()
         w.server.shutdown()
+
+
+def entry_weight(entry: Entry, weights: Mapping[str, float], threshold: float, now_s: float, half_life_s: float
+                 ) -> float:
+    """The test's oracle, one entry at a time: the type's weight (a rating's only at or above the
+    threshold; none when not positive), halved every half-life of age."""
+    base = weights.get(entry.type, 0.0)
+    if entry.type == "rating" and entry.value < threshold:
+        base = 0.0
+    if base <= 0:
+        return 0.0
+    return float(base * 2.0 ** (-max(0.0, now_s - entry.ts) / half_life_s))
 
 
 def _train(w: World) -> str:
@@ -165,6 +178,22 @@ def test_new_event_changes_the_list_within_deadline(world: World, rclient: redis
     assert took < 5.0, f"list changed {took:.2f}s after the event was produced"
     fresh = world.metrics.registry.get_sample_value("recd_freshness_seconds_count")
     assert fresh is not None and fresh >= 1
+
+
+def test_excluded_items_leave_every_list_within_a_second(world: World, rclient: redis.Redis) -> None:
+    _train(world)
+    world.pump(lambda: world.server.watcher.current is not None and _queued(rclient, world.keys) == 0)
+    users = [*sorted(_warm_users(world, rclient)), COLD_USER]
+    lists = _lists(rclient, world.keys, users)
+    banned = [i for i, _ in Counter(i for rec in lists.values() for i in rec.items).most_common(3)]
+    rclient.sadd(world.keys.exclusions, *banned)
+    time.sleep(1.1)  # serving re-reads the exclusions every second
+    rclient.zadd(world.keys.dirty, {u: time.time() * 1000 for u in users})  # every list made again
+    world.pump(lambda: _queued(rclient, world.keys) == 0)
+    for user, rec in _lists(rclient, world.keys, users).items():
+        assert rec.updated_at > lists[user].updated_at, user
+        assert len(rec.items) == 10 and not set(rec.items) & set(banned), (user, rec.items)
+    assert _lists(rclient, world.keys, [COLD_USER])[COLD_USER].source.startswith("coldstart:")
 
 
 def _expected_scores(w: World, client: redis.Redis, rec: RecommendationList, index: Any) -> list[float]:

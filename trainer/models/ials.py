@@ -38,6 +38,7 @@ import torch
 from trainer.fit import check_finite, grow_table, plan_items, resolve_device, seeded, torch_threads
 from trainer.interactions import FloatArray, Interactions
 from trainer.models.base import Arrays, EmbeddingModel, EpochCallback, FitReport, History
+from trainer.models.foldin import FoldIn
 from trainer.models.negatives import UserCsr
 
 CHUNK_CELLS = 300_000  # padded (row, partner) cells per batched solve: memory ~ cells * dim * 4 bytes
@@ -175,6 +176,7 @@ class ImplicitALS(EmbeddingModel):
         self.threads = threads
         self.items = np.zeros((0, self.config.dim), np.float32)  # (n_items, d)
         self.counts = np.zeros(0, np.float32)  # (n_items,) users per item in the last fit
+        self._fold: FoldIn | None = None  # serving's fold-in, for the current items table
 
     def fit(self, data: Interactions, *, warm_from: EmbeddingModel | None = None,
             on_epoch: EpochCallback | None = None) -> FitReport:
@@ -224,24 +226,19 @@ class ImplicitALS(EmbeddingModel):
         return np.ascontiguousarray(np.hstack([self.items, penalty]), np.float32)
 
     def query_vectors(self, histories: Sequence[History]) -> FloatArray:
-        """Fold each history in with the user half-step (zeros for an empty history)."""
+        """Fold each history in with the user half-step (zeros for an empty history); see foldin.py."""
         cfg = self.config
         out = np.zeros((len(histories), cfg.dim + (1 if cfg.tail_weight else 0)), np.float32)
-        keep = [k for k, h in enumerate(histories) if len(h.items)]
-        if not keep:
-            return out
-        rows = np.concatenate([np.full(len(histories[k].items), j) for j, k in enumerate(keep)])
-        cols = np.concatenate([histories[k].items for k in keep]).astype(np.int64)
+        if self._fold is None or self._fold.items is not self.items:  # a new fit or load: new items
+            self._fold = FoldIn(self.items, cfg.unobserved)
+        lengths = torch.tensor([len(h.items) for h in histories], dtype=torch.int64)
+        reg = _reg(lengths, cfg, self.n_items).numpy().astype(np.float64)
         # each history's weights scaled to a maximum of 1 (a user's vector never depends on the batch)
-        w = np.concatenate([_unit_max(histories[k].weights) for k in keep])
-        csr = _Csr.build(rows, cols, w, len(keep), torch.device("cpu"))
-        reg = _reg(csr.counts(), cfg, self.n_items)
-        with torch_threads(1):
-            y = torch.from_numpy(self.items)
-            x = solve_rows(csr, y, cfg.unobserved, reg, torch.arange(len(keep)))
-        out[keep, : cfg.dim] = x.numpy()
+        out[:, : cfg.dim] = self._fold.solve([np.asarray(h.items, np.int64) for h in histories],
+                                             [_unit_max(h.weights) if len(h.items) else h.weights
+                                              for h in histories], reg)
         if cfg.tail_weight:
-            out[keep, cfg.dim] = 1.0
+            out[lengths.numpy() > 0, cfg.dim] = 1.0
         return out
 
     def similar_vectors(self) -> FloatArray:

@@ -1,0 +1,107 @@
+"""Serving capacity: how many changed users per second one serve worker turns into lists.
+
+    python bench/serve.py --users 20000 --items 5000 --events 200000 --repeats 3
+
+Freshness (bench/freshness.py) is the queue's wait, and the wait is set by
+this capacity: at R events/s spread over U users, a worker that serves C users/s
+keeps about U * (1 - C/R) users queued. This bench measures C alone, without
+a broker or a producer competing for the CPU: synthetic events and profiles go
+straight into Redis through the ingest store, the default preset is trained
+once and published, then every user is marked changed and ``Server.step`` runs
+until the queue is empty. Last line: JSON with users_per_s per repeat and the
+mean time of one step's phases (histories, make, write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from daemon.app import build_server, build_watcher, store_options
+from daemon.config import Settings, load_settings
+from daemon.keys import Keys
+from daemon.metrics import Metrics
+from daemon.produce import SyntheticSpec, synthetic_events, synthetic_profiles
+from daemon.retrain import TrainRole
+from daemon.serving import Server
+from daemon.store import RedisStore
+from schemas.events import InteractionEvent, ProfileEvent
+
+
+def fill(settings: Settings, client: redis.Redis, spec: SyntheticSpec, n: int) -> None:
+    """Profiles and n events into Redis through the ingest store, in batches of 2,000."""
+    store = RedisStore(client, Keys(settings.redis_prefix), store_options(settings))
+    store.apply_profiles((ProfileEvent(p["user_id"], p["attributes"], p["ts"]), p["ts"])
+                         for p in synthetic_profiles(spec, spec.start_ms))
+    for batch in _chunks(synthetic_events(spec, n), 2000):
+        events = [(InteractionEvent(e["event_id"], e["user_id"], e["item_id"], e["type"], e["ts"],
+                                    e.get("value")), e["ts"]) for e in batch]
+        store.apply_events(events, int(time.time() * 1000))
+
+
+def _chunks(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def drain(server: Server, client: redis.Redis, keys: Keys) -> tuple[float, int, int]:
+    """Mark every active user changed, step until none is queued: (seconds, users, steps)."""
+    users: Any = client.zrange(keys.active, 0, -1)
+    now = int(time.time() * 1000)
+    client.zadd(keys.dirty, {u: now for u in users})
+    started, served, steps = time.perf_counter(), 0, 0
+    while n := server.step():
+        served += n
+        steps += 1
+    return time.perf_counter() - started, served, steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--items", type=int, default=5_000)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    tag = uuid.uuid4().hex[:8]
+    settings = load_settings(redis_prefix=f"bench-serve-{tag}:", model_dir=f"var/bench-serve-{tag}/models",
+                             train_min_events=1)
+    client, keys = redis.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix)
+    spec = SyntheticSpec(users=args.users, items=args.items, seed=1, start_ms=int(time.time() * 1000) - 3_600_000)
+    try:
+        fill(settings, client, spec, args.events)
+        outcome = TrainRole(settings, client, Metrics(CollectorRegistry())).run_once()
+        metrics = Metrics(CollectorRegistry())
+        server = build_server(settings, metrics, build_watcher(settings, client, metrics))
+        while server.watcher.current is None:
+            server.step()
+        server.step()  # the swap's refresh queue
+        drain(server, client, keys)  # warm caches
+        runs = [drain(server, client, keys) for _ in range(args.repeats)]
+    finally:
+        for key in client.scan_iter(f"{settings.redis_prefix}*", count=10_000):
+            client.delete(key)
+    print(json.dumps({"users": args.users, "items": args.items, "events": args.events, "model": outcome.version,
+                      "batch": settings.serve_batch, "users_per_s": [round(n / s) for s, n, _ in runs],
+                      "ms_per_step": [round(1000 * s / max(1, k), 2) for s, _, k in runs]}))
+
+
+if __name__ == "__main__":
+    main()

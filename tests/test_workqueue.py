@@ -1,0 +1,41 @@
+"""The changed-user queue on a real Redis: order, leases, and histories read with the claim."""
+
+from __future__ import annotations
+
+import redis
+
+from daemon.keys import Keys
+from daemon.workqueue import WorkQueue
+
+
+def test_fresh_changes_come_oldest_first_before_swap_refreshes(rclient: redis.Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    rclient.zadd(keys.dirty, {"late": 2000.0, "early": 1000.0})
+    rclient.zadd(keys.swap_queue, {"idle": -500.0})
+    claims = WorkQueue(rclient, keys).claim(10, now_ms=5000)
+    assert [(c.user_id, c.score, c.swap) for c in claims] == [("early", 1000.0, False), ("late", 2000.0, False),
+                                                             ("idle", -500.0, True)]
+    assert rclient.zcard(keys.dirty) == 0 and rclient.zcard(keys.dirty_inflight) == 3
+
+
+def test_an_expired_lease_returns_the_user_and_an_ack_ends_it(rclient: redis.Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    queue = WorkQueue(rclient, keys, lease_ms=1000)
+    rclient.zadd(keys.dirty, {"u1": 10.0, "u2": 20.0})
+    assert [c.user_id for c in queue.claim(2, now_ms=100)] == ["u1", "u2"]
+    pipe = rclient.pipeline()
+    queue.ack(pipe, ["u2"])
+    pipe.execute()
+    assert queue.claim(5, now_ms=500) == []  # u1's lease runs to 1100
+    assert [c.user_id for c in queue.claim(5, now_ms=1200)] == ["u1"]  # the worker died: u1 is served again
+
+
+def test_claim_with_history_returns_each_users_blob(rclient: redis.Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    rclient.set(keys.history("a|{b}"), b"\x00" * 12)
+    rclient.set(keys.history("c"), b"\x01" * 24)
+    rclient.zadd(keys.dirty, {"a|{b}": 1.0, "c": 2.0, "none": 3.0})
+    claims = WorkQueue(rclient, keys).claim(3, now_ms=10, with_history=True)
+    assert [(c.user_id, c.history) for c in claims] == [("a|{b}", b"\x00" * 12), ("c", b"\x01" * 24),
+                                                        ("none", None)]
+    assert all(c.history is None for c in WorkQueue(rclient, keys).claim(3, now_ms=10))
