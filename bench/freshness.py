@@ -1,22 +1,27 @@
 """Freshness benchmark: event produced -> that user's list changed in Redis, at a steady rate.
 
-    python bench/freshness.py --rate 10000 --seconds 30
+    python bench/freshness.py --rate 10000 --seconds 60 --serve-workers 2
 
 Starts the embedded broker (or uses RECD_KAFKA_BOOTSTRAP) and the Redis at
-RECD_REDIS_URL, warms up with synthetic events, runs ``recd run --roles
-ingest`` and ``recd run --roles serve`` as two subprocesses (``--one-process``:
-both roles in one), trains the first model with a one-shot ``recd train`` (in
-production the trainer is its own replica), waits until it serves,
-then publishes a steady stream at ``--rate`` events/s. Among the stream, tracer
+RECD_REDIS_URL, warms up with synthetic events (1M by default: histories as
+long as a running system's, since serving cost grows with them), runs ``recd
+run --roles ingest`` and ``--serve-workers`` ``recd run --roles serve``
+processes (replicas sharing the changed-users queue; ``--one-process``: both
+roles in one), trains the first model with a one-shot ``recd train`` (in
+production the trainer is its own replica), waits until it serves, then
+publishes a steady stream at ``--rate`` events/s. Among the stream, tracer
 users (who get no other events) receive one event every ``--tracer-gap-s``;
 a poller reads their lists every few milliseconds, and the latency of each
-tracer event is the time from just before ``producer.send`` to the first poll
-that sees the user's list rewritten. Last line: JSON with p50/p95/p99/max.
+tracer event is the time from just before the producer's send to the first
+poll that sees the user's list rewritten. Last line: JSON with p50/p95/p99/max
+and the p99 of each 10 s window (a drift upwards means serving falls behind).
+Every key the run wrote is deleted at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -32,6 +37,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import drop_prefix
 from daemon.config import Settings, load_settings
 from daemon.embedded import start_broker
 from daemon.keys import Keys
@@ -67,6 +73,7 @@ class Tracer:
         self.client, self.keys, self.users, self.items = client, keys, users, items
         self.pending: dict[str, tuple[float, bytes | None]] = {}
         self.latencies: list[float] = []
+        self.sent_at: list[float] = []  # send time of each measured tracer event
         self.lock = threading.Lock()
         self.stop = threading.Event()
 
@@ -93,6 +100,7 @@ class Tracer:
                         at, before = self.pending[user]
                         if value is not None and value != before:
                             self.latencies.append(now - at)
+                            self.sent_at.append(at)
                             del self.pending[user]
             time.sleep(0.003)
 
@@ -174,12 +182,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rate", type=int, default=10_000)
     ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--warmup-events", type=int, default=50_000)
+    ap.add_argument("--warmup-events", type=int, default=1_000_000,
+                    help="events before the measured phase: 50 per user fills histories as a running system has them")
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--items", type=int, default=5_000)
     ap.add_argument("--tracers", type=int, default=100)
     ap.add_argument("--tracer-gap-s", type=float, default=2.0)
     ap.add_argument("--one-process", action="store_true", help="ingest and serve in one process (default: two)")
+    ap.add_argument("--serve-workers", type=int, default=1,
+                    help="serve processes sharing the changed-users queue (replicas; default 1)")
     ap.add_argument("--producer", choices=("confluent", "kafka-python"), default="confluent",
                     help="load generator client (default: librdkafka, the lighter one; see LoadProducer)")
     args = ap.parse_args()
@@ -195,6 +206,7 @@ def main() -> None:
     finally:
         if broker:
             broker.stop()
+        drop_prefix(redis.Redis.from_url(settings.redis_url), settings.redis_prefix)
     print(json.dumps(result))
 
 
@@ -202,7 +214,9 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path) -> dict[s
     client, keys = redis.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix)
     ensure_topics(settings)
     now = int(time.time() * 1000)
-    spec = SyntheticSpec(users=args.users, items=args.items, seed=1, start_ms=now - 600_000, step_ms=5)
+    # warm-up events end a minute ago; the steady stream's event times run from now, 1 ms apart on average
+    spec = SyntheticSpec(users=args.users, items=args.items, seed=1, start_ms=now - args.warmup_events * 5 - 60_000,
+                         step_ms=5)
     tracer_users = [f"tracer-{k}" for k in range(args.tracers)]
     warm = [{"event_id": f"w-{u}", "user_id": u, "item_id": "i1", "type": "click", "ts": now} for u in tracer_users]
     producer = make_producer(settings)
@@ -211,7 +225,7 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path) -> dict[s
     producer.close()
     publish_synthetic(settings, spec, args.warmup_events)
     env = env_for(settings, model_dir)
-    roles = ["ingest,serve"] if args.one_process else ["ingest", "serve"]  # default: a process per role
+    roles = ["ingest,serve"] if args.one_process else ["ingest"] + ["serve"] * args.serve_workers
     daemons = [subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--roles", r], env=env) for r in roles]
     try:
         wait("warm-up ingested", lambda: int(client.hget(keys.stats, "applied") or 0) >= args.warmup_events, 600)
@@ -219,8 +233,9 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path) -> dict[s
         subprocess.run([sys.executable, "-m", "daemon.cli", "train"], env=env, check=True, stdout=subprocess.DEVNULL)
         wait("first model served", lambda: client.exists(keys.model_current) and client.exists(
             keys.rec(tracer_users[-1])) and _queued(client, keys) == 0, 600)
-        stream = encoded(SyntheticSpec(**{**spec.__dict__, "start_ms": now, "seed": 2}),
+        stream = encoded(SyntheticSpec(**{**spec.__dict__, "start_ms": now, "seed": 2, "step_ms": 1}),
                          int(args.rate * (args.seconds + 1)))
+        gc.freeze()  # the stream's ~10^6 objects stay out of collections: no GC pauses in the producer/poller
         time.sleep(3)
         tracer = Tracer(client, keys, tracer_users, args.items)
         poller = threading.Thread(target=tracer.poll, daemon=True)
@@ -241,7 +256,14 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path) -> dict[s
     pct = {f"p{q}_ms": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)} if len(lat) else {}
     return {"rate_target": args.rate, "rate_achieved": round(achieved), "tracer_events": len(lat) + len(
         tracer.pending), "unchanged": len(tracer.pending), **pct, "max_ms": round(float(lat.max()), 1)
-        if len(lat) else None, "target_p99_ms": 1000}
+        if len(lat) else None, "p99_ms_per_10s": per_window(tracer, started), "target_p99_ms": 1000}
+
+
+def per_window(tracer: Tracer, started: float, window_s: float = 10.0) -> list[float]:
+    """p99 of the tracer events sent in each consecutive window: does latency drift as histories grow?"""
+    lat, sent = np.asarray(tracer.latencies) * 1000, np.asarray(tracer.sent_at) - started
+    bins = (sent // window_s).astype(np.int64) if len(sent) else np.zeros(0, np.int64)
+    return [round(float(np.percentile(lat[bins == b], 99)), 1) for b in np.unique(bins[bins >= 0])]
 
 
 if __name__ == "__main__":

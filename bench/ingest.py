@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import drop_prefix
 from bench.groundtruth import replay
 from daemon.app import build_ingest
 from daemon.config import Settings, load_settings
@@ -104,8 +105,7 @@ def bytes_per_user(client: redis.Redis, history_len: int, users: int = 2000) -> 
                                t0) for u in range(start, start + 100)])
     client.delete(Keys(prefix).dirty)  # transient: emptied by the serving loop
     after = int(client.info("memory")["used_memory"])
-    for key in client.scan_iter(match=prefix + "*", count=1000):
-        client.delete(key)
+    drop_prefix(client, prefix)
     return (after - before) / users
 
 
@@ -170,8 +170,7 @@ def main() -> None:
             "redis_bytes_per_user": round(bytes_per_user(client, settings.history_len)),
             "history_len": settings.history_len, "partitions": args.partitions, "cpu_cores_used": cpu,
         })
-        for key in client.scan_iter(match=settings.redis_prefix + "*", count=1000):
-            client.delete(key)
+        drop_prefix(client, settings.redis_prefix)
     finally:
         for server in servers:
             server.stop()

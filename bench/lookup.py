@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prometheus_client import CollectorRegistry
 
+from bench.common import drop_prefix
 from daemon.app import build_lookup
 from daemon.config import load_settings
 from daemon.http import Routes, start_http
@@ -110,8 +111,7 @@ def main() -> None:
         if child.stdin:
             child.stdin.close()
         child.wait(10)
-        for key in client.scan_iter(match=settings.redis_prefix + "*", count=1000):
-            client.delete(key)
+        drop_prefix(client, settings.redis_prefix)
     total = sum(len(v) for v in lat.values())
     report: dict[str, Any] = {"clients": args.clients, "seconds": args.seconds, "requests_per_s": round(
         total / args.seconds), "errors": len(errors)}

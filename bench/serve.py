@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import drop_prefix
 from daemon.app import build_server, build_watcher, store_options
 from daemon.config import Settings, load_settings
 from daemon.keys import Keys
@@ -96,8 +97,7 @@ def main() -> None:
         drain(server, client, keys)  # warm caches
         runs = [drain(server, client, keys) for _ in range(args.repeats)]
     finally:
-        for key in client.scan_iter(f"{settings.redis_prefix}*", count=10_000):
-            client.delete(key)
+        drop_prefix(client, settings.redis_prefix)
     print(json.dumps({"users": args.users, "items": args.items, "events": args.events, "model": outcome.version,
                       "batch": settings.serve_batch, "users_per_s": [round(n / s) for s, n, _ in runs],
                       "ms_per_step": [round(1000 * s / max(1, k), 2) for s, _, k in runs]}))

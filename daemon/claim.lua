@@ -28,7 +28,15 @@ if room > 0 then
     out[#out + 1] = 1
   end
 end
-for i = 1, #out, 3 do redis.call('ZADD', KEYS[2], now + lease, out[i]) end
+local leased = {}  -- one ZADD per 1,000 users (unpack's stack limit is ~8,000 values)
+for i = 1, #out, 3 do
+  leased[#leased + 1] = now + lease
+  leased[#leased + 1] = out[i]
+  if #leased == 2000 or i + 3 > #out then
+    redis.call('ZADD', KEYS[2], unpack(leased))
+    leased = {}
+  end
+end
 if not ARGV[4] then return out end
 local with = {}
 for i = 1, #out, 3 do

@@ -24,7 +24,7 @@ user's keys live in one Redis Cluster slot. The README's key table is this file.
 | ``dirty`` | zset | user id -> earliest unserved change (message time, ms) |
 | ``dirty:inflight`` | zset | user id -> lease deadline (ms) of a serving worker |
 | ``dirty:swap`` | zset | user id -> minus last activity (ms): lists to refresh after a model swap |
-| ``exclude`` | set | item ids never recommended (ops may add) |
+| ``exclude`` | set | item ids never recommended (ops may add; serving re-reads it every second) |
 | ``stats`` | hash | ``applied``, ``duplicates``, ``stale``, ``profiles``, ``last_ts`` |
 | ``model:current`` | string | JSON ``{"version", "published_at", "path"}`` of the served model |
 | ``model:events`` | string | applied-event count at the last training (the scheduler's watermark) |

@@ -68,14 +68,36 @@ def test_empty_histories_and_vanishing_weights() -> None:
 
 
 def test_lengths_are_grouped_into_few_padded_batches(monkeypatch: pytest.MonkeyPatch) -> None:
-    items, positions, weights, reg = problem([1, 2, 3, 9, 10, 11, 12, 100])
+    items, _, weights, reg = problem([1, 2, 3, 9, 10, 11, 12, 100])
+    rng = np.random.default_rng(4)
+    positions = [rng.choice(len(items), len(w), replace=False) for w in weights]  # no repeats: width = length
     widths: list[int] = []
     original = FoldIn._padded
 
-    def spy(self: FoldIn, p: list[np.ndarray], w: list[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
-        widths.append(width)
-        return original(self, p, w, width)
+    def spy(self: FoldIn, flat_pos: np.ndarray, flat_w: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+        vec, w = original(self, flat_pos, flat_w, starts, lengths)
+        widths.append(w.shape[1])
+        return vec, w
 
     monkeypatch.setattr(FoldIn, "_padded", spy)
     FoldIn(items, 0.2).solve(positions, weights, reg)
-    assert sorted(widths) == [2, 3, 12, 100]  # buckets <=2, 3-4, 9-12, 97-128
+    assert sorted(widths) == [3, 12, 100]  # buckets <=4, 9-16, 65-128: padded to their longest
+
+
+def test_unit_max_scales_each_history_alone() -> None:
+    items, positions, weights, reg = problem([3, 20])
+    scaled = [w / w.max() for w in weights]
+    fold = FoldIn(items, 0.2)
+    np.testing.assert_allclose(fold.solve(positions, [w * 7.0 for w in weights], reg, unit_max=True),
+                               fold.solve(positions, scaled, reg), rtol=1e-6, atol=1e-7)
+
+
+def test_a_repeated_item_counts_once_with_its_weights_summed() -> None:
+    items, _, _, reg = problem([1])
+    fold = FoldIn(items, 0.2)
+    repeated = fold.solve([np.array([5, 9, 5, 5])], [np.array([0.5, 1.0, 0.25, 0.25])], reg)
+    merged = fold.solve([np.array([5, 9])], [np.array([1.0, 1.0])], reg)
+    np.testing.assert_allclose(repeated, merged, rtol=1e-6, atol=1e-7)
+    want = exact(items, 0.2, [np.array([5, 9, 5, 5])], [np.array([0.5, 1.0, 0.25, 0.25], np.float32)], reg)
+    np.testing.assert_allclose(repeated, want, rtol=2e-4, atol=2e-5)

@@ -39,3 +39,11 @@ def test_claim_with_history_returns_each_users_blob(rclient: redis.Redis, prefix
     assert [(c.user_id, c.history) for c in claims] == [("a|{b}", b"\x00" * 12), ("c", b"\x01" * 24),
                                                         ("none", None)]
     assert all(c.history is None for c in WorkQueue(rclient, keys).claim(3, now_ms=10))
+
+
+def test_a_claim_bigger_than_one_lease_command_leases_everyone(rclient: redis.Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    rclient.zadd(keys.dirty, {f"u{k}": float(k) for k in range(2500)})
+    claims = WorkQueue(rclient, keys, lease_ms=1000).claim(2500, now_ms=0)
+    assert len(claims) == 2500 and rclient.zcard(keys.dirty_inflight) == 2500
+    assert rclient.zrange(keys.dirty_inflight, 0, -1, withscores=True)[-1][1] == 1000.0

@@ -234,9 +234,8 @@ class ImplicitALS(EmbeddingModel):
         lengths = torch.tensor([len(h.items) for h in histories], dtype=torch.int64)
         reg = _reg(lengths, cfg, self.n_items).numpy().astype(np.float64)
         # each history's weights scaled to a maximum of 1 (a user's vector never depends on the batch)
-        out[:, : cfg.dim] = self._fold.solve([np.asarray(h.items, np.int64) for h in histories],
-                                             [_unit_max(h.weights) if len(h.items) else h.weights
-                                              for h in histories], reg)
+        out[:, : cfg.dim] = self._fold.solve([h.items for h in histories], [h.weights for h in histories], reg,
+                                             unit_max=True)
         if cfg.tail_weight:
             out[lengths.numpy() > 0, cfg.dim] = 1.0
         return out
@@ -270,11 +269,6 @@ def _cells(data: Interactions, to_model: np.ndarray, alpha: float) -> tuple[np.n
     summed = np.bincount(inverse, weights=pos.weights, minlength=len(uniq))
     width = int(rows.max()) + 1 if len(rows) else 1
     return (uniq // width).astype(np.int64), (uniq % width).astype(np.int64), (1.0 + alpha * np.log1p(summed))
-
-
-def _unit_max(weights: np.ndarray) -> np.ndarray:
-    w = np.asarray(weights, np.float32)
-    return w / max(float(w.max()), 1e-9)
 
 
 def _reg(counts: torch.Tensor, cfg: IALSConfig, n_other: int) -> torch.Tensor:

@@ -1,0 +1,19 @@
+"""Helpers the benchmarks share."""
+
+from __future__ import annotations
+
+import redis
+
+
+def drop_prefix(client: redis.Redis, prefix: str) -> int:
+    """Delete every key under a benchmark's own prefix (a run must not leave its data in a shared Redis)."""
+    dropped = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=prefix + "*", count=10_000):
+        batch.append(key)
+        if len(batch) == 10_000:
+            dropped += int(client.unlink(*batch))  # type: ignore[arg-type]
+            batch = []
+    if batch:
+        dropped += int(client.unlink(*batch))  # type: ignore[arg-type]
+    return dropped
