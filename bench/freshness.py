@@ -235,18 +235,8 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path) -> dict[s
             keys.rec(tracer_users[-1])) and _queued(client, keys) == 0, 600)
         stream = encoded(SyntheticSpec(**{**spec.__dict__, "start_ms": now, "seed": 2, "step_ms": 1}),
                          int(args.rate * (args.seconds + 1)))
-        gc.freeze()  # the stream's ~10^6 objects stay out of collections: no GC pauses in the producer/poller
-        time.sleep(3)
         tracer = Tracer(client, keys, tracer_users, args.items)
-        poller = threading.Thread(target=tracer.poll, daemon=True)
-        poller.start()
-        producer = LoadProducer(settings, args.producer)
-        started = time.time()
-        sent = steady(producer, stream, tracer, args.rate, args.seconds, args.tracer_gap_s)
-        achieved = sent / (time.time() - started)
-        time.sleep(5)
-        tracer.stop.set()
-        poller.join()
+        started, achieved = measure(LoadProducer(settings, args.producer), stream, tracer, args)
     finally:
         for daemon in daemons:
             daemon.terminate()
@@ -257,6 +247,22 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path) -> dict[s
     return {"rate_target": args.rate, "rate_achieved": round(achieved), "tracer_events": len(lat) + len(
         tracer.pending), "unchanged": len(tracer.pending), **pct, "max_ms": round(float(lat.max()), 1)
         if len(lat) else None, "p99_ms_per_10s": per_window(tracer, started), "target_p99_ms": 1000}
+
+
+def measure(producer: LoadProducer, stream: list[tuple[bytes, bytes]], tracer: Tracer, args: argparse.Namespace
+            ) -> tuple[float, float]:
+    """The measured phase: steady stream with tracer events, lists polled. Returns (start time, events/s)."""
+    gc.freeze()  # the stream's ~10^6 objects stay out of collections: no GC pauses in the producer/poller
+    time.sleep(3)
+    poller = threading.Thread(target=tracer.poll, daemon=True)
+    poller.start()
+    started = time.time()
+    sent = steady(producer, stream, tracer, args.rate, args.seconds, args.tracer_gap_s)
+    achieved = sent / (time.time() - started)
+    time.sleep(5)
+    tracer.stop.set()
+    poller.join()
+    return started, achieved
 
 
 def per_window(tracer: Tracer, started: float, window_s: float = 10.0) -> list[float]:
