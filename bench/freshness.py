@@ -24,6 +24,7 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -207,6 +208,7 @@ def main() -> None:
         if broker:
             broker.stop()
         drop_prefix(redis.Redis.from_url(settings.redis_url), settings.redis_prefix)
+        shutil.rmtree(folder, ignore_errors=True)  # the broker's log and the model snapshots
     print(json.dumps(result))
 
 

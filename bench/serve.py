@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 import uuid
@@ -98,6 +99,7 @@ def main() -> None:
         runs = [drain(server, client, keys) for _ in range(args.repeats)]
     finally:
         drop_prefix(client, settings.redis_prefix)
+        shutil.rmtree(Path(settings.model_dir).parent, ignore_errors=True)
     print(json.dumps({"users": args.users, "items": args.items, "events": args.events, "model": outcome.version,
                       "batch": settings.serve_batch, "users_per_s": [round(n / s) for s, n, _ in runs],
                       "ms_per_step": [round(1000 * s / max(1, k), 2) for s, _, k in runs]}))
