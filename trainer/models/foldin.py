@@ -30,6 +30,16 @@ BUCKET_EDGES = np.array([4, 8, 16, 32, 64, 128, 256, 512])  # history lengths gr
 TINY_WEIGHT = 1e-20  # below this an entry counts as absent (1 / w must stay finite)
 
 
+def merge_cells(rows: npt.ArrayLike, cols: npt.ArrayLike, weights: npt.ArrayLike, width: int
+                ) -> tuple[IntArray, IntArray, FloatArray]:
+    """Distinct (row, col) cells, sorted by row then col, with the weights of repeats summed
+    (``width`` > every col). iALS training and the fold-in both count a repeated item once."""
+    key = np.asarray(rows, np.int64) * width + np.asarray(cols, np.int64)
+    distinct, inverse = np.unique(key, return_inverse=True)
+    summed = np.bincount(inverse, weights=np.asarray(weights, np.float64), minlength=len(distinct))
+    return distinct // width, distinct % width, summed.astype(np.float64)
+
+
 class FoldIn:
     """Closed-form user factors for histories against fixed item factors ``items`` (n, d)."""
 
@@ -41,7 +51,7 @@ class FoldIn:
         self.basis = basis.astype(np.float32)
         self.gram = gram.astype(np.float32)
 
-    def solve(self, positions: Sequence[IntArray], weights: Sequence[npt.ArrayLike], reg: FloatArray,
+    def solve(self, positions: Sequence[IntArray], weights: Sequence[npt.ArrayLike], reg: npt.ArrayLike,
               unit_max: bool = False) -> npt.NDArray[np.float32]:
         """(users, d) factors; a user with no positions gets zeros. ``unit_max`` scales each history's
         weights to a maximum of 1 first. An item repeated in a history counts once with its weights
@@ -57,15 +67,13 @@ class FoldIn:
             top = np.zeros(len(positions))
             top[lengths > 0] = np.maximum.reduceat(flat_w, starts)
             flat_w = flat_w / np.maximum(top, 1e-9)[owner]
-        key = owner * len(self.items) + np.concatenate(positions).astype(np.int64)
-        distinct, inverse = np.unique(key, return_inverse=True)  # sorted: grouped by user
-        summed: FloatArray = np.bincount(inverse, weights=flat_w, minlength=len(distinct)).astype(np.float64)
-        counts = np.bincount(distinct // len(self.items), minlength=len(positions))
+        users, items, summed = merge_cells(owner, np.concatenate(positions), flat_w, len(self.items))
+        counts = np.bincount(users, minlength=len(positions))
         starts = np.cumsum(counts) - counts
         bucket = np.searchsorted(BUCKET_EDGES, counts)
         for b in np.unique(bucket[counts > 0]).tolist():
             rows = np.flatnonzero((bucket == b) & (counts > 0))
-            vec, w = self._padded(distinct % len(self.items), summed, starts[rows], counts[rows])
+            vec, w = self._padded(items, summed, starts[rows], counts[rows])
             solve = self._woodbury if w.shape[1] < self.items.shape[1] else self._direct
             out[rows] = solve(vec, w, np.asarray(reg, np.float32)[rows])
         return out

@@ -38,7 +38,7 @@ import torch
 from trainer.fit import check_finite, grow_table, plan_items, resolve_device, seeded, torch_threads
 from trainer.interactions import FloatArray, Interactions
 from trainer.models.base import Arrays, EmbeddingModel, EpochCallback, FitReport, History
-from trainer.models.foldin import FoldIn
+from trainer.models.foldin import FoldIn, merge_cells
 from trainer.models.negatives import UserCsr
 
 CHUNK_CELLS = 300_000  # padded (row, partner) cells per batched solve: memory ~ cells * dim * 4 bytes
@@ -232,7 +232,7 @@ class ImplicitALS(EmbeddingModel):
         if self._fold is None or self._fold.items is not self.items:  # a new fit or load: new items
             self._fold = FoldIn(self.items, cfg.unobserved)
         lengths = torch.tensor([len(h.items) for h in histories], dtype=torch.int64)
-        reg = _reg(lengths, cfg, self.n_items).numpy().astype(np.float64)
+        reg = _reg(lengths, cfg, self.n_items).numpy()
         # each history's weights scaled to a maximum of 1 (a user's vector never depends on the batch)
         out[:, : cfg.dim] = self._fold.solve([h.items for h in histories], [h.weights for h in histories], reg,
                                              unit_max=True)
@@ -264,11 +264,8 @@ def _cells(data: Interactions, to_model: np.ndarray, alpha: float) -> tuple[np.n
     """Distinct positive (user, item row) cells with w = 1 + alpha * log1p(summed weight)."""
     pos = data.positives()
     rows = to_model[pos.items]
-    key = pos.users.astype(np.int64) * (int(rows.max()) + 1 if len(rows) else 1) + rows
-    uniq, inverse = np.unique(key, return_inverse=True)
-    summed = np.bincount(inverse, weights=pos.weights, minlength=len(uniq))
-    width = int(rows.max()) + 1 if len(rows) else 1
-    return (uniq // width).astype(np.int64), (uniq % width).astype(np.int64), (1.0 + alpha * np.log1p(summed))
+    users, items, summed = merge_cells(pos.users, rows, pos.weights, int(rows.max()) + 1 if len(rows) else 1)
+    return users, items, 1.0 + alpha * np.log1p(summed)
 
 
 def _reg(counts: torch.Tensor, cfg: IALSConfig, n_other: int) -> torch.Tensor:
