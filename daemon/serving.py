@@ -70,12 +70,15 @@ class ListMaker:
         cold start (profile segments, read only for those users) for the rest."""
         weight = batch.decayed_weights(self.code_weight, now_ms / 1000, self.options.recency_half_life_s)
         pos = self._position_map(index).lookup(batch.item, self.names) if index else np.full(len(weight), -1)
-        useful = (pos >= 0) & (weight > 0)
-        counts = np.bincount(batch.owner()[useful], minlength=len(batch.users))
+        owner, useful = batch.owner(), (pos >= 0) & (weight > 0)
+        counts = np.bincount(owner[useful], minlength=len(batch.users))
         is_warm = counts >= max(1, self.options.cold_min_history)  # without a model no position is known
         lists = []
         if index is not None and is_warm.any():
-            lists = self._ann(index, batch, np.flatnonzero(is_warm), (pos, weight, useful), excluded, now_ms)
+            cuts = np.cumsum(counts)[:-1]
+            parts = zip(np.split(pos[useful], cuts), np.split(weight[useful].astype(np.float32), cuts), strict=True)
+            histories = [History(p, w) for p, w in parts]
+            lists = self._ann(index, batch, np.flatnonzero(is_warm), histories, pos, excluded, now_ms)
         cold = np.flatnonzero(~is_warm).tolist()
         segments = segments_of([batch.users[r] for r in cold]) if cold else {}
         version = index.version if index else "none"
@@ -98,15 +101,12 @@ class ListMaker:
         names = self.names(listed)
         return {names[n] for n in listed if n in names}
 
-    def _ann(self, index: ServingIndex, batch: HistoryBatch, rows: npt.NDArray[np.int64],
-             records: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.bool_]],
-             excluded: set[str], now_ms: int) -> list[RecommendationList]:
-        pos, weight, useful = records
-        owner, known = batch.owner(), pos >= 0
-        cuts = np.cumsum(np.bincount(owner[useful], minlength=len(batch.users)))[:-1]
-        parts = zip(np.split(pos[useful], cuts), np.split(weight[useful].astype(np.float32), cuts), strict=True)
-        histories = [History(p, w) for p, w in parts]
-        seen = np.split(pos[known], np.cumsum(np.bincount(owner[known], minlength=len(batch.users)))[:-1])
+    def _ann(self, index: ServingIndex, batch: HistoryBatch, rows: npt.NDArray[np.int64], histories: list[History],
+             pos: npt.NDArray[np.int64], excluded: set[str], now_ms: int) -> list[RecommendationList]:
+        """ANN lists for the users at ``rows``; ``histories`` (every user's) and ``pos`` (each record's model
+        position, -1 when unknown) come from ``make``."""
+        known = pos >= 0
+        seen = np.split(pos[known], np.cumsum(np.bincount(batch.owner()[known], minlength=len(batch.users)))[:-1])
         queries = index.model.query_vectors([histories[r] for r in rows.tolist()])
         banned = np.asarray([index.item_pos[i] for i in excluded if i in index.item_pos], np.int64)
         found = index.top_unseen_batch(queries, [seen[r] for r in rows.tolist()], banned, self.options.top_k)

@@ -39,11 +39,10 @@ class WorkQueue:
         args: list[Any] = [n, now_ms, self.lease_ms]
         if with_history:
             args += self.keys.history("\0").split("\0")  # the key around the user id
-            flat: Any = self._claim(keys=keys, args=args)
-            return [Claim(text(flat[i]), float(flat[i + 1]), int(flat[i + 2]) == 1, flat[i + 3])
-                    for i in range(0, len(flat), 4)]
-        flat = self._claim(keys=keys, args=args)
-        return [Claim(text(flat[i]), float(flat[i + 1]), int(flat[i + 2]) == 1) for i in range(0, len(flat), 3)]
+        flat: Any = self._claim(keys=keys, args=args)
+        stride = 4 if with_history else 3
+        return [Claim(text(flat[i]), float(flat[i + 1]), int(flat[i + 2]) == 1, flat[i + 3] if with_history else None)
+                for i in range(0, len(flat), stride)]
 
     def ack(self, pipe: Any, user_ids: list[str]) -> None:
         """Queue the acknowledgement on a pipeline (sent with the lists it acknowledges)."""
