@@ -195,11 +195,11 @@ def test_top_unseen_batch_leaves_out_seen_and_excluded_items(kind: str, min_reca
     excluded = truth[:, 30][:3].astype(np.int64)  # items some rows would otherwise rank high
     found = index.top_unseen_batch(queries, seen, excluded, 10)
     hits = 0
-    for r, row in enumerate(found):
-        positions = [p for p, _ in row]
-        assert len(positions) == len(set(positions)) == 10
+    for r, (positions, scores) in enumerate(found):
+        assert len(positions) == len(set(positions)) == len(scores) == 10
         assert not set(positions) & (set(seen[r].tolist()) | set(excluded.tolist()))
-        np.testing.assert_allclose([s for _, s in row], items[positions] @ queries[r], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(scores, items[positions] @ queries[r], rtol=1e-4, atol=1e-5)
+        assert scores == sorted(scores, reverse=True)
         allowed = [p for p in truth[r].tolist() if p not in set(seen[r].tolist()) | set(excluded.tolist())]
         hits += len(set(positions) & set(allowed[:10]))
     assert hits / 400 >= min_recall
@@ -211,6 +211,6 @@ def test_top_unseen_batch_returns_fewer_when_everything_is_seen(kind: str) -> No
     index = serving(items, kind)
     seen = [np.arange(8), np.arange(12), np.zeros(0, np.int64)]
     found = index.top_unseen_batch(queries_for(items, 3), seen, np.array([11]), 10)
-    assert sorted(p for p, _ in found[0]) == [8, 9, 10]
-    assert found[1] == []
-    assert len(found[2]) == 10 and 11 not in {p for p, _ in found[2]}
+    assert sorted(found[0][0]) == [8, 9, 10] and len(found[0][1]) == 3
+    assert found[1] == ([], [])
+    assert len(found[2][0]) == 10 and 11 not in found[2][0]

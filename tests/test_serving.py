@@ -149,6 +149,8 @@ def test_warm_users_get_unseen_ann_lists_and_cold_user_gets_segment(world: World
         assert rec.model_version == version
         assert now_ms - 120_000 < rec.updated_at <= now_ms + 1000
         assert rec.scores == sorted(rec.scores, reverse=True)
+        ttl = int(rclient.ttl(world.keys.rec(user)))  # type: ignore[arg-type]
+        assert world.settings.list_ttl_s - 300 < ttl <= world.settings.list_ttl_s, "lists expire as configured"
     cold = RecommendationList.from_json(rclient.get(world.keys.rec(COLD_USER)))  # type: ignore[arg-type]
     assert cold.source.startswith("coldstart:") or cold.source == "popular"
     assert cold.source.startswith("coldstart:"), "synthetic profiles share segments with the cold user"
