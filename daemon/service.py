@@ -8,6 +8,7 @@ exits at once.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -90,6 +91,9 @@ class Service:
 
     def run(self, until: Callable[[], bool] | None = None, poll_s: float = 0.2) -> int:
         """Start every role's thread; wait for stop (or ``until()``); join. Returns an exit code."""
+        # What exists now (imports, clients, config: ~200k objects) lives as long as the process. Frozen,
+        # the collector's full passes skip it: unfrozen, each took ~145 ms of a serving thread here.
+        gc.freeze()
         for lp in self.loops:
             lp.thread = threading.Thread(target=lp.run, args=(self.stop,), name=f"recd-{lp.name}")
             lp.thread.start()

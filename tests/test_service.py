@@ -1,0 +1,52 @@
+"""The role loop: steps until stopped, always ends in shutdown, a crash stops every role."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+from daemon.service import Service
+
+
+class Counting:
+    def __init__(self, crash_at: int = -1) -> None:
+        self.steps = 0
+        self.shut = 0
+        self.crash_at = crash_at
+
+    def step(self) -> int:
+        self.steps += 1
+        if self.steps == self.crash_at:
+            raise RuntimeError("boom")
+        return 1
+
+    def shutdown(self) -> None:
+        self.shut += 1
+
+
+def test_roles_step_until_told_and_always_shut_down() -> None:
+    service, a, b = Service(), Counting(), Counting()
+    service.add("a", a)
+    service.add("b", b)
+    assert service.run(until=lambda: a.steps > 50 and b.steps > 50, poll_s=0.01) == 0
+    assert (a.shut, b.shut) == (1, 1)
+    assert service.liveness() == (True, "all roles stepping")
+
+
+def test_a_crashing_role_stops_the_others_and_the_exit_code_says_so() -> None:
+    service, ok, bad = Service(), Counting(), Counting(crash_at=5)
+    service.add("ok", ok)
+    service.add("bad", bad)
+    assert service.run(poll_s=0.01) == 1
+    assert (ok.shut, bad.shut) == (1, 1)
+    alive, why = service.liveness()
+    assert not alive and "bad crashed" in why
+
+
+def test_what_exists_at_start_is_frozen_out_of_collections() -> None:
+    gc.unfreeze()
+    stop = threading.Event()
+    stop.set()
+    Service(stop).run()
+    assert gc.get_freeze_count() > 10_000  # the interpreter, pytest, the modules imported so far
+    gc.unfreeze()
