@@ -212,16 +212,19 @@ local function segment_key()
 end
 
 -- Counts an applied event (u[j...]): stats, popularity, trend and segment popularity.
-local function count_applied(u, j)
-  local sec, w = u[j], u[j + 4]
+-- Returns the earliest message time of the user's applied events so far (first: before this one).
+local function count_applied(u, j, first)
+  local sec, w, msg = u[j], u[j + 4], u[j + 5]
   applied = applied + 1
   if sec > last_ts then last_ts = sec end
-  if w <= 0 then return end
+  if first ~= nil and first < msg then msg = first end
+  if w <= 0 then return msg end
   local item = items[u[j + 2]][1]
   add(KEYS[5], item, w)
   add(KEYS[6], item, w * 2 ^ ((sec - epoch) / hl))
   if user_seg == nil then user_seg = segment_key() end
   if user_seg then add(user_seg, item, w) end
+  return msg
 end
 
 local function set_history(hk, blob)
@@ -241,8 +244,7 @@ local function insert_each(u, hk, blob)
       stale = stale + 1
     else
       blob, count = insert(blob, count, pos, pack_rec(FMT, sec, crc, inum, u[j + 3]))
-      count_applied(u, j)
-      if first_msg == nil or u[j + 5] < first_msg then first_msg = u[j + 5] end
+      first_msg = count_applied(u, j, first_msg)
     end
   end
   if first_msg ~= nil then set_history(hk, blob) end
@@ -256,8 +258,7 @@ local function append_all(u, hk, kept, order)
   for j = 2, #u, 6 do  -- arrival order, as insert_each: item numbers and sums come out the same
     new = pack_rec(FMT, u[j], u[j + 1], item_number(u[j + 2]), u[j + 3])
     if recs then recs[j] = new end
-    count_applied(u, j)
-    if first_msg == nil or u[j + 5] < first_msg then first_msg = u[j + 5] end
+    first_msg = count_applied(u, j, first_msg)
   end
   if recs then
     for k, j in ipairs(order) do order[k] = recs[j] end
