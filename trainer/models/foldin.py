@@ -35,7 +35,6 @@ import torch
 from trainer.fit import torch_threads
 
 FloatArray = npt.NDArray[np.float64]
-F32 = npt.NDArray[np.float32]  # the solves run in float32: 13% faster serving, within 2e-4 of the exact solve
 IntArray = npt.NDArray[np.int64]
 BUCKET_EDGES = np.array([4, 8, 16, 24, 32, 48, 64, 128, 256, 512])  # history lengths grouped up to each edge
 TINY_WEIGHT = 1e-20  # below this an entry counts as absent (1 / w must stay finite)
@@ -61,6 +60,7 @@ class FoldIn:
         lam, basis = np.linalg.eigh(gram)  # decomposed in float64, used in float32
         self.lam = torch.from_numpy(np.maximum(lam, 0.0).astype(np.float32))  # PSD: clip rounding below zero
         self.basis = torch.from_numpy(basis.astype(np.float32))
+        # the solves run in float32: 13% faster serving than float64, within 2e-4 of the exact solve
         rotated = np.zeros((len(items) + 1, items.shape[1]), np.float32)  # the last row: padding, zeros
         rotated[:-1] = items @ basis.astype(np.float32)
         self.rotated = rotated
