@@ -88,7 +88,7 @@ class Settings:
     keep_versions: int = _s(5, "model versions kept for rollback")
     # --- Serving
     top_k: int = _s(10, "items per recommendation list")
-    serve_batch: int = _s(256, "changed users served per step")
+    serve_batch: int = _s(1024, "most changed users served per step (a deep queue fills it)")
     index_kind: str = _s("auto", "faiss index: auto, flat, hnsw, ivf")
     cold_min_history: int = _s(1, "users with fewer positive history items get cold-start lists")
     new_item_slots: int = _s(1, "slots per list given to new items without embeddings")

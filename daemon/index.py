@@ -27,6 +27,7 @@ IntArray = npt.NDArray[np.int64]
 Ranked = tuple[list[int], list[float]]  # positions, best first, and their scores
 
 FLAT_MAX_ITEMS = 50_000  # up to this many items exact search is fast enough
+SCORE_BUDGET = 1 << 23  # scores (float32: 32 MB) exact search holds at once: a serve batch goes in row chunks
 KINDS = ("auto", "flat", "hnsw", "ivf")
 # Defaults from bench/ann.py (1M clustered items x 64 dims, inner product, one query per
 # call): HNSW M 24, efConstruction 100 reaches recall@10 0.968 / 0.973 / 0.977 / 0.982 at
@@ -120,7 +121,16 @@ def exact_unseen(vectors: npt.NDArray[np.float32], queries: npt.NDArray[np.float
                  excluded: IntArray, k: int) -> list[Ranked]:
     """Per query row, its ``k`` best positions (and scores) by exact inner product over every item, with
     the row's ``seen`` positions and every row's ``excluded`` ones masked out first (so there is no deep
-    search to filter afterwards)."""
+    search to filter afterwards). Rows are scored in chunks of at most ``SCORE_BUDGET`` scores."""
+    step = max(16, SCORE_BUDGET // max(1, len(vectors)))
+    out: list[Ranked] = []
+    for lo in range(0, len(seen), step):
+        out += _exact_chunk(vectors, queries[lo:lo + step], seen[lo:lo + step], excluded, k)
+    return out
+
+
+def _exact_chunk(vectors: npt.NDArray[np.float32], queries: npt.NDArray[np.float32], seen: list[IntArray],
+                 excluded: IntArray, k: int) -> list[Ranked]:
     lengths = [len(s) for s in seen]
     rows = torch.from_numpy(np.repeat(np.arange(len(seen)), lengths))
     cols = torch.from_numpy(np.concatenate(seen).astype(np.int64) if seen else np.zeros(0, np.int64))

@@ -6,7 +6,10 @@ the histories into arrays (histories.py), folds the warm users in and searches
 the index for all of them at once, and writes every list - with its model
 version and time - in one pipeline that also acknowledges the claim. Users the
 model cannot serve yet get cold-start lists (coldstart.py); only their profiles
-are read. At 256 users a step this is ~12k users/s on one core (bench/serve.py).
+are read. One process alone serves ~8-11k users/s (bench/serve.py) at 256 or
+1,024 users a step alike; on a busy machine, where every round trip to Redis
+waits behind ingest's scripts, 1,024 (the default most a step takes) kept lists
+about twice as fresh as 256 (bench/freshness.py, README).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ServeOptions:
     top_k: int = 10
-    batch: int = 256
+    batch: int = 1024
     cold_min_history: int = 1
     new_item_slots: int = 1
     new_item_window_ms: int = 86_400_000

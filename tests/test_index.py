@@ -214,3 +214,22 @@ def test_top_unseen_batch_returns_fewer_when_everything_is_seen(kind: str) -> No
     assert sorted(found[0][0]) == [8, 9, 10] and len(found[0][1]) == 3
     assert found[1] == ([], [])
     assert len(found[2][0]) == 10 and 11 not in found[2][0]
+
+
+def test_exact_search_in_row_chunks_gives_what_one_chunk_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A serve batch is scored a chunk of rows at a time (memory bounded by SCORE_BUDGET): every row,
+    its own seen items and the shared exclusions land where they would in one pass."""
+    items = clustered(2000)
+    index = serving(items, "flat")
+    queries = queries_for(items, 70)
+    truth = np.argsort(-(queries @ items.T), axis=1, kind="stable")
+    seen = [truth[r, : r % 7].copy() for r in range(70)]  # some rows have seen nothing
+    excluded = truth[:5, 0].astype(np.int64)
+    whole = index.top_unseen_batch(queries, seen, excluded, 10)
+    monkeypatch.setattr("daemon.index.SCORE_BUDGET", 2000 * 16)  # 16 rows a chunk: 5 chunks, the last short
+    chunked = index.top_unseen_batch(queries, seen, excluded, 10)
+    assert [p for p, _ in chunked] == [p for p, _ in whole]
+    np.testing.assert_allclose([s for _, s in chunked], [s for _, s in whole], rtol=1e-6)
+    for r, (positions, _) in enumerate(chunked):
+        allowed = [p for p in truth[r].tolist() if p not in set(seen[r].tolist()) | set(excluded.tolist())]
+        assert positions == allowed[:10]
