@@ -78,8 +78,8 @@ class Tracer:
 
     def __init__(self, client: redis.Redis, keys: Keys, users: list[str], items: int) -> None:
         self.client, self.keys, self.users, self.items = client, keys, users, items
-        self.pending: dict[str, tuple[float, bytes | None]] = {}
-        self.seen: dict[str, dict[str, float]] = {}  # pending user -> stage -> first poll time it was seen
+        # pending user -> (send time, list before, stage -> first poll time the user was seen in it)
+        self.pending: dict[str, tuple[float, bytes | None, dict[str, float]]] = {}
         self.latencies: list[float] = []
         self.sent_at: list[float] = []  # send time of each measured tracer event
         self.stages: list[tuple[float, float, float]] = []  # (ingest, queue, serve) seconds
@@ -95,8 +95,7 @@ class Tracer:
     def sent(self, user: str, at: float) -> None:
         before: Any = self.client.get(self.keys.rec(user))
         with self.lock:
-            self.pending[user] = (at, before)
-            self.seen[user] = {}
+            self.pending[user] = (at, before, {})
 
     def poll(self) -> None:
         while not self.stop.is_set():
@@ -115,8 +114,7 @@ class Tracer:
             time.sleep(0.003)
 
     def _observe(self, user: str, queued: bool, claimed: bool, value: bytes | None, now: float) -> None:
-        at, before = self.pending[user]
-        seen = self.seen[user]
+        at, before, seen = self.pending[user]
         if queued or claimed:
             seen.setdefault("queued", now)
         if claimed:
@@ -127,7 +125,7 @@ class Tracer:
         self.sent_at.append(at)
         if "claimed" in seen:
             self.stages.append((seen["queued"] - at, seen["claimed"] - seen["queued"], now - seen["claimed"]))
-        del self.pending[user], self.seen[user]
+        del self.pending[user]
 
     def stage_summary(self) -> dict[str, Any]:
         """p50/p99 ms of each stage, over the events whose stages were all seen."""

@@ -133,7 +133,7 @@ def _exact_chunk(vectors: npt.NDArray[np.float32], queries: npt.NDArray[np.float
                  excluded: IntArray, k: int) -> list[Ranked]:
     lengths = [len(s) for s in seen]
     rows = torch.from_numpy(np.repeat(np.arange(len(seen)), lengths))
-    cols = torch.from_numpy(np.concatenate(seen).astype(np.int64) if seen else np.zeros(0, np.int64))
+    cols = torch.from_numpy(np.concatenate(seen).astype(np.int64))  # exact_unseen passes no empty chunk
     with torch_threads(1):
         scores = torch.from_numpy(np.ascontiguousarray(queries, np.float32)) @ torch.from_numpy(vectors).T
         scores[rows, cols] = -torch.inf
