@@ -3,46 +3,73 @@
 -- ARGV: 1 N, 2 now ms, 3 lease ms, 4/5 (optional) history key head/tail: also return each
 -- claimed user's history blob, read in the same atomic step (one round trip for the serve loop)
 -- Expired leases (a worker died) go back to the dirty queue first. Fresh changes come before
--- swap refreshes. Returns {user, score, from_swap (0/1), ...}; score is the message time of
--- the user's earliest unserved change (dirty) or minus the last activity time (swap); with
--- ARGV[4], each triple is followed by the history blob (nil when the user has none).
+-- swap refreshes. A user another worker holds (an unexpired lease) stays queued, with its
+-- score, until that worker acknowledges: two workers serving one user at once could write
+-- the list from the older history last. Returns {user, score, from_swap (0/1), ...}; score is
+-- the message time of the user's earliest unserved change (dirty) or minus the last activity
+-- time (swap); with ARGV[4], each triple is followed by the history blob (nil when the user
+-- has none).
+local call = redis.call
 local n, now, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+local CHUNK = 1000  -- members per multi-member call (unpack's stack limit is ~8,000 values)
+local expired = call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
 for _, u in ipairs(expired) do
-  redis.call('ZREM', KEYS[2], u)
-  redis.call('ZADD', KEYS[1], 'NX', now, u)
+  call('ZREM', KEYS[2], u)
+  call('ZADD', KEYS[1], 'NX', now, u)
 end
-local out = {}
-local popped = redis.call('ZPOPMIN', KEYS[1], n)
-for i = 1, #popped, 2 do
-  out[#out + 1] = popped[i]
-  out[#out + 1] = popped[i + 1]
-  out[#out + 1] = 0
-end
-local room = n - #popped / 2
-if room > 0 then
-  popped = redis.call('ZPOPMIN', KEYS[3], room)
-  for i = 1, #popped, 2 do
-    out[#out + 1] = popped[i]
-    out[#out + 1] = popped[i + 1]
-    out[#out + 1] = 1
+
+-- call(head..., values...) once per CHUNK pairs of values; the replies, concatenated.
+local function chunked(values, width, ...)
+  local replies = {}
+  for s = 1, #values, CHUNK * width do
+    local args = {...}
+    for x = s, math.min(s + CHUNK * width - 1, #values) do args[#args + 1] = values[x] end
+    local reply = call(unpack(args))
+    if type(reply) == 'table' then
+      for _, r in ipairs(reply) do replies[#replies + 1] = r end
+    end
   end
+  return replies
 end
-local leased = {}  -- one ZADD per 1,000 users (unpack's stack limit is ~8,000 values)
+
+local out = {}
+-- Pops from zset key until the claim is full or key is empty; held users go back afterwards.
+local function take(key, swap)
+  local held = {}
+  while #out / 3 < n do
+    local popped = call('ZPOPMIN', key, n - #out / 3)
+    if #popped == 0 then break end
+    local users = {}
+    for i = 1, #popped, 2 do users[#users + 1] = popped[i] end
+    local leased = chunked(users, 1, 'ZMSCORE', KEYS[2])
+    for i = 1, #popped, 2 do
+      if leased[(i + 1) / 2] then
+        held[#held + 1] = popped[i + 1]
+        held[#held + 1] = popped[i]
+      else
+        out[#out + 1] = popped[i]
+        out[#out + 1] = popped[i + 1]
+        out[#out + 1] = swap
+      end
+    end
+  end
+  chunked(held, 2, 'ZADD', key)
+end
+take(KEYS[1], 0)
+take(KEYS[3], 1)
+
+local leased = {}
 for i = 1, #out, 3 do
   leased[#leased + 1] = now + lease
   leased[#leased + 1] = out[i]
-  if #leased == 2000 or i + 3 > #out then
-    redis.call('ZADD', KEYS[2], unpack(leased))
-    leased = {}
-  end
 end
+chunked(leased, 2, 'ZADD', KEYS[2])
 if not ARGV[4] then return out end
 local with = {}
 for i = 1, #out, 3 do
   with[#with + 1] = out[i]
   with[#with + 1] = out[i + 1]
   with[#with + 1] = out[i + 2]
-  with[#with + 1] = redis.call('GET', ARGV[4] .. out[i] .. ARGV[5])
+  with[#with + 1] = call('GET', ARGV[4] .. out[i] .. ARGV[5])
 end
 return with

@@ -5,6 +5,9 @@ change). A serving worker claims users atomically, moving them to
 ``dirty:inflight`` with a lease; it acknowledges after their lists are written.
 A worker that dies leaves leases that expire and return the users to
 ``dirty``, so several serving replicas share the queue and none loses work.
+A user changed again while one worker holds it stays queued until that worker
+acknowledges: a second worker serving the newer history at the same time could
+finish first and have its list overwritten by the older one.
 """
 
 from __future__ import annotations

@@ -47,3 +47,31 @@ def test_a_claim_bigger_than_one_lease_command_leases_everyone(rclient: redis.Re
     claims = WorkQueue(rclient, keys, lease_ms=1000).claim(2500, now_ms=0)
     assert len(claims) == 2500 and rclient.zcard(keys.dirty_inflight) == 2500
     assert rclient.zrange(keys.dirty_inflight, 0, -1, withscores=True)[-1][1] == 1000.0
+
+
+def test_a_user_another_worker_holds_stays_queued_until_that_worker_acks(rclient: redis.Redis, prefix: str
+                                                                        ) -> None:
+    keys = Keys(prefix)
+    first, second = WorkQueue(rclient, keys, lease_ms=1000), WorkQueue(rclient, keys, lease_ms=1000)
+    rclient.zadd(keys.dirty, {"busy": 10.0, "idle": 20.0})
+    assert [c.user_id for c in first.claim(1, now_ms=100)] == ["busy"]
+    rclient.zadd(keys.dirty, {"busy": 30.0})  # a change while the first worker serves the older history
+    assert [c.user_id for c in second.claim(5, now_ms=200)] == ["idle"]  # busy is skipped, not lost
+    assert rclient.zscore(keys.dirty, "busy") == 30.0
+    pipe = rclient.pipeline()
+    first.ack(pipe, ["busy"])
+    pipe.execute()
+    claims = second.claim(5, now_ms=300)
+    assert [(c.user_id, c.score) for c in claims] == [("busy", 30.0)]
+
+
+def test_a_claim_fills_up_past_held_users(rclient: redis.Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    queue = WorkQueue(rclient, keys, lease_ms=1000)
+    rclient.zadd(keys.dirty, {f"u{i:04d}": float(i) for i in range(2500)})
+    held = [c.user_id for c in queue.claim(1500, now_ms=0)]
+    rclient.zadd(keys.dirty, dict.fromkeys(held, 0.0))  # every held user changed again, ahead in the queue
+    rclient.zadd(keys.swap_queue, {held[0]: -1.0, "refresh": -2.0})
+    claims = queue.claim(1200, now_ms=10)
+    assert [c.user_id for c in claims] == [f"u{i:04d}" for i in range(1500, 2500)] + ["refresh"]
+    assert rclient.zcard(keys.dirty) == 1500 and rclient.zrange(keys.swap_queue, 0, -1) == [held[0].encode()]
