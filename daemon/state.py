@@ -48,16 +48,23 @@ def decode_history(blob: bytes | None) -> list[Entry]:
 
 
 class StateReader:
-    """Batched reads of recd's Redis state, with an item-number cache."""
+    """Batched reads of recd's Redis state, with an item-number cache of at most ``cache_items`` entries
+    (a catalogue that keeps growing must not grow a serving process without bound)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, segment_keys: tuple[str, ...] = ()) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, segment_keys: tuple[str, ...] = (),
+                 cache_items: int = 2_000_000) -> None:
         self.client = client
         self.keys = keys
         self.segment_keys = segment_keys
+        self.cache_items = cache_items
         self._item_ids: dict[int, str] = {}
 
     def item_ids(self, numbers: Iterable[int]) -> dict[int, str]:
-        """Item number -> item id (cached; numbers are never reused)."""
+        """Item number -> item id for ``numbers`` (cached; numbers are never reused). The mapping returned
+        holds at least the numbers asked for that exist; a full cache starts again empty first."""
+        numbers = list(numbers)
+        if len(self._item_ids) + len(numbers) > self.cache_items:
+            self._item_ids = {}
         missing = sorted({n for n in numbers if n not in self._item_ids})
         for start in range(0, len(missing), 10_000):
             chunk = missing[start:start + 10_000]

@@ -170,3 +170,13 @@ def test_event_weight_and_segment_chain() -> None:
     assert event_weight(rating, WEIGHTS, 4.5) == 0.0
     assert segment_chain({"country": "US", "gender": "F"}, ("country", "age", "gender")) == ["country=US"]
     assert segment_chain({"age": "25"}, ("country", "age")) == []
+
+
+def test_item_name_cache_stays_bounded_and_still_answers(rclient: redis.Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    rclient.hset(keys.item_ids, mapping={str(n): f"item-{n}" for n in range(1, 11)})
+    reader = StateReader(rclient, keys, cache_items=4)
+    assert {n: reader.item_ids([n])[n] for n in range(1, 11)} == {n: f"item-{n}" for n in range(1, 11)}
+    assert len(reader.item_ids([9, 10, 11])) <= 4  # 11 does not exist: left out
+    names = reader.item_ids(range(1, 8))  # more than the cache holds at once: all of them still come back
+    assert [names[n] for n in range(1, 8)] == [f"item-{n}" for n in range(1, 8)]
