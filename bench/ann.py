@@ -91,14 +91,15 @@ def exact(items: F32, queries: F32, k: int, threads: int) -> I64:
 def measure(index: Any, queries: F32, truth: I64, k: int) -> dict[str, float]:
     """One pass, one query per call on one thread: wall QPS, CPU QPS, distances per query, recall@k."""
     faiss.omp_set_num_threads(1)
-    faiss.cvar.hnsw_stats.reset()
-    faiss.cvar.indexIVF_stats.reset()
+    stats: Any = faiss.cvar  # SWIG globals: the stubs do not list the search counters
+    stats.hnsw_stats.reset()
+    stats.indexIVF_stats.reset()
     found = np.empty((len(queries), k), np.int64)
     wall, cpu = time.perf_counter(), time.thread_time()
     for i in range(len(queries)):
         found[i] = search(index, queries[i : i + 1], k)[1][0]
     cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
-    ndis = faiss.cvar.hnsw_stats.ndis + faiss.cvar.indexIVF_stats.ndis
+    ndis = stats.hnsw_stats.ndis + stats.indexIVF_stats.ndis
     hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
     return {"qps": len(queries) / wall, "cpu_qps": len(queries) / max(cpu, 1e-9),
             "ndis": ndis / len(queries), "recall": hits / truth.size}

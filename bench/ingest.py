@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry
@@ -79,7 +80,8 @@ def verify(settings: Settings, client: redis.Redis, events: list[dict[str, objec
     missing = sum(len(set(h) - got.get(u, set())) for u, h in expected.histories.items())
     extra = sum(len(got.get(u, set()) - set(h)) for u, h in expected.histories.items())
     applied = int(client.hget(keys.stats, "applied") or 0)
-    pop = {k.decode(): v for k, v in client.zrange(keys.popularity, 0, -1, withscores=True)}
+    ranked: Any = client.zrange(keys.popularity, 0, -1, withscores=True)
+    pop = {k.decode(): float(v) for k, v in ranked}
     pop_ok = set(pop) == set(expected.popularity) and all(
         abs(pop[k] - v) < 1e-6 for k, v in expected.popularity.items())
     return {"lost": missing + max(0, expected.applied - applied),
