@@ -14,8 +14,10 @@ users (who get no other events) receive one event every ``--tracer-gap-s``;
 a poller reads their lists every few milliseconds, and the latency of each
 tracer event is the time from just before the producer's send to the first
 poll that sees the user's list rewritten. Last line: JSON with p50/p95/p99/max,
-the p99 of each 10 s window (a drift upwards means serving falls behind) and
-where the time went (``stages``: ingest, queue, serve; see Tracer).
+the p99 of each 10 s window (a drift upwards means serving falls behind),
+where the time went (``stages``: ingest, queue, serve; see Tracer) and the CPU
+cores each process used while the stream ran (``cpu_cores``: the daemons by
+role, this bench's producer and poller, the broker it started, a local Redis).
 Every key the run wrote is deleted at the end.
 """
 
@@ -235,7 +237,7 @@ def main() -> None:
                              redis_prefix=f"bench-fresh-{tag}:", events_topic=f"fresh-{tag}",
                              profiles_topic=f"fresh-{tag}.profiles", consumer_group=f"fresh-{tag}")
     try:
-        result = run(settings, args, folder / "models")
+        result = run(settings, args, folder / "models", broker.proc.pid if broker else None)
     finally:
         if broker:
             broker.stop()
@@ -244,7 +246,7 @@ def main() -> None:
     print(json.dumps(result))
 
 
-def run(settings: Settings, args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
+def run(settings: Settings, args: argparse.Namespace, model_dir: Path, broker_pid: int | None) -> dict[str, Any]:
     client, keys = redis.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix)
     ensure_topics(settings)
     now = int(time.time() * 1000)
@@ -271,7 +273,8 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path) -> dict[s
         stream = encoded(SyntheticSpec(**{**spec.__dict__, "start_ms": now, "seed": 2, "step_ms": 1}),
                          int(args.rate * (args.seconds + 1)))
         tracer = Tracer(client, keys, tracer_users, args.items)
-        started, achieved = measure(LoadProducer(settings, args.producer), stream, tracer, args)
+        meter = CpuMeter(process_ids(client, broker_pid, daemons, roles))
+        started, achieved, cores = measure(LoadProducer(settings, args.producer), stream, tracer, args, meter)
     finally:
         for daemon in daemons:
             daemon.terminate()
@@ -282,23 +285,68 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path) -> dict[s
     return {"rate_target": args.rate, "rate_achieved": round(achieved), "tracer_events": len(lat) + len(
         tracer.pending), "unchanged": len(tracer.pending), **pct, "max_ms": round(float(lat.max()), 1)
         if len(lat) else None, "p99_ms_per_10s": per_window(tracer, started), "stages": tracer.stage_summary(),
-        "target_p99_ms": 1000}
+        "cpu_cores": {**cores, "total": round(sum(cores.values()), 2)}, "target_p99_ms": 1000}
 
 
-def measure(producer: LoadProducer, stream: list[tuple[bytes, bytes]], tracer: Tracer, args: argparse.Namespace
-            ) -> tuple[float, float]:
-    """The measured phase: steady stream with tracer events, lists polled. Returns (start time, events/s)."""
+class CpuMeter:
+    """CPU cores each process of the run used while the steady stream ran (from /proc, so Linux only; a
+    process that is gone or not on this machine is left out): where the machine's CPU went."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.at, self.ticks = 0.0, dict[str, int]()
+
+    @staticmethod
+    def _ticks(pid: int) -> int | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    def start(self) -> None:
+        self.at = time.monotonic()
+        self.ticks = {n: t for n, pid in self.pids.items() if (t := self._ticks(pid)) is not None}
+
+    def cores(self) -> dict[str, float]:
+        span, hz = time.monotonic() - self.at, os.sysconf("SC_CLK_TCK")
+        now = {n: self._ticks(self.pids[n]) for n in self.ticks}
+        return {n: round((t - self.ticks[n]) / hz / span, 2) for n, t in now.items() if t is not None}
+
+
+def process_ids(client: redis.Redis, broker_pid: int | None, daemons: list[subprocess.Popen[bytes]],
+                roles: list[str]) -> dict[str, int]:
+    """The processes to meter: the daemons by role, this bench (producer and poller), the broker it
+    started and Redis when it runs here."""
+    pids = {f"{role}-{k}": d.pid for k, (role, d) in enumerate(zip(roles, daemons, strict=True))}
+    pids["bench"] = os.getpid()
+    if broker_pid is not None:
+        pids["broker"] = broker_pid
+    info: Any = client.info("server")
+    redis_pid = int(info.get("process_id", 0))
+    cmdline = Path(f"/proc/{redis_pid}/cmdline")  # a remote Redis's pid may name some other process here
+    if cmdline.exists() and b"redis" in cmdline.read_bytes():
+        pids["redis"] = redis_pid
+    return pids
+
+
+def measure(producer: LoadProducer, stream: list[tuple[bytes, bytes]], tracer: Tracer, args: argparse.Namespace,
+            meter: CpuMeter) -> tuple[float, float, dict[str, float]]:
+    """The measured phase: steady stream with tracer events, lists polled. Returns (start time, events/s,
+    CPU cores per process while the stream ran)."""
     gc.freeze()  # the stream's ~10^6 objects stay out of collections: no GC pauses in the producer/poller
     time.sleep(3)
     poller = threading.Thread(target=tracer.poll, daemon=True)
     poller.start()
     started = time.time()
+    meter.start()
     sent = steady(producer, stream, tracer, args.rate, args.seconds, args.tracer_gap_s)
     achieved = sent / (time.time() - started)
+    cores = meter.cores()
     time.sleep(5)
     tracer.stop.set()
     poller.join()
-    return started, achieved
+    return started, achieved, cores
 
 
 def per_window(tracer: Tracer, started: float, window_s: float = 10.0) -> list[float]:
