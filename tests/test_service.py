@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import threading
 
-from daemon.service import Service
+from daemon.service import GC_YOUNG_OBJECTS, Service
 
 
 class Counting:
@@ -43,10 +43,16 @@ def test_a_crashing_role_stops_the_others_and_the_exit_code_says_so() -> None:
     assert not alive and "bad crashed" in why
 
 
-def test_what_exists_at_start_is_frozen_out_of_collections() -> None:
+def test_what_exists_at_start_is_frozen_out_of_collections_and_young_ones_are_rarer() -> None:
     gc.unfreeze()
+    before = gc.get_threshold()  # another Service in this process may have raised it already
+    gc.set_threshold(700, 10, 10)  # Python's default
     stop = threading.Event()
     stop.set()
-    Service(stop).run()
-    assert gc.get_freeze_count() > 10_000  # the interpreter, pytest, the modules imported so far
-    gc.unfreeze()
+    try:
+        Service(stop).run()
+        assert gc.get_freeze_count() > 10_000  # the interpreter, pytest, the modules imported so far
+        assert gc.get_threshold() == (GC_YOUNG_OBJECTS, 10, 10)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
