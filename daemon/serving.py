@@ -18,6 +18,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,6 +161,9 @@ class Server:
         self.maker = ListMaker(options, self.cold, self.reader.item_ids)
         self._similar_todo: list[int] = []
         self._exclusions: tuple[float, set[str]] | None = None  # (read at, items)
+        # A step's lists go out on this thread while the next step claims and computes (see step()).
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="recd-serve-write")
+        self._writing: Future[None] | None = None
 
     def step(self) -> int:
         now_ms = int(self.clock() * 1000)
@@ -170,19 +174,34 @@ class Server:
             log.info("model %s: refreshing %d active users' lists", swapped.version, queued)
         claims = self.queue.claim(self.options.batch, now_ms, with_history=True)
         if not claims:
+            self.flush()
             self._write_similar()
             self.metrics.dirty_users.set(self.queue.depth())
             return 0
         started = time.perf_counter()
-        lists = self.serve(claims, now_ms)
+        lists = self.serve(claims, now_ms, wait=False)
         self.metrics.serve_seconds.observe(time.perf_counter() - started)
         return len(lists)
 
-    def serve(self, claims: list[Claim], now_ms: int) -> list[RecommendationList]:
+    def serve(self, claims: list[Claim], now_ms: int, wait: bool = True) -> list[RecommendationList]:
+        """Lists for the claimed users, written with the claims' acknowledgement. ``wait=False`` hands the
+        write to the writer thread and returns: the previous step's write (awaited first, so writes land in
+        order and its errors surface here) overlapped this step's claim and compute, time that serving
+        otherwise spent waiting for Redis behind ingest's scripts. Users whose lists are still being written
+        stay leased, so no other claim takes them meanwhile."""
         batch = HistoryBatch.decode([c.user_id for c in claims], [c.history for c in claims])
         lists = self.maker.make(self.watcher.current, batch, self._segments, self._excluded(), now_ms)
-        self._write(lists, batch, claims)
+        self.flush()
+        self._writing = self._writer.submit(self._write, lists, batch, claims)
+        if wait:
+            self.flush()
         return lists
+
+    def flush(self) -> None:
+        """Wait until the lists handed to the writer are in Redis (raises what writing them raised)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
 
     def _segments(self, users: list[str]) -> dict[str, list[str]]:
         return {u: p.segments for u, p in self.reader.profiles(users).items() if p is not None}
@@ -235,4 +254,8 @@ class Server:
         pipe.execute()
 
     def shutdown(self) -> None:
-        """Claims not acknowledged expire and return to the queue; nothing else to hand back."""
+        """Finish the write in hand; claims not acknowledged expire and return to the queue."""
+        try:
+            self.flush()
+        finally:
+            self._writer.shutdown(wait=True)

@@ -325,3 +325,41 @@ def test_http_lookups(world: World, rclient: redis.Redis) -> None:
         assert ok is not None and ok >= 3
     finally:
         http.stop()
+
+
+def test_a_steps_write_lands_by_the_next_step_in_order_and_its_failure_surfaces(world: World, rclient: redis.Redis
+                                                                               ) -> None:
+    _train(world)
+    world.pump(lambda: world.server.watcher.current is not None and _queued(rclient, world.keys) == 0)
+    users = sorted({e["user_id"] for e in world.events})
+    server, before_ms = world.server, int(time.time() * 1000)
+    rclient.zadd(world.keys.dirty, dict.fromkeys(users[:40], float(before_ms)))
+    assert server.step() == 40  # computed; its write may still be on the writer thread
+    rclient.zadd(world.keys.dirty, dict.fromkeys(users[40:], float(before_ms)))
+    writes: list[list[str]] = []
+    real_write, gate = server._write, threading.Event()
+
+    def gated_write(lists: list[RecommendationList], *rest: Any) -> None:
+        gate.wait(30)
+        writes.append([rec.user_id for rec in lists])
+        real_write(lists, *rest)
+
+    server._write = gated_write  # type: ignore[method-assign]
+    served = server.step()  # waits for the first write, hands its own over and returns
+    assert served == len(users) - 40 and writes == []
+    assert rclient.zcard(world.keys.dirty_inflight) == served  # still leased while being written
+    gate.set()
+    server.flush()
+    assert writes == [users[40:]] and rclient.zcard(world.keys.dirty_inflight) == 0
+    assert all(rec.updated_at >= before_ms for rec in _lists(rclient, world.keys, users).values())
+
+    def failing_write(*_: Any) -> None:
+        raise redis.ConnectionError("Redis went away mid-write")
+
+    server._write = failing_write  # type: ignore[method-assign]
+    rclient.zadd(world.keys.dirty, {users[0]: float(before_ms)})
+    assert server.step() == 1
+    rclient.zadd(world.keys.dirty, {users[1]: float(before_ms)})
+    with pytest.raises(redis.ConnectionError):  # the next step reports it; the user stays leased, not lost
+        server.step()
+    assert rclient.zscore(world.keys.dirty_inflight, users[0]) is not None
