@@ -63,9 +63,10 @@ class StateReader:
         """Item number -> item id for ``numbers`` (cached; numbers are never reused). The mapping returned
         holds at least the numbers asked for that exist; a full cache starts again empty first."""
         numbers = list(numbers)
-        if len(self._item_ids) + len(numbers) > self.cache_items:
-            self._item_ids = {}
-        missing = sorted({n for n in numbers if n not in self._item_ids})
+        unknown = {n for n in numbers if n not in self._item_ids}
+        if len(self._item_ids) + len(unknown) > self.cache_items:
+            self._item_ids, unknown = {}, set(numbers)
+        missing = sorted(unknown)
         for start in range(0, len(missing), 10_000):
             chunk = missing[start:start + 10_000]
             for number, raw in zip(chunk, self.client.hmget(self.keys.item_ids, chunk), strict=True):
