@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import redis
 
 
@@ -17,3 +20,12 @@ def drop_prefix(client: redis.Redis, prefix: str) -> int:
     if batch:
         dropped += int(client.unlink(*batch))  # type: ignore[arg-type]
     return dropped
+
+
+def process_cpu_seconds(pid: int | str) -> float | None:
+    """User + system CPU seconds a process has used so far (Linux /proc), or None when it is not there."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -41,7 +41,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import drop_prefix
+from bench.common import drop_prefix, process_cpu_seconds
 from daemon.config import Settings, load_settings
 from daemon.embedded import start_broker
 from daemon.keys import Keys
@@ -294,24 +294,16 @@ class CpuMeter:
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
-        self.at, self.ticks = 0.0, dict[str, int]()
-
-    @staticmethod
-    def _ticks(pid: int) -> int | None:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return int(fields[11]) + int(fields[12])  # utime + stime
+        self.at, self.used = 0.0, dict[str, float]()
 
     def start(self) -> None:
         self.at = time.monotonic()
-        self.ticks = {n: t for n, pid in self.pids.items() if (t := self._ticks(pid)) is not None}
+        self.used = {n: t for n, pid in self.pids.items() if (t := process_cpu_seconds(pid)) is not None}
 
     def cores(self) -> dict[str, float]:
-        span, hz = time.monotonic() - self.at, os.sysconf("SC_CLK_TCK")
-        now = {n: self._ticks(self.pids[n]) for n in self.ticks}
-        return {n: round((t - self.ticks[n]) / hz / span, 2) for n, t in now.items() if t is not None}
+        span = time.monotonic() - self.at
+        now = {n: process_cpu_seconds(self.pids[n]) for n in self.used}
+        return {n: round((t - self.used[n]) / span, 2) for n, t in now.items() if t is not None}
 
 
 def process_ids(client: redis.Redis, broker_pid: int | None, daemons: list[subprocess.Popen[bytes]],

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import drop_prefix
+from bench.common import drop_prefix, process_cpu_seconds
 from bench.groundtruth import replay
 from daemon.app import build_ingest
 from daemon.config import Settings, load_settings
@@ -114,18 +114,17 @@ def bytes_per_user(client: redis.Redis, history_len: int, users: int = 2000) -> 
 def cpu_seconds() -> dict[str, float]:
     """CPU seconds so far of this process, redis-server and the broker (Linux /proc)."""
     out = {"recd": time.process_time()}
-    tick = os.sysconf("SC_CLK_TCK")
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if comm.startswith(("redis-server", "tansu")):
+        seconds = process_cpu_seconds(pid) if comm.startswith(("redis-server", "tansu")) else None
+        if seconds is not None:
             name = "redis" if comm.startswith("redis") else "broker"
-            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            out[name] = out.get(name, 0.0) + seconds
     return out
 
 
