@@ -18,7 +18,7 @@ for _, u in ipairs(expired) do
   call('ZADD', KEYS[1], 'NX', now, u)
 end
 
--- call(head..., values...) once per CHUNK pairs of values; the replies, concatenated.
+-- call(head..., values...) once per CHUNK members (width values each); the replies, concatenated.
 local function chunked(values, width, ...)
   local replies = {}
   for s = 1, #values, CHUNK * width do

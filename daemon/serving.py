@@ -180,22 +180,20 @@ class Server:
             self.metrics.dirty_users.set(self.queue.depth())
             return 0
         started = time.perf_counter()
-        lists = self.serve(claims, now_ms, wait=False)
+        lists = self.serve(claims, now_ms)
         self.metrics.serve_seconds.observe(time.perf_counter() - started)
         return len(lists)
 
-    def serve(self, claims: list[Claim], now_ms: int, wait: bool = True) -> list[RecommendationList]:
-        """Lists for the claimed users, written with the claims' acknowledgement. ``wait=False`` hands the
-        write to the writer thread and returns: the previous step's write (awaited first, so writes land in
-        order and its errors surface here) overlapped this step's claim and compute, time that serving
-        otherwise spent waiting for Redis behind ingest's scripts. Users whose lists are still being written
-        stay leased, so no other claim takes them meanwhile."""
+    def serve(self, claims: list[Claim], now_ms: int) -> list[RecommendationList]:
+        """Lists for the claimed users, handed to the writer thread (with the claims' acknowledgement) before
+        returning; ``flush()`` waits for them. The previous write is awaited first, so writes land in order and
+        its errors surface here; it overlapped this step's claim and compute, time that serving otherwise spent
+        waiting for Redis behind ingest's scripts. Users whose lists are still being written stay leased, so
+        no other claim takes them meanwhile."""
         batch = HistoryBatch.decode([c.user_id for c in claims], [c.history for c in claims])
         lists = self.maker.make(self.watcher.current, batch, self._segments, self._excluded(), now_ms)
         self.flush()
         self._writing = self._writer.submit(self._write, lists, batch, claims)
-        if wait:
-            self.flush()
         return lists
 
     def flush(self) -> None:
