@@ -46,6 +46,17 @@ def test_item2vec_on_the_gpu_matches_the_cpu_fit_in_quality() -> None:
     assert abs(_same_cluster_neighbours(gpu) - _same_cluster_neighbours(cpu)) < 0.05
 
 
+def test_item2vec_replayed_from_a_cuda_graph_trains_like_the_eager_gpu_fit() -> None:
+    """The captured step (``graph=True``, the default) against eager kernels: same plan stream, same quality."""
+    data = test_item2vec.planted()
+    graphed, eager = Item2Vec(**GPU), Item2Vec(**GPU, graph=False)
+    g_loss, e_loss = graphed.fit(data).losses, eager.fit(data).losses
+    assert g_loss[-1] == pytest.approx(e_loss[-1], rel=0.1) and g_loss[-1] < g_loss[0]
+    assert _same_cluster_neighbours(graphed) > 0.9
+    diff = np.abs(graphed.table("in") - eager.table("in")).max()  # atomics reorder the sums, nothing else
+    assert diff < 0.05 * np.abs(eager.table("in")).max(), diff
+
+
 def test_item2vec_warm_start_on_the_gpu_adds_items() -> None:
     first = Item2Vec(**GPU)
     first.fit(test_item2vec.planted(clusters=range(3)))

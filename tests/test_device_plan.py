@@ -7,6 +7,7 @@ checks the code the GPU runs.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -128,3 +129,21 @@ def test_device_plan_is_reproducible_per_seed_and_counts_every_pair() -> None:
 def test_unknown_plan_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown plan"):
         Item2Vec(plan="gpu")
+
+
+def test_epochs_planned_together_equal_each_planned_alone() -> None:
+    """``plan_epochs`` batches each epoch from its own start: 100 targets in batches of 32 leave a short 4th."""
+    rng = np.random.default_rng(11)
+    n, n_t, n_c, epochs = 30, 104, 3, 3
+    sizes = StepSizes(negatives=2, shared=8, group=8, batch=32, neg_cap=0.5, cap=2.0)
+    targets, contexts = rng.integers(0, n, epochs * n_t), rng.integers(0, n, (epochs * n_t, n_c))
+    negs = rng.integers(0, n, (epochs * n_t // sizes.group, sizes.shared))
+    together = device_plan.plan_epochs(torch.from_numpy(targets), torch.from_numpy(contexts),
+                                       torch.from_numpy(negs), sizes, n, epochs)
+    g = n_t // sizes.group
+    for e, plan in enumerate(together):
+        alone = device_plan.plan_epoch(torch.from_numpy(targets[e * n_t:(e + 1) * n_t]),
+                                       torch.from_numpy(contexts[e * n_t:(e + 1) * n_t]),
+                                       torch.from_numpy(negs[e * g:(e + 1) * g]), sizes, n)
+        for field in dataclasses.fields(alone):
+            torch.testing.assert_close(getattr(plan, field.name), getattr(alone, field.name), msg=field.name)

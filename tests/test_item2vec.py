@@ -123,9 +123,10 @@ def test_sgd_step_equals_one_autograd_sgd_step() -> None:
     loss.backward()  # type: ignore[no-untyped-call]
     first = float((softplus(-pos[: n_t // groups]).sum() + n_c * 2 / n_n * softplus(neg[0]).sum()).detach())
     ws = Workspace(n_t, n_c, sizes, d, torch.device("cpu"))
-    assert sgd_step(win.clone(), wout.clone(), plan, (0, n_t), 0.1, sizes, ws, 1) == pytest.approx(first, rel=1e-5)
+    head = sgd_step(win.clone(), wout.clone(), plan, (0, n_t), 0.1, sizes, ws, 1)
+    assert head is not None and float(head) == pytest.approx(first, rel=1e-5)
     got = sgd_step(win, wout, plan, (0, n_t), 0.1, sizes, ws, groups)
-    assert got == pytest.approx(float(loss.detach()), rel=1e-5)
+    assert got is not None and float(got) == pytest.approx(float(loss.detach()), rel=1e-5)
     assert a.grad is not None and b.grad is not None
     torch.testing.assert_close(win, a.detach() - 0.1 * a.grad, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(wout, b.detach() - 0.1 * b.grad, atol=1e-6, rtol=1e-5)

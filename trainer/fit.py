@@ -55,7 +55,9 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 def check_finite(name: str, value: float | torch.Tensor) -> None:
     """Raise (never publish garbage) when a loss or table holds NaN or inf."""
-    ok = bool(torch.isfinite(value).all()) if isinstance(value, torch.Tensor) else bool(np.isfinite(value))
+    # A tensor's sum is non-finite iff an entry is (or the sum overflows float32, itself no table to publish):
+    # one pass, no (n, dim) mask.
+    ok = bool(torch.isfinite(value.sum())) if isinstance(value, torch.Tensor) else bool(np.isfinite(value))
     if not ok:
         raise FloatingPointError(f"{name} is not finite; lower the learning rate or check the data")
 
@@ -81,10 +83,13 @@ class WarmPlan:
 def plan_items(data_item_ids: Sequence[str], previous_ids: Sequence[str] | None) -> WarmPlan:
     """Merge the previous model's item ids with the data's (see ``WarmPlan``)."""
     ids = list(previous_ids or [])
-    index = {item: i for i, item in enumerate(ids)}
     n_old = len(ids)
-    rows = np.empty(len(data_item_ids), np.int64)
-    for k, item in enumerate(data_item_ids):
+    if not n_old and len(set(data_item_ids)) == len(data_item_ids):  # a first fit: the data's order
+        return WarmPlan(list(data_item_ids), np.arange(len(data_item_ids), dtype=np.int64), 0)
+    index = dict(zip(ids, range(n_old), strict=True))
+    rows = np.fromiter((index.get(item, -1) for item in data_item_ids), np.int64, len(data_item_ids))
+    for k in np.flatnonzero(rows < 0).tolist():  # new items (all of them on a first fit), in data order
+        item = data_item_ids[k]
         row = index.get(item)
         if row is None:
             row = index[item] = len(ids)
@@ -95,8 +100,12 @@ def plan_items(data_item_ids: Sequence[str], previous_ids: Sequence[str] | None)
 
 def grow_table(old: npt.NDArray[np.float32] | None, n_rows: int, dim: int, scale: float,
                rng: np.random.Generator) -> FloatArray:
-    """(n_rows, dim) float32: ``old`` rows on top, new rows ~ U(-scale, scale)."""
-    out = rng.uniform(-scale, scale, (n_rows, dim)).astype(np.float32)
+    """(n_rows, dim) float32: ``old`` rows on top, new rows ~ U(-scale, scale) (zeros, drawing nothing, at 0)."""
+    out = np.zeros((n_rows, dim), np.float32)
+    if scale:  # float32 draws in place: ~5x faster than float64 uniform + astype on big catalogues
+        rng.random((n_rows, dim), dtype=np.float32, out=out)
+        out *= 2 * scale
+        out -= scale
     if old is not None and len(old):
         if old.shape[1] != dim:
             raise ValueError(f"warm start: previous model has dim {old.shape[1]}, this one {dim}")

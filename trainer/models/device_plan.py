@@ -54,18 +54,21 @@ class DeviceSets:
         return int(self.slots.shape[0])
 
 
-def sample_pairs(sets: DeviceSets, context: int, group: int, gen: torch.Generator
+def sample_pairs(sets: DeviceSets, context: int, group: int, gen: torch.Generator, epochs: int = 1
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T',) shuffled targets and (T', context) partners, T' padded up to whole groups by repeats."""
-    n_t = sets.n_targets
-    pick = torch.randperm(n_t, generator=gen, device=sets.items.device)
+    """(E*T',) shuffled targets and (E*T', context) partners for ``epochs`` epochs, epoch after epoch; each
+    epoch's T' is padded up to whole groups by repeats."""
+    n_t, dev = sets.n_targets, sets.items.device
+    keys = torch.rand((epochs, n_t), generator=gen, device=dev, dtype=torch.float64)
+    pick = torch.argsort(keys, dim=1)  # an independent shuffle per epoch, all in one kernel
     extra = -n_t % group
     if extra:  # repeat a few random targets so every group is full (as ``sgns.pad_to_groups``)
-        more = torch.randint(0, n_t, (extra,), generator=gen, device=pick.device)
-        pick = torch.cat([pick, more])
+        more = torch.randint(0, n_t, (epochs, extra), generator=gen, device=dev)
+        pick = torch.cat([pick, more], dim=1)
+    pick = pick.reshape(-1)
     size = sets.size[pick]
     slot = sets.slots[pick] - sets.start[pick]
-    k = (torch.rand((len(pick), context), generator=gen, device=pick.device) * (size - 1)[:, None]).long()
+    k = (torch.rand((len(pick), context), generator=gen, device=dev) * (size - 1)[:, None]).long()
     k = torch.minimum(k, (size - 2)[:, None])  # float rounding must never reach n - 1 (the target itself)
     partner = sets.start[pick, None] + (slot[:, None] + 1 + k) % size[:, None]
     return sets.items[sets.slots[pick]], sets.items[partner]
@@ -78,15 +81,20 @@ def draw_negatives(cdf: torch.Tensor, shape: tuple[int, int], gen: torch.Generat
 
 
 def collision_scale(batch_of: torch.Tensor, rows: torch.Tensor, cap: float) -> torch.Tensor:
-    """``sgns.collision_scale`` in torch: ``min(1, cap / count)`` per occurrence, inputs sorted."""
+    """``sgns.collision_scale`` in torch: ``min(1, cap / count)`` per occurrence, inputs sorted.
+
+    Runs are counted with a scatter, not ``nonzero``: no host sync, so the
+    host can queue the next kernels while the GPU works.
+    """
     n = int(rows.shape[0])
     if cap <= 0 or not n:
         return torch.ones(n, dtype=torch.float32, device=rows.device)
-    new = torch.ones(n, dtype=torch.bool, device=rows.device)
-    new[1:] = (rows[1:] != rows[:-1]) | (batch_of[1:] != batch_of[:-1])
-    starts = torch.nonzero(new).flatten()
-    counts = torch.diff(starts, append=torch.tensor([n], device=rows.device))
-    return torch.repeat_interleave(torch.clamp(cap / counts.float(), max=1.0), counts, output_size=n)
+    new = torch.ones(n, dtype=torch.long, device=rows.device)
+    new[1:] = ((rows[1:] != rows[:-1]) | (batch_of[1:] != batch_of[:-1])).long()
+    run = torch.cumsum(new, 0).sub_(1)  # (n,) run of each occurrence
+    counts = torch.zeros(n, dtype=torch.float32, device=rows.device).index_add_(
+        0, run, torch.ones(n, dtype=torch.float32, device=rows.device))
+    return torch.clamp(cap / counts[run], max=1.0)
 
 
 def _sort_in_batches(batch_of: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -96,21 +104,48 @@ def _sort_in_batches(batch_of: torch.Tensor, rows: torch.Tensor, n_rows: int) ->
 def plan_epoch(targets: torch.Tensor, contexts: torch.Tensor, negs: torch.Tensor, sizes: StepSizes,
                n_rows: int) -> EpochPlan:
     """``sgns.plan_epoch`` on device tensors (``n_rows`` bounds every row index)."""
-    n_t, n_c = contexts.shape
-    bt, dev = sizes.batch_targets, targets.device
-    batch_of = torch.arange(n_t, device=dev) // bt
+    return plan_epochs(targets, contexts, negs, sizes, n_rows, 1)[0]
+
+
+def plan_epochs(targets: torch.Tensor, contexts: torch.Tensor, negs: torch.Tensor, sizes: StepSizes,
+                n_rows: int, epochs: int) -> list[EpochPlan]:
+    """``epochs`` equal epochs, concatenated in ``targets``/``contexts``/``negs``, laid out in one pass.
+
+    Each epoch is batched from its own start (its last batch may be short),
+    exactly as ``plan_epoch`` would lay it out alone; doing them together
+    costs one set of kernel launches instead of one per epoch.
+    """
+    n_all, n_c = contexts.shape
+    n_t, bt, dev = n_all // epochs, sizes.batch_targets, targets.device
+    per_epoch = -(-n_t // bt)  # batches per epoch
+    at = torch.arange(n_all, device=dev)
+    batch_of = at // n_t * per_epoch + at % n_t // bt
+    start = at - at % n_t % bt  # first target of each target's batch
     order = _sort_in_batches(batch_of, targets, n_rows)
     targets, flat = targets[order], contexts[order].reshape(-1)
     pair_batch = torch.repeat_interleave(batch_of, n_c)
     c_order = _sort_in_batches(pair_batch, flat, n_rows)
-    local = c_order - pair_batch[c_order] * bt * n_c
+    local = c_order - torch.repeat_interleave(start, n_c)[c_order] * n_c  # position inside its batch's pairs
     negs = torch.sort(negs, dim=1).values
     neg_flat = negs.reshape(-1)
-    neg_batch = torch.repeat_interleave(torch.arange(len(negs), device=dev) * sizes.group // bt, negs.shape[1])
+    groups = torch.arange(len(negs), device=dev)
+    per_group = len(negs) // epochs
+    neg_batch = torch.repeat_interleave(groups // per_group * per_epoch + groups % per_group * sizes.group // bt,
+                                        negs.shape[1])
     n_order = _sort_in_batches(neg_batch, neg_flat, n_rows)
     n_scale = torch.empty(neg_flat.shape[0], dtype=torch.float32, device=dev)
     n_scale[n_order] = collision_scale(neg_batch[n_order], neg_flat[n_order], sizes.neg_cap * (bt // sizes.group))
     t_scale = collision_scale(batch_of, targets, sizes.cap)
     c_scale = collision_scale(pair_batch[c_order], flat[c_order], sizes.cap)
-    return EpochPlan(targets, torch.repeat_interleave(targets, n_c), flat, flat[c_order], local, local // n_c,
-                     negs, n_scale, t_scale, torch.repeat_interleave(t_scale, n_c), c_scale)
+    whole = (targets, torch.repeat_interleave(targets, n_c), flat, flat[c_order], local, local // n_c,
+             negs, n_scale, t_scale, torch.repeat_interleave(t_scale, n_c), c_scale)
+    return [_epoch_of(whole, e, epochs) for e in range(epochs)]
+
+
+def _epoch_of(whole: tuple[torch.Tensor, ...], epoch: int, epochs: int) -> EpochPlan:
+    """Epoch ``epoch``'s share (a contiguous ``1 / epochs`` of every field) as an ``EpochPlan`` of views."""
+    parts = []
+    for tensor in whole:
+        size = tensor.shape[0] // epochs
+        parts.append(tensor[epoch * size:(epoch + 1) * size])
+    return EpochPlan(*parts)

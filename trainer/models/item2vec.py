@@ -44,10 +44,13 @@ from trainer.models import device_plan
 from trainer.models.base import Arrays, EmbeddingModel, EpochCallback, FitReport, History
 from trainer.models.device_plan import DeviceSets
 from trainer.models.sgns import EpochPlan, StepSizes, Workspace, pad_to_groups, plan_epoch, train_epoch
+from trainer.models.sgns_graph import StepGraph
 from trainer.sampling import SAMPLERS, NegativeSampler, UserSets, negative_probs, sample_pairs
 
 SCORING = ("in_out", "in_in")
+EpochRunner = Callable[[EpochPlan, tuple[float, float]], "float | torch.Tensor"]  # (plan, lrs) -> mean loss
 PLANS = ("auto", "host", "device")
+PLAN_PAIRS = 1 << 23  # device planning lays out up to this many pairs of epochs at a time (~1 GB at peak)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +76,7 @@ class Item2VecConfig:
     warm_lr: float = 0.5  # learning-rate factor of a warm-start fine-tune
     hogwild: bool = False  # threads >= 2: SGD on that many threads, lock-free (faster, not bit-reproducible)
     plan: str = "auto"  # where epochs are drawn: "host" (numpy), "device" (torch), "auto" = device on CUDA
+    graph: bool = True  # on CUDA, replay each SGD step from one captured CUDA graph (trainer.models.sgns_graph)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -124,7 +128,7 @@ class Item2Vec(EmbeddingModel):
         epochs = (cfg.warm_epochs or cfg.epochs) if warm_from is not None else cfg.epochs
         lr = cfg.lr * (cfg.warm_lr if warm_from is not None else 1.0)
         with torch_threads(1):
-            losses, pairs, seconds = self._train(sets, epochs, lr, rng, on_epoch, np.unique(rows))
+            losses, pairs, seconds = self._train(sets, epochs, lr, rng, on_epoch, np.flatnonzero(np.bincount(rows)))
         return FitReport(
             model=self.kind, device=str(dev), epochs=epochs, seconds=seconds, samples=pairs,
             samples_per_s=pairs / max(seconds, 1e-9), losses=losses, new_items=plan.n_new,
@@ -135,14 +139,20 @@ class Item2Vec(EmbeddingModel):
     ) -> None:
         """Copy the previous rows (if any) and add fresh ones: inputs ~U(+-0.5/dim), outputs 0 (word2vec)."""
         dim = self.config.dim
-        old_in = prev.table("in") if prev is not None else None
-        win = grow_table(old_in, n_rows, dim, 0.5 / dim, rng)
-        self._in = torch.from_numpy(win).to(dev).contiguous()
+        if prev is None and dev.type == "cuda":  # a first fit on the GPU: drawn there, nothing to copy over
+            gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2**62)))
+            self._in = torch.empty((n_rows, dim), dtype=torch.float32, device=dev)
+            self._in.uniform_(-0.5 / dim, 0.5 / dim, generator=gen)
+        else:
+            old_in = prev.table("in") if prev is not None else None
+            self._in = torch.from_numpy(grow_table(old_in, n_rows, dim, 0.5 / dim, rng)).to(dev).contiguous()
         if self.config.tied:
             self._out = self._in
             return
-        old_out = prev.table("out") if prev is not None else None
-        self._out = torch.from_numpy(grow_table(old_out, n_rows, dim, 0.0, rng)).to(dev).contiguous()
+        if prev is None:  # all zeros: made on the device, nothing to copy over
+            self._out = torch.zeros((n_rows, dim), dtype=torch.float32, device=dev)
+            return
+        self._out = torch.from_numpy(grow_table(prev.table("out"), n_rows, dim, 0.0, rng)).to(dev).contiguous()
 
     def _train(
         self, sets: UserSets, epochs: int, lr: float, rng: np.random.Generator,
@@ -167,22 +177,44 @@ class Item2Vec(EmbeddingModel):
         probs = np.zeros(len(self.counts))
         probs[active] = negative_probs(self.counts, cfg.sampler)[active]  # only items this data mentions
         on_device = cfg.plan == "device" or (cfg.plan == "auto" and dev.type == "cuda")
-        prepare = (_device_planner if on_device else _host_planner)(sets, probs, sizes, cfg, rng, dev)
-        losses: list[float] = []
-        pairs = 0
+        prepare = (_device_planner if on_device else _host_planner)(sets, probs, sizes, cfg, rng, dev, epochs)
         started = time.perf_counter()
         ahead = self.threads >= 2 and not on_device  # device planning is queued on the GPU stream anyway
-        for epoch, plan in enumerate(_plans(prepare, epochs if n_targets else 0, ahead)):
-            lrs = (_decay(lr, cfg.min_lr, epoch / epochs), _decay(lr, cfg.min_lr, (epoch + 1) / epochs))
-            losses.append(train_epoch(self._in, self._out, plan, lrs, sizes, spaces))
-            _check_loss(epoch, losses[-1], cfg.negatives)
-            pairs += int(plan.contexts.shape[0])
-            if on_epoch is not None:
-                on_epoch(epoch, losses[-1])
+        plans = _plans(prepare, epochs if n_targets else 0, ahead)
+        losses, pairs = self._epochs(plans, self._epoch_runner(sizes, spaces), lr, epochs, on_epoch)
         seconds = time.perf_counter() - started
         check_finite("item2vec input table", self._in)
         check_finite("item2vec output table", self._out)
         return losses, pairs, seconds
+
+    def _epochs(self, plans: Iterator[EpochPlan], run_epoch: EpochRunner, lr: float, epochs: int,
+                on_epoch: EpochCallback | None) -> tuple[list[float], int]:
+        """(checked mean loss per epoch, pairs). On a GPU the losses stay there until the end (one sync,
+        so the host plans the next epoch while the GPU trains), unless ``on_epoch`` wants each as it comes."""
+        pending: list[float | torch.Tensor] = []
+        pairs = 0
+        for epoch, plan in enumerate(plans):
+            lrs = (_decay(lr, self.config.min_lr, epoch / epochs), _decay(lr, self.config.min_lr, (epoch + 1) / epochs))
+            pending.append(run_epoch(plan, lrs))
+            pairs += int(plan.contexts.shape[0])
+            if on_epoch is not None:
+                on_epoch(epoch, _check_loss(epoch, float(pending[-1]), self.config.negatives))
+        return [_check_loss(e, float(x), self.config.negatives) for e, x in enumerate(pending)], pairs
+
+    def _epoch_runner(self, sizes: StepSizes, spaces: list[Workspace]) -> EpochRunner:
+        """(plan, learning rates) -> mean loss: ``train_epoch``, or on CUDA a ``StepGraph`` captured at first use."""
+        win, wout = self._in, self._out
+        assert win is not None and wout is not None
+        if not (self.config.graph and win.device.type == "cuda"):
+            return lambda plan, lrs: train_epoch(win, wout, plan, lrs, sizes, spaces)
+        graphs: list[StepGraph] = []
+
+        def run(plan: EpochPlan, lrs: tuple[float, float]) -> torch.Tensor:
+            if not graphs:
+                graphs.append(StepGraph(win, wout, plan, sizes, spaces[0], capture=True))
+            return graphs[0].run_epoch(plan, lrs)
+
+        return run
 
     # ------------------------------------------------------------ serving
 
@@ -247,8 +279,8 @@ class Item2Vec(EmbeddingModel):
 
 
 def _host_planner(sets: UserSets, probs: npt.NDArray[np.float64], sizes: StepSizes, cfg: Item2VecConfig,
-                  rng: np.random.Generator, dev: torch.device) -> Callable[[], EpochPlan]:
-    """Epochs drawn with numpy on the host (``trainer.sampling``), then copied to ``dev``."""
+                  rng: np.random.Generator, dev: torch.device, epochs: int) -> Callable[[], EpochPlan]:
+    """Epochs drawn with numpy on the host (``trainer.sampling``), then copied to ``dev``, one per call."""
     sampler = NegativeSampler(probs)
 
     def prepare() -> EpochPlan:
@@ -260,18 +292,28 @@ def _host_planner(sets: UserSets, probs: npt.NDArray[np.float64], sizes: StepSiz
 
 
 def _device_planner(sets: UserSets, probs: npt.NDArray[np.float64], sizes: StepSizes, cfg: Item2VecConfig,
-                    rng: np.random.Generator, dev: torch.device) -> Callable[[], EpochPlan]:
-    """Epochs drawn with torch on ``dev`` (``trainer.models.device_plan``); seeded from ``rng``."""
+                    rng: np.random.Generator, dev: torch.device, epochs: int) -> Callable[[], EpochPlan]:
+    """The ``epochs`` epochs drawn with torch on ``dev`` (``trainer.models.device_plan``); seeded from ``rng``.
+
+    Several epochs are drawn and laid out in one pass (up to ``PLAN_PAIRS``
+    pairs): on a GPU each pass costs ~40 kernel launches whatever its size.
+    """
     on_dev = DeviceSets.build(sets, dev)
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(rng.integers(2**62)))
     cdf = torch.from_numpy(np.cumsum(probs) / probs.sum()).to(dev)
-    n_rows = len(probs)
+    per_pass = max(1, PLAN_PAIRS // max(1, on_dev.n_targets * cfg.context))
+    ready: list[EpochPlan] = []
+    left = [epochs]
 
     def prepare() -> EpochPlan:
-        targets, contexts = device_plan.sample_pairs(on_dev, cfg.context, sizes.group, gen)
-        negs = device_plan.draw_negatives(cdf, (len(targets) // sizes.group, cfg.shared), gen)
-        return device_plan.plan_epoch(targets, contexts, negs, sizes, n_rows)
+        if not ready:
+            n = max(1, min(per_pass, left[0]))
+            targets, contexts = device_plan.sample_pairs(on_dev, cfg.context, sizes.group, gen, n)
+            negs = device_plan.draw_negatives(cdf, (len(targets) // sizes.group, cfg.shared), gen)
+            ready.extend(reversed(device_plan.plan_epochs(targets, contexts, negs, sizes, len(probs), n)))
+            left[0] -= n
+        return ready.pop()
 
     return prepare
 
@@ -291,7 +333,7 @@ def _plans(prepare: Callable[[], EpochPlan], epochs: int, ahead: bool) -> Iterat
             yield plan
 
 
-def _check_loss(epoch: int, loss: float, negatives: int) -> None:
+def _check_loss(epoch: int, loss: float, negatives: int) -> float:
     """Raise on NaN/inf, and on a loss far above its value at initialisation (``(1 + k) log 2`` per pair).
 
     Big-batch SGD at too high a learning rate can blow up while staying
@@ -300,6 +342,7 @@ def _check_loss(epoch: int, loss: float, negatives: int) -> None:
     check_finite(f"item2vec loss (epoch {epoch})", loss)
     if loss > 10 * (1 + negatives) * np.log(2.0):
         raise FloatingPointError(f"item2vec diverged (epoch {epoch}, loss {loss:.3g}); lower lr or batch")
+    return loss
 
 
 def _decay(lr: float, min_lr: float, progress: float) -> float:

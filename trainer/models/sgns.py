@@ -162,50 +162,89 @@ class Workspace:
         self.vals = buf(targets * n_c)
 
 
+@dataclass(frozen=True)
+class StepBatch:
+    """One batch's slice of an ``EpochPlan``: the fields of the same names, ``negs`` flattened to (G*N,).
+
+    ``ctx_order`` and ``ctx_target`` are positions inside the batch, so a
+    batch's tensors mean the same wherever they sit (``sgns_graph`` gathers
+    them into fixed buffers).
+    """
+
+    targets: torch.Tensor
+    t_rep: torch.Tensor
+    contexts: torch.Tensor
+    ctx_sorted: torch.Tensor
+    ctx_order: torch.Tensor
+    ctx_target: torch.Tensor
+    negs: torch.Tensor
+    n_scale: torch.Tensor
+    t_scale: torch.Tensor
+    t_scale_rep: torch.Tensor
+    c_scale: torch.Tensor
+
+
+def batch_of(plan: EpochPlan, span: tuple[int, int], group: int) -> StepBatch:
+    """Targets ``span[0]:span[1]`` (whole groups) of ``plan`` as a ``StepBatch`` of views."""
+    lo, hi = span
+    n_c = int(plan.contexts.shape[0]) // int(plan.targets.shape[0])
+    n_n = int(plan.negs.shape[1])
+    t, p, g = slice(lo, hi), slice(lo * n_c, hi * n_c), slice(lo // group, hi // group)
+    return StepBatch(plan.targets[t], plan.t_rep[p], plan.contexts[p], plan.ctx_sorted[p], plan.ctx_order[p],
+                     plan.ctx_target[p], plan.negs[g].reshape(-1), plan.n_scale[g.start * n_n:g.stop * n_n],
+                     plan.t_scale[t], plan.t_scale_rep[p], plan.c_scale[p])
+
+
 def sgd_step(
     win: torch.Tensor, wout: torch.Tensor, plan: EpochPlan, span: tuple[int, int], lr: float,
     sizes: StepSizes, ws: Workspace, loss_groups: int,
-) -> float:
-    """One batch: targets ``span[0]:span[1]`` (whole groups); returns the loss sum of its first ``loss_groups``.
+) -> torch.Tensor | None:
+    """``apply_step`` on targets ``span[0]:span[1]`` (whole groups) of ``plan``."""
+    return apply_step(win, wout, batch_of(plan, span, sizes.group), lr, sizes, ws, loss_groups)
+
+
+def apply_step(
+    win: torch.Tensor, wout: torch.Tensor, b: StepBatch, lr: float | torch.Tensor, sizes: StepSizes,
+    ws: Workspace, loss_groups: int,
+) -> torch.Tensor | None:
+    """One batch; returns the loss sum of its first ``loss_groups`` groups (a 0-dim tensor, no sync; None at 0).
 
     The loss is only monitored (divergence check, reporting): training samples it on one group, since
     ``softplus`` over every negative cost ~10% of a CPU epoch. Loss per target = sum_c softplus(-t.c)
     + w * sum_n softplus(t.n), w = C * negatives / N; the step is applied in place to ``win`` and
     ``wout`` (one tensor when tied); all gathers precede the first scatter (one consistent snapshot).
+    ``lr`` may be a one-element device tensor (the CUDA-graph step reads it from the device).
     """
-    lo, hi = span
-    n_c, d, n_n = int(plan.contexts.shape[0]) // int(plan.targets.shape[0]), int(win.shape[1]), sizes.shared
-    n_t, n_p, g, g0 = hi - lo, (hi - lo) * n_c, (hi - lo) // sizes.group, lo // sizes.group
-    pairs = slice(lo * n_c, hi * n_c)
-    negs = plan.negs[g0:g0 + g].reshape(-1)
-    wt = torch.index_select(win, 0, plan.targets[lo:hi], out=ws.wt[:n_t])  # (T, d)
-    wt_rep = torch.index_select(win, 0, plan.t_rep[pairs], out=ws.wt_rep[:n_p])  # (P, d)
-    wc = torch.index_select(wout, 0, plan.contexts[pairs], out=ws.wc[:n_p])  # (P, d)
-    wn = torch.index_select(wout, 0, negs, out=ws.wn[: g * n_n]).view(g, n_n, d)  # (G, N, d)
+    n_t, n_p, d, n_n = int(b.targets.shape[0]), int(b.contexts.shape[0]), int(win.shape[1]), sizes.shared
+    n_c, g = n_p // n_t, n_t // sizes.group
+    wt = torch.index_select(win, 0, b.targets, out=ws.wt[:n_t])  # (T, d)
+    wt_rep = torch.index_select(win, 0, b.t_rep, out=ws.wt_rep[:n_p])  # (P, d)
+    wc = torch.index_select(wout, 0, b.contexts, out=ws.wc[:n_p])  # (P, d)
+    wn = torch.index_select(wout, 0, b.negs, out=ws.wn[: g * n_n]).view(g, n_n, d)  # (G, N, d)
     pos = torch.sum(wt_rep.mul_(wc), 1, out=ws.pos[:n_p])  # (P,)  (wt_rep is free after this)
     neg = torch.bmm(wt.view(g, n_t // g, d), wn.transpose(1, 2), out=ws.neg[: n_t * n_n].view(g, n_t // g, n_n))
     weight = n_c * sizes.negatives / n_n
     head = min(loss_groups, g)
-    loss = _loss(pos[: head * (n_t // g) * n_c], neg[:head], weight) if head else 0.0
+    loss = _loss(pos[: head * (n_t // g) * n_c], neg[:head], weight) if head else None
     gpos = torch.sigmoid_(pos).sub_(1.0).mul_(-lr)  # (P,) -lr * dloss/dpos
     gneg = torch.sigmoid_(neg).mul_(-lr * weight)  # (G, T/G, N) -lr * dloss/dneg
     grad_t = torch.bmm(gneg, wn, out=ws.grad_t[:n_t].view(g, n_t // g, d)).view(n_t, d)  # (T, d) from negatives
-    grad_t.mul_(plan.t_scale[lo:hi].unsqueeze(1))
+    grad_t.mul_(b.t_scale.unsqueeze(1))
     grad_n = torch.bmm(gneg.transpose(1, 2), wt.view(g, n_t // g, d), out=ws.grad_n[: g * n_n].view(g, n_n, d))
-    grad_n.mul_(plan.n_scale[g0 * n_n:(g0 + g) * n_n].view(g, n_n, 1))
-    vals = torch.index_select(gpos, 0, plan.ctx_order[pairs], out=ws.vals[:n_p]).mul_(plan.c_scale[pairs])
-    grad_c = torch.index_select(wt, 0, plan.ctx_target[pairs], out=ws.wt_rep[:n_p]).mul_(vals.unsqueeze(1))
-    wc.mul_(gpos.mul_(plan.t_scale_rep[pairs]).unsqueeze(1))  # (P, d) positive-pair step for the targets
-    win.index_add_(0, plan.targets[lo:hi], grad_t)
-    win.index_add_(0, plan.t_rep[pairs], wc)
-    wout.index_add_(0, plan.ctx_sorted[pairs], grad_c)
-    wout.index_add_(0, negs, grad_n.view(-1, d))
+    grad_n.mul_(b.n_scale.view(g, n_n, 1))
+    vals = torch.index_select(gpos, 0, b.ctx_order, out=ws.vals[:n_p]).mul_(b.c_scale)
+    grad_c = torch.index_select(wt, 0, b.ctx_target, out=ws.wt_rep[:n_p]).mul_(vals.unsqueeze(1))
+    wc.mul_(gpos.mul_(b.t_scale_rep).unsqueeze(1))  # (P, d) positive-pair step for the targets
+    win.index_add_(0, b.targets, grad_t)
+    win.index_add_(0, b.t_rep, wc)
+    wout.index_add_(0, b.ctx_sorted, grad_c)
+    wout.index_add_(0, b.negs, grad_n.view(-1, d))
     return loss
 
 
-def _loss(pos: torch.Tensor, neg: torch.Tensor, weight: float) -> float:
+def _loss(pos: torch.Tensor, neg: torch.Tensor, weight: float) -> torch.Tensor:
     softplus = torch.nn.functional.softplus
-    return float(softplus(-pos).sum() + weight * softplus(neg).sum())
+    return softplus(-pos).sum() + weight * softplus(neg).sum()
 
 
 def train_epoch(
@@ -224,7 +263,7 @@ def train_epoch(
     n_c = int(plan.contexts.shape[0]) // max(n_t, 1)
     bt = sizes.batch_targets
     starts = list(range(0, n_t, bt))
-    totals = [0.0] * len(spaces)
+    totals = [torch.zeros((), device=win.device) for _ in spaces]
     counted = sizes.group * n_c * len(starts[::loss_every])
 
     def work(worker: int) -> None:
@@ -232,8 +271,9 @@ def train_epoch(
             lo = starts[k]
             lr = lrs[0] + (lrs[1] - lrs[0]) * lo / max(n_t, 1)
             span = (lo, min(n_t, lo + bt))
-            totals[worker] += sgd_step(win, wout, plan, span, lr, sizes, spaces[worker],
-                                       int(k % loss_every == 0))
+            loss = sgd_step(win, wout, plan, span, lr, sizes, spaces[worker], int(k % loss_every == 0))
+            if loss is not None:
+                totals[worker].add_(loss)
 
     if len(spaces) == 1:
         work(0)
@@ -243,4 +283,4 @@ def train_epoch(
             t.start()
         for t in threads:
             t.join()
-    return sum(totals) / max(counted, 1)
+    return float(sum(totals)) / max(counted, 1)
