@@ -5,7 +5,8 @@
 -- Expired leases (a worker died) go back to the dirty queue first. Fresh changes come before
 -- swap refreshes. A user another worker holds (an unexpired lease) stays queued, with its
 -- score, until that worker acknowledges: two workers serving one user at once could write
--- the list from the older history last. Returns {user, score, from_swap (0/1), ...}; score is
+-- the list from the older history last. A user in both queues is claimed once, as a fresh
+-- change; its swap entry is dropped. Returns {user, score, from_swap (0/1), ...}; score is
 -- the message time of the user's earliest unserved change (dirty) or minus the last activity
 -- time (swap); with ARGV[4], each triple is followed by the history blob (nil when the user
 -- has none).
@@ -33,6 +34,7 @@ local function chunked(values, width, ...)
 end
 
 local out = {}
+local taken = {}  -- users already in out: a user in both queues is claimed once (its swap entry is dropped)
 -- Pops from zset key until the claim is full or key is empty; held users go back afterwards.
 local function take(key, swap)
   local held = {}
@@ -46,7 +48,8 @@ local function take(key, swap)
       if leased[(i + 1) / 2] then
         held[#held + 1] = popped[i + 1]
         held[#held + 1] = popped[i]
-      else
+      elseif not taken[popped[i]] then
+        taken[popped[i]] = true
         out[#out + 1] = popped[i]
         out[#out + 1] = popped[i + 1]
         out[#out + 1] = swap

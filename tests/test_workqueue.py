@@ -75,3 +75,14 @@ def test_a_claim_fills_up_past_held_users(rclient: redis.Redis, prefix: str) -> 
     claims = queue.claim(1200, now_ms=10)
     assert [c.user_id for c in claims] == [f"u{i:04d}" for i in range(1500, 2500)] + ["refresh"]
     assert rclient.zcard(keys.dirty) == 1500 and rclient.zrange(keys.swap_queue, 0, -1) == [held[0].encode()]
+
+
+def test_a_user_in_both_queues_is_claimed_once(rclient: redis.Redis, prefix: str) -> None:
+    """A fresh change and a swap refresh for one user: one claim (the fresh one); the refresh is dropped,
+    since that claim serves the user with the model the worker now holds."""
+    keys = Keys(prefix)
+    rclient.zadd(keys.dirty, {"both": 10.0, "fresh": 20.0})
+    rclient.zadd(keys.swap_queue, {"both": -900.0, "idle": -800.0})
+    claims = WorkQueue(rclient, keys).claim(10, now_ms=100)
+    assert [(c.user_id, c.swap) for c in claims] == [("both", False), ("fresh", False), ("idle", True)]
+    assert rclient.zcard(keys.swap_queue) == 0 and rclient.zcard(keys.dirty_inflight) == 3
