@@ -23,6 +23,7 @@ from kafka.structs import TopicPartition
 from daemon.config import Settings
 from daemon.consumer import Offsets, Record
 from daemon.metrics import Metrics
+from daemon.service import backoff_delays
 from daemon.store import BatchResult, Prepared
 from schemas.events import InteractionEvent, InvalidEvent, ProfileEvent, decode_interaction, decode_profile
 
@@ -60,13 +61,6 @@ class Batch:
     offsets: Offsets = field(default_factory=dict)
     size: int = 0
     started: float = 0.0
-
-
-def backoff_delays(first: float = 0.1, cap: float = 5.0) -> collections.abc.Iterator[float]:
-    delay = first
-    while True:
-        yield delay
-        delay = min(cap, delay * 2)
 
 
 class IngestWorker:

@@ -2,8 +2,10 @@
 
 Each role is an object with ``step()`` and ``shutdown()``. ``Service.run`` gives
 every role its own thread running ``while not stop: step()`` and always ending
-in ``shutdown()``. Signal handlers only set the stop flag; a second signal
-exits at once.
+in ``shutdown()``. A step that raises one of the role's *transient* errors (a
+Redis outage, say) is retried with backoff, counted, and the loop goes on; any
+other error stops the service. Signal handlers only set the stop flag; a
+second signal exits at once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Protocol
@@ -25,6 +27,14 @@ from typing import Protocol
 GC_YOUNG_OBJECTS = 50_000
 
 log = logging.getLogger(__name__)
+
+
+def backoff_delays(first: float = 0.1, cap: float = 5.0) -> Iterator[float]:
+    """Waits between retries: ``first``, doubling up to ``cap``."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(cap, delay * 2)
 
 
 class Role(Protocol):
@@ -42,14 +52,27 @@ class RoleLoop:
     name: str
     role: Role
     idle_wait_s: float = 0.0
+    transient: tuple[type[Exception], ...] = ()  # errors a step is retried after (with backoff)
+    on_retry: Callable[[Exception], None] | None = None  # told of each such error (metrics)
     last_step: float = field(default_factory=time.monotonic)
     error: BaseException | None = None
     thread: threading.Thread | None = None
 
     def run(self, stop: threading.Event) -> None:
+        delays: Iterator[float] | None = None
         try:
             while not stop.is_set():
-                worked = self.role.step()
+                try:
+                    worked = self.role.step()
+                except self.transient as exc:
+                    delays = delays or backoff_delays()
+                    delay = next(delays)
+                    log.warning("role %s: %s; retrying in %.1fs", self.name, exc, delay)
+                    if self.on_retry is not None:
+                        self.on_retry(exc)
+                    stop.wait(delay)
+                    continue
+                delays = None
                 self.last_step = time.monotonic()
                 if not worked and self.idle_wait_s:
                     stop.wait(self.idle_wait_s)
@@ -74,8 +97,10 @@ class Service:
         self.stall_s = stall_s
         self._signals = 0
 
-    def add(self, name: str, role: Role, idle_wait_s: float = 0.0) -> None:
-        self.loops.append(RoleLoop(name, role, idle_wait_s))
+    def add(self, name: str, role: Role, idle_wait_s: float = 0.0, transient: tuple[type[Exception], ...] = (),
+            on_retry: Callable[[Exception], None] | None = None) -> None:
+        """Run ``role``; a step raising one of ``transient`` is retried with backoff (``on_retry`` is told)."""
+        self.loops.append(RoleLoop(name, role, idle_wait_s, transient, on_retry))
 
     def liveness(self) -> tuple[bool, str]:
         """Alive while no role crashed and each stepped within ``stall_s`` seconds."""

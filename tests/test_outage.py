@@ -1,10 +1,13 @@
 """Outages: Redis goes away mid-stream (ingest retries, commits nothing, resumes with
-nothing lost or doubled); the broker goes away (the loop survives, readiness says so)."""
+nothing lost or doubled; the serve role retries and serves again once it is back); the
+broker goes away (the loop survives, readiness says so)."""
 
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,12 +15,14 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from bench.groundtruth import replay
-from daemon.app import App, broker_check, build_ingest
+from daemon.app import App, broker_check, build_ingest, build_server, build_watcher
 from daemon.config import Settings
 from daemon.embedded import free_port, redis_answers, start_broker
 from daemon.keys import Keys
 from daemon.metrics import Metrics
 from daemon.produce import SyntheticSpec, encode, synthetic_events
+from daemon.roles import REDIS_OUTAGE
+from daemon.service import RoleLoop
 from daemon.state import StateReader
 from tests.kafkatools import committed, produce_raw
 
@@ -82,6 +87,43 @@ def test_redis_outage_retries_without_commit_then_resumes(settings: Settings, tm
     finally:
         server.terminate()
         server.wait(10)
+
+
+def _wait(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_the_serve_role_rides_out_a_redis_restart(settings: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    server = persistent_redis(tmp_path, port)
+    settings = settings.replace(redis_url=f"redis://127.0.0.1:{port}/0")
+    client, keys = redis.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix)
+    metrics = Metrics(CollectorRegistry())
+    serve = build_server(settings, metrics, build_watcher(settings, client, metrics))
+    loop = RoleLoop("serve", serve, 0.02, REDIS_OUTAGE, lambda _: metrics.errors.labels("serve").inc())
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    try:
+        client.zadd(keys.dirty, {"before": time.time() * 1000})
+        _wait(lambda: bool(client.exists(keys.rec("before"))), 15, "no list before the outage")
+        server.terminate()
+        server.wait(10)
+        _wait(lambda: (metrics.registry.get_sample_value("recd_errors_total", {"component": "serve"}) or 0) >= 2,
+              15, "the serve role did not retry")
+        assert thread.is_alive() and loop.error is None
+        server = persistent_redis(tmp_path, port)  # back, with its data (append-only file)
+        client.zadd(keys.dirty, {"after": time.time() * 1000})
+        _wait(lambda: bool(client.exists(keys.rec("after"))), 20, "the serve role did not resume")
+    finally:
+        stop.set()
+        thread.join(30)
+        server.terminate()
+        server.wait(10)
+    assert loop.error is None and not thread.is_alive()
 
 
 def test_broker_outage_keeps_the_loop_alive_and_not_ready(settings: Settings, tmp_path: Path) -> None:

@@ -56,3 +56,34 @@ def test_what_exists_at_start_is_frozen_out_of_collections_and_young_ones_are_ra
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+class Blip(Exception):
+    """Stands in for a transient outage (the serve role names Redis's connection errors)."""
+
+
+class Flaky(Counting):
+    def __init__(self, blips: set[int]) -> None:
+        super().__init__()
+        self.blips = blips
+
+    def step(self) -> int:
+        self.steps += 1
+        if self.steps in self.blips:
+            raise Blip(f"outage at step {self.steps}")
+        return 1
+
+
+def test_a_transient_error_is_retried_with_backoff_and_counted_not_fatal() -> None:
+    service, flaky, told = Service(), Flaky({2, 3}), []
+    service.add("flaky", flaky, transient=(Blip,), on_retry=told.append)
+    assert service.run(until=lambda: flaky.steps > 20, poll_s=0.01) == 0
+    assert [str(e) for e in told] == ["outage at step 2", "outage at step 3"]
+    assert flaky.shut == 1 and service.liveness()[0]
+
+
+def test_an_error_not_named_transient_still_stops_the_service() -> None:
+    service, flaky = Service(), Flaky({2})
+    service.add("flaky", flaky, transient=(KeyError,))
+    assert service.run(poll_s=0.01) == 1
+    assert flaky.steps == 2 and flaky.shut == 1
