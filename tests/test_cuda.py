@@ -6,6 +6,7 @@ device (the lent H100/H200, see README "Measured figures").
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,37 @@ def test_item2vec_replayed_from_a_cuda_graph_trains_like_the_eager_gpu_fit() -> 
     assert _same_cluster_neighbours(graphed) > 0.9
     diff = np.abs(graphed.table("in") - eager.table("in")).max()  # atomics reorder the sums, nothing else
     assert diff < 0.05 * np.abs(eager.table("in")).max(), diff
+
+
+def test_a_graph_capture_lets_another_thread_use_the_gpu_meanwhile() -> None:
+    """``recd run`` serves and trains in one process: serving reads model rows off the GPU while a fit captures.
+
+    (Like serving, the other thread draws nothing from the CUDA generator: PyTorch ties the default one to a
+    capture, and a draw from another thread meanwhile fails, whatever the capture mode.)"""
+    stop, errors, reads = threading.Event(), [], [0]
+    table = torch.linspace(-1, 1, 5000 * 64, device="cuda").view(5000, 64)
+    rows = torch.arange(0, 5000, 19, device="cuda")
+
+    def serve_like() -> None:
+        while not stop.is_set():
+            try:
+                table[rows].cpu()
+                reads[0] += 1
+            except Exception as exc:  # any failure is the finding
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=serve_like)
+    thread.start()
+    try:
+        models = [Item2Vec(**{**GPU, "seed": seed}) for seed in range(3)]
+        for model in models:
+            model.fit(test_item2vec.planted())
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors and reads[0] > 0
+    assert all(_same_cluster_neighbours(m) > 0.9 for m in models)
 
 
 def test_item2vec_warm_start_on_the_gpu_adds_items() -> None:

@@ -31,6 +31,13 @@ import torch
 from trainer.models.sgns import EpochPlan, StepBatch, StepSizes, Workspace, apply_step, sgd_step
 
 FIELDS = [f.name for f in dataclasses.fields(StepBatch)]
+# ``recd run`` holds the serve and train roles in one process: serving may copy rows off the GPU while a fit
+# captures (a few milliseconds per fit). "thread_local" checks only the capturing thread's calls; under
+# PyTorch's default, "global", CUDA refuses potentially unsafe calls (a synchronising copy) from any thread
+# during a capture. Either way another thread must not draw from the default CUDA generator meanwhile:
+# PyTorch ties it to the capture (seen on an H200: "Offset increment outside graph capture"). Serving draws
+# nothing at random.
+CAPTURE_MODE = "thread_local"
 FLOAT_FIELDS = ("n_scale", "t_scale", "t_scale_rep", "c_scale")  # the rest are int64 row indices
 
 
@@ -107,7 +114,7 @@ class StepGraph:
         for steps, replays in self.runs:
             graph = torch.cuda.CUDAGraph()
             if replays:
-                with torch.cuda.graph(graph, pool=pool):
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode=CAPTURE_MODE):
                     self._steps(steps)
                 pool = graph.pool()
             graphs.append(graph)
