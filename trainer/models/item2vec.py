@@ -74,7 +74,9 @@ class Item2VecConfig:
     pop_weight: float = 0.75  # in_out only: weight of the popularity prior, see ``log_prior``
     warm_epochs: int = 0  # epochs of a warm-start fine-tune (0 = ``epochs``)
     warm_lr: float = 0.5  # learning-rate factor of a warm-start fine-tune
-    hogwild: bool = False  # threads >= 2: SGD on that many threads, lock-free (faster, not bit-reproducible)
+    # threads >= 2: SGD on that many threads, lock-free (faster, not bit-reproducible; on a small catalogue the
+    # threads' batches collide: on ML-100K at the default batch 3 of 4 bench runs diverged, caught by the loss check)
+    hogwild: bool = False
     plan: str = "auto"  # where epochs are drawn: "host" (numpy), "device" (torch), "auto" = device on CUDA
     graph: bool = True  # on CUDA, replay each SGD step from one captured CUDA graph (trainer.models.sgns_graph)
     seed: int = 0
