@@ -55,15 +55,15 @@ class StepSizes:
 
 
 @dataclass(frozen=True)
-class EpochPlan:
-    """One epoch's batches, laid out for ``sgd_step`` (all tensors on the device).
+class PlanTensors:
+    """The tensors SGD steps read (all on the device); ``EpochPlan`` holds an epoch's, ``StepBatch`` a batch's.
 
     Per target (T,): ``targets``, sorted inside each batch. Per pair (T*C,),
     target-major: ``t_rep`` (each target repeated C times) and ``contexts``.
     Per pair, context-sorted inside each batch: ``ctx_sorted`` (the context
     rows), ``ctx_order`` (the pair's target-major position in its batch) and
-    ``ctx_target`` (its target's position in the batch). ``negs``
-    (n_groups, N) negative rows; ``n_scale`` their collision factors.
+    ``ctx_target`` (its target's position in the batch). ``negs`` the
+    groups' negative rows; ``n_scale`` their collision factors.
     """
 
     targets: torch.Tensor
@@ -77,6 +77,11 @@ class EpochPlan:
     t_scale: torch.Tensor
     t_scale_rep: torch.Tensor
     c_scale: torch.Tensor
+
+
+@dataclass(frozen=True)
+class EpochPlan(PlanTensors):
+    """One epoch's batches, laid out for ``sgd_step``; ``negs`` is (n_groups, N)."""
 
 
 def collision_scale(batch_of: IntArray, rows: IntArray, cap: float) -> FloatArray:
@@ -163,25 +168,13 @@ class Workspace:
 
 
 @dataclass(frozen=True)
-class StepBatch:
-    """One batch's slice of an ``EpochPlan``: the fields of the same names, ``negs`` flattened to (G*N,).
+class StepBatch(PlanTensors):
+    """One batch's slice of an ``EpochPlan``, ``negs`` flattened to (G*N,).
 
     ``ctx_order`` and ``ctx_target`` are positions inside the batch, so a
     batch's tensors mean the same wherever they sit (``sgns_graph`` gathers
     them into fixed buffers).
     """
-
-    targets: torch.Tensor
-    t_rep: torch.Tensor
-    contexts: torch.Tensor
-    ctx_sorted: torch.Tensor
-    ctx_order: torch.Tensor
-    ctx_target: torch.Tensor
-    negs: torch.Tensor
-    n_scale: torch.Tensor
-    t_scale: torch.Tensor
-    t_scale_rep: torch.Tensor
-    c_scale: torch.Tensor
 
 
 def batch_of(plan: EpochPlan, span: tuple[int, int], group: int) -> StepBatch:

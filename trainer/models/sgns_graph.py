@@ -31,6 +31,7 @@ import torch
 from trainer.models.sgns import EpochPlan, StepBatch, StepSizes, Workspace, apply_step, sgd_step
 
 FIELDS = [f.name for f in dataclasses.fields(StepBatch)]
+FLOAT_FIELDS = ("n_scale", "t_scale", "t_scale_rep", "c_scale")  # the rest are int64 row indices
 # ``recd run`` holds the serve and train roles in one process: serving may copy rows off the GPU while a fit
 # captures (a few milliseconds per fit). "thread_local" checks only the capturing thread's calls; under
 # PyTorch's default, "global", CUDA refuses potentially unsafe calls (a synchronising copy) from any thread
@@ -38,7 +39,6 @@ FIELDS = [f.name for f in dataclasses.fields(StepBatch)]
 # PyTorch ties it to the capture (seen on an H200: "Offset increment outside graph capture"). Serving draws
 # nothing at random.
 CAPTURE_MODE = "thread_local"
-FLOAT_FIELDS = ("n_scale", "t_scale", "t_scale_rep", "c_scale")  # the rest are int64 row indices
 
 
 class StepGraph:
