@@ -274,7 +274,9 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path, broker_pi
                          int(args.rate * (args.seconds + 1)))
         tracer = Tracer(client, keys, tracer_users, args.items)
         meter = CpuMeter(process_ids(client, broker_pid, daemons, roles))
+        before = command_usec(client)
         started, achieved, cores = measure(LoadProducer(settings, args.producer), stream, tracer, args, meter)
+        commands = top_commands(before, command_usec(client), time.time() - started)
     finally:
         for daemon in daemons:
             daemon.terminate()
@@ -285,7 +287,29 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path, broker_pi
     return {"rate_target": args.rate, "rate_achieved": round(achieved), "tracer_events": len(lat) + len(
         tracer.pending), "unchanged": len(tracer.pending), **pct, "max_ms": round(float(lat.max()), 1)
         if len(lat) else None, "p99_ms_per_10s": per_window(tracer, started), "stages": tracer.stage_summary(),
-        "cpu_cores": {**cores, "total": round(sum(cores.values()), 2)}, "target_p99_ms": 1000}
+        "cpu_cores": {**cores, "total": round(sum(cores.values()), 2)}, "redis_commands": commands,
+        "target_p99_ms": 1000}
+
+
+def command_usec(client: redis.Redis) -> dict[str, tuple[int, int]]:
+    """Redis's own count of (calls, microseconds) per command so far (INFO commandstats); the commands a
+    script runs are counted apart as well as inside its EVALSHA."""
+    info: Any = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for name, v in info.items()}
+
+
+def top_commands(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], span_s: float,
+                 top: int = 8) -> dict[str, dict[str, float]]:
+    """The ``top`` commands by Redis time between two ``command_usec`` readings: calls/s, us per call
+    and the share of a core they took (any client's, this bench's poller included)."""
+    rows = []
+    for name, (calls, usec) in after.items():
+        c0, u0 = before.get(name, (0, 0))
+        if calls > c0:
+            rows.append((usec - u0, calls - c0, name))
+    rows.sort(reverse=True)
+    return {name: {"calls_per_s": round(calls / span_s), "us_per_call": round(usec / calls, 1),
+                   "cores": round(usec / span_s / 1e6, 3)} for usec, calls, name in rows[:top]}
 
 
 class CpuMeter:

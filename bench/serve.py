@@ -8,8 +8,9 @@ keeps about U * (1 - C/R) users queued. This bench measures C alone, without
 a broker or a producer competing for the CPU: synthetic events and profiles go
 straight into Redis through the ingest store, the default preset is trained
 once and published, then every user is marked changed and ``Server.step`` runs
-until the queue is empty. Last line: JSON with users_per_s per repeat and the
-mean time of one step's phases (histories, make, write).
+until the queue is empty. Last line: JSON with, per repeat, users_per_s, the
+mean wall time of one step and the process's CPU time per user served (the
+figure a busy machine does not move much: what a user costs).
 """
 
 from __future__ import annotations
@@ -63,16 +64,18 @@ def _chunks(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[st
         yield batch
 
 
-def drain(server: Server, client: redis.Redis, keys: Keys) -> tuple[float, int, int]:
-    """Mark every active user changed, step until none is queued: (seconds, users, steps)."""
+def drain(server: Server, client: redis.Redis, keys: Keys) -> tuple[float, int, int, float]:
+    """Mark every active user changed, step until none is queued: (seconds, users, steps, CPU seconds of this
+    process: the serve loop and its writer thread)."""
     users: Any = client.zrange(keys.active, 0, -1)
     now = int(time.time() * 1000)
     client.zadd(keys.dirty, {u: now for u in users})
-    started, served, steps = time.perf_counter(), 0, 0
+    started, cpu, served, steps = time.perf_counter(), time.process_time(), 0, 0
     while n := server.step():
         served += n
         steps += 1
-    return time.perf_counter() - started, served, steps
+    server.flush()
+    return time.perf_counter() - started, served, steps, time.process_time() - cpu
 
 
 def main() -> None:
@@ -101,8 +104,9 @@ def main() -> None:
         drop_prefix(client, settings.redis_prefix)
         shutil.rmtree(Path(settings.model_dir).parent, ignore_errors=True)
     print(json.dumps({"users": args.users, "items": args.items, "events": args.events, "model": outcome.version,
-                      "batch": settings.serve_batch, "users_per_s": [round(n / s) for s, n, _ in runs],
-                      "ms_per_step": [round(1000 * s / max(1, k), 2) for s, _, k in runs]}))
+                      "batch": settings.serve_batch, "users_per_s": [round(n / s) for s, n, _, _ in runs],
+                      "ms_per_step": [round(1000 * s / max(1, k), 2) for s, _, k, _ in runs],
+                      "cpu_us_per_user": [round(1e6 * c / max(1, n), 1) for _, n, _, c in runs]}))
 
 
 if __name__ == "__main__":

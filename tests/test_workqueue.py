@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 
 from daemon.keys import Keys
+from daemon.wire import Commands, send
 from daemon.workqueue import WorkQueue
 
 
@@ -23,9 +24,9 @@ def test_an_expired_lease_returns_the_user_and_an_ack_ends_it(rclient: redis.Red
     queue = WorkQueue(rclient, keys, lease_ms=1000)
     rclient.zadd(keys.dirty, {"u1": 10.0, "u2": 20.0})
     assert [c.user_id for c in queue.claim(2, now_ms=100)] == ["u1", "u2"]
-    pipe = rclient.pipeline()
-    queue.ack(pipe, ["u2"])
-    pipe.execute()
+    acks = Commands()
+    queue.ack(acks, ["u2"])
+    send(rclient, acks)
     assert queue.claim(5, now_ms=500) == []  # u1's lease runs to 1100
     assert [c.user_id for c in queue.claim(5, now_ms=1200)] == ["u1"]  # the worker died: u1 is served again
 
@@ -58,9 +59,9 @@ def test_a_user_another_worker_holds_stays_queued_until_that_worker_acks(rclient
     rclient.zadd(keys.dirty, {"busy": 30.0})  # a change while the first worker serves the older history
     assert [c.user_id for c in second.claim(5, now_ms=200)] == ["idle"]  # busy is skipped, not lost
     assert rclient.zscore(keys.dirty, "busy") == 30.0
-    pipe = rclient.pipeline()
-    first.ack(pipe, ["busy"])
-    pipe.execute()
+    acks = Commands()
+    first.ack(acks, ["busy"])
+    send(rclient, acks)
     claims = second.claim(5, now_ms=300)
     assert [(c.user_id, c.score) for c in claims] == [("busy", 30.0)]
 
