@@ -4,7 +4,7 @@ Each step claims a batch of changed users (fresh changes first, then refreshes
 after a model swap) and reads their histories in the same script call, turns
 the histories into arrays (histories.py), folds the warm users in and searches
 the index for all of them at once, and writes every list - with its model
-version and time - in one pipeline that also acknowledges the claim, sent from a
+version and time - in one round trip (packed by hand: wire.py) that also acknowledges the claim, sent from a
 writer thread while the next step claims and computes. Users the model cannot
 serve yet get cold-start lists (coldstart.py); only their profiles are read.
 One process alone serves ~8-11k users/s (bench/serve.py) at 256 or 1,024 users
