@@ -24,30 +24,22 @@ def _bulk(arg: bytes | str | int) -> bytes:
 
 
 class Commands:
-    """Packed commands to send together (in order, no transaction) with ``send``."""
+    """Packed commands to send together (in order, no transaction) with ``send``; one part per command."""
 
     def __init__(self) -> None:
         self.parts: list[bytes] = []
-        self.count = 0
 
     def add(self, *args: bytes | str | int) -> None:
         """One command: ``add("ZREM", key, member, ...)``; str arguments go as UTF-8, ints as decimal text."""
         self.parts.append(b"*%d\r\n" % len(args) + b"".join(_bulk(a) for a in args))
-        self.count += 1
 
     def set_many(self, items: Iterable[tuple[bytes, bytes]], ttl_s: int | None) -> None:
         """``SET key value [EX ttl_s]`` for each (key, value): the hot path, one format per command."""
-        if ttl_s is None:
-            for key, value in items:
-                self.parts.append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value))
-                self.count += 1
-            return
-        ttl = str(int(ttl_s)).encode()
-        tail = b"$2\r\nEX\r\n$%d\r\n%s\r\n" % (len(ttl), ttl)
+        head, tail = b"*3\r\n$3\r\nSET\r\n", b""
+        if ttl_s is not None:
+            head, tail = b"*5\r\n$3\r\nSET\r\n", _bulk("EX") + _bulk(int(ttl_s))
         for key, value in items:
-            self.parts.append(b"*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s" % (len(key), key, len(value), value,
-                                                                                  tail))
-            self.count += 1
+            self.parts.append(b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n%s" % (head, len(key), key, len(value), value, tail))
 
 
 def send(client: redis.Redis, commands: Commands) -> list[Any]:
@@ -56,13 +48,13 @@ def send(client: redis.Redis, commands: Commands) -> list[Any]:
     A command Redis refuses does not stop the others (as in a pipeline); the
     first refusal is raised once every reply is read. A connection or timeout
     error drops the connection (its replies are unknown) and is raised."""
-    if not commands.count:
+    if not commands.parts:
         return []
     pool = client.connection_pool
     conn: Any = pool.get_connection()  # redis-py types its connections loosely
     try:
         conn.send_packed_command([b"".join(commands.parts)])  # one sendall, not one per command
-        replies = [_reply(conn) for _ in range(commands.count)]
+        replies = [_reply(conn) for _ in commands.parts]
     except BaseException:
         conn.disconnect()
         raise

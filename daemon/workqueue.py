@@ -45,10 +45,10 @@ class WorkQueue:
             args += self.keys.history("\0").split("\0")  # the key around the user id
         flat: Any = self._claim(keys=keys, args=args)
         stride = 4 if with_history else 3
-        users = [u.decode() if isinstance(u, bytes) else str(u) for u in flat[::stride]]
+        users = flat[::stride]
         histories = flat[3::4] if with_history else [None] * len(users)
-        return [Claim(u, float(s), w == 1, h) for u, s, w, h in zip(users, flat[1::stride], flat[2::stride],
-                                                                    histories, strict=True)]
+        return [Claim(text(u), float(s), w == 1, h) for u, s, w, h in zip(users, flat[1::stride], flat[2::stride],
+                                                                          histories, strict=True)]
 
     def ack(self, commands: Commands, user_ids: list[str]) -> None:
         """Add the acknowledgement to ``commands`` (sent with the lists it acknowledges)."""

@@ -250,7 +250,8 @@ def train_epoch(
     The learning rate falls linearly from ``lrs[0]`` to ``lrs[1]`` over the
     epoch (word2vec's schedule). With several workspaces, that many threads
     take alternate batches Hogwild-style (torch releases the GIL inside each
-    kernel); one workspace is the deterministic single-thread loop.
+    kernel); one workspace is the deterministic loop (its kernels may still
+    use torch's intra-op threads, which give the same bits).
     """
     n_t = int(plan.targets.shape[0])
     n_c = int(plan.contexts.shape[0]) // max(n_t, 1)
