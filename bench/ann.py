@@ -34,13 +34,18 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 import numpy.typing as npt
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import python_loop_seconds
 from daemon.index import IndexSpec, build_index, search
 
 F32 = npt.NDArray[np.float32]
@@ -143,6 +148,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    gauge = [python_loop_seconds()]
     rng = np.random.default_rng(0)
     items, which = clustered(args.items, args.dim, args.clusters, args.latent, rng)
     queries = user_queries(items, which, args.queries, rng)
@@ -167,7 +173,8 @@ def main() -> None:
                       "hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "threads": 1,
                       "target_recall": TARGET_RECALL, "best": best,
                       f"meets_{TARGET_QPS}_qps": bool(best and best["qps"] >= TARGET_QPS),
-                      "loadavg": [round(v, 2) for v in os.getloadavg()], "configs": rows}))
+                      "loadavg": [round(v, 2) for v in os.getloadavg()], "configs": rows,
+                      "python_loop_s": [*gauge, python_loop_seconds()]}))
 
 
 if __name__ == "__main__":

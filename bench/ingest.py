@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import drop_prefix, process_cpu_seconds
+from bench.common import drop_prefix, process_cpu_seconds, python_loop_seconds
 from bench.groundtruth import replay
 from daemon.app import build_ingest
 from daemon.config import Settings, load_settings
@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args()
+    gauge = [python_loop_seconds()]
     servers = []
     bootstrap = os.environ.get("RECD_KAFKA_BOOTSTRAP")
     if not bootstrap:
@@ -170,6 +171,7 @@ def main() -> None:
             "produce_per_s": round(produce_rate), "dlq": int(dlq),
             "redis_bytes_per_user": round(bytes_per_user(client, settings.history_len)),
             "history_len": settings.history_len, "partitions": args.partitions, "cpu_cores_used": cpu,
+            "python_loop_s": [*gauge, python_loop_seconds()],
         })
         drop_prefix(client, settings.redis_prefix)
     finally:

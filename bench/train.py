@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.common import python_loop_seconds
 from trainer.baselines import FactorScorer, _crc_hash
 from trainer.datasets import load_dataset
 from trainer.evaluate import EmbeddingScorer, evaluate
@@ -126,6 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    gauge = [python_loop_seconds()]
     data = load_dataset(args.dataset)
     train, test, protocol = protocol_split(data, args.seed)
     sentences, rows = corpus(train)
@@ -158,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pairs_per_s_vs_gensim": round(rate / g_rate, 3),
         "recall@20": round(mine["recall@20"], 4), "gensim_recall@20": round(base["recall@20"], 4),
         "ndcg@20": round(mine["ndcg@20"], 4), "gensim_ndcg@20": round(base["ndcg@20"], 4),
+        "python_loop_s": [*gauge, python_loop_seconds()],
     }
 
 
