@@ -2,7 +2,8 @@
 
 A ``ThreadingHTTPServer`` in a background thread; ``start_http`` returns a
 handle whose ``stop()`` shuts it down. Routes are plain functions
-``(path_params, query) -> (status, body)`` so they are testable without HTTP.
+``(path_params, query) -> (status, body)`` so they are testable without HTTP; a body is a
+JSON-able object, or bytes already encoded as JSON (a stored list goes out as it is built).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if endpoint is not None:
             self.routes.metrics.lookups.labels(endpoint, str(status)).inc()
             self.routes.metrics.lookup_seconds.labels(endpoint).observe(time.perf_counter() - started)
-        self._send(status, json.dumps(body).encode(), "application/json")
+        self._send(status, body if isinstance(body, bytes) else json.dumps(body).encode(), "application/json")
 
     def _send(self, status: int, payload: bytes, content_type: str) -> None:
         self.send_response(status)

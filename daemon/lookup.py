@@ -8,7 +8,6 @@ the served index. ``?k=`` trims a list. Bad input gets a 4xx with a reason.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -90,7 +89,7 @@ class Lookup:
             rec = self.recommendations(_id(params, "user_id"), _k(query, self.top_k))
         except BadRequest as exc:
             return 400, {"error": str(exc)}
-        return 200, json.loads(rec.to_json())
+        return 200, rec.to_json()  # already JSON: sent as it is
 
     def _sim_route(self, params: dict[str, str], query: dict[str, list[str]]) -> tuple[int, Any]:
         try:
@@ -100,7 +99,7 @@ class Lookup:
         sim = self.similar(item_id, k)
         if sim is None:
             return 404, {"error": f"item {item_id[:60]!r} is not known to the served model"}
-        return 200, json.loads(sim.to_json())
+        return 200, sim.to_json()
 
 
 def openapi(top_k: int) -> dict[str, Any]:
