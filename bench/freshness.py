@@ -255,13 +255,7 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path, broker_pi
     spec = SyntheticSpec(users=args.users, items=args.items, seed=1, start_ms=now - args.warmup_events * 5 - 60_000,
                          step_ms=5)
     tracer_users = [f"tracer-{k}" for k in range(args.tracers)]
-    warm: list[dict[str, Any]] = [{"event_id": f"w-{u}", "user_id": u, "item_id": "i1", "type": "click", "ts": now}
-                                  for u in tracer_users]
-    producer = make_producer(settings)
-    for ev in warm:
-        producer.send(settings.events_topic, key=str(ev["user_id"]).encode(), value=encode(ev))
-    producer.close()
-    publish_synthetic(settings, spec, args.warmup_events)
+    publish_warmup(settings, spec, tracer_users, args.warmup_events, now)
     env = env_for(settings, model_dir)
     roles = ["ingest,serve"] if args.one_process else ["ingest"] + ["serve"] * args.serve_workers
     daemons = [subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--roles", r], env=env) for r in roles]
@@ -283,13 +277,28 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path, broker_pi
             daemon.terminate()
         for daemon in daemons:
             daemon.wait(30)
+    return {"rate_target": args.rate, "rate_achieved": round(achieved), **latency_summary(tracer, started),
+            "cpu_cores": {**cores, "total": round(sum(cores.values()), 2)}, "redis_commands": commands,
+            "target_p99_ms": 1000}
+
+
+def publish_warmup(settings: Settings, spec: SyntheticSpec, tracer_users: list[str], events: int, now: int) -> None:
+    """One event for each tracer user (so each has a list before the stream), then ``events`` synthetic ones."""
+    producer = make_producer(settings)
+    for user in tracer_users:
+        event = {"event_id": f"w-{user}", "user_id": user, "item_id": "i1", "type": "click", "ts": now}
+        producer.send(settings.events_topic, key=user.encode(), value=encode(event))
+    producer.close()
+    publish_synthetic(settings, spec, events)
+
+
+def latency_summary(tracer: Tracer, started: float) -> dict[str, Any]:
+    """The tracer events' latency percentiles, per-window p99s and stages; ``unchanged``: lists never rewritten."""
     lat = np.asarray(tracer.latencies) * 1000
     pct = {f"p{q}_ms": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)} if len(lat) else {}
-    return {"rate_target": args.rate, "rate_achieved": round(achieved), "tracer_events": len(lat) + len(
-        tracer.pending), "unchanged": len(tracer.pending), **pct, "max_ms": round(float(lat.max()), 1)
-        if len(lat) else None, "p99_ms_per_10s": per_window(tracer, started), "stages": tracer.stage_summary(),
-        "cpu_cores": {**cores, "total": round(sum(cores.values()), 2)}, "redis_commands": commands,
-        "target_p99_ms": 1000}
+    return {"tracer_events": len(lat) + len(tracer.pending), "unchanged": len(tracer.pending), **pct,
+            "max_ms": round(float(lat.max()), 1) if len(lat) else None,
+            "p99_ms_per_10s": per_window(tracer, started), "stages": tracer.stage_summary()}
 
 
 def command_usec(client: redis.Redis) -> dict[str, tuple[int, int]]:

@@ -27,7 +27,7 @@ from bench.common import drop_prefix, process_cpu_seconds, python_loop_seconds
 from bench.groundtruth import replay
 from daemon.app import build_ingest
 from daemon.config import Settings, load_settings
-from daemon.embedded import redis_answers, start_broker, start_redis
+from daemon.embedded import LocalProcess, redis_answers, start_broker, start_redis
 from daemon.keys import Keys
 from daemon.metrics import Metrics
 from daemon.produce import SyntheticSpec, encode, synthetic_events, synthetic_profiles
@@ -128,15 +128,10 @@ def cpu_seconds() -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--partitions", type=int, default=4)
-    args = parser.parse_args()
-    gauge = [python_loop_seconds()]
-    servers = []
+def start_servers() -> tuple[list[LocalProcess], str, str]:
+    """(servers started here, to stop; broker address; Redis URL): the broker at RECD_KAFKA_BOOTSTRAP or an
+    embedded one, the Redis at RECD_REDIS_URL (default local) or a redis-server started here."""
+    servers: list[LocalProcess] = []
     bootstrap = os.environ.get("RECD_KAFKA_BOOTSTRAP")
     if not bootstrap:
         servers.append(start_broker())
@@ -145,6 +140,18 @@ def main() -> None:
     if not redis_answers(url):
         servers.append(start_redis())
         url = servers[-1].address
+    return servers, bootstrap, url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    args = parser.parse_args()
+    gauge = [python_loop_seconds()]
+    servers, bootstrap, url = start_servers()
     tag = uuid.uuid4().hex[:8]
     settings = load_settings(kafka_bootstrap=bootstrap, redis_url=url, redis_prefix=f"bench-{tag}:",
                              events_topic=f"bench-ev-{tag}", profiles_topic=f"bench-prof-{tag}",
