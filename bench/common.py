@@ -37,7 +37,7 @@ def python_loop_seconds(n: int = 10_000_000) -> float:
     the moment, printed with the benchmarks' figures (``python_loop_s``, before and after the run) so runs on
     different days compare. On the 2-core dev box, quiet: ~0.2 s. (Earlier sessions timed the same loop at
     module level with ``python -c``, where globals make it slower: ~0.52 s quiet, 0.9-1.6 s on the days the box
-    was shared, when serving's CPU per user was ~3x today's.)"""
+    was shared, when serving's CPU per user was ~3x the quiet box's.)"""
     started = time.perf_counter()
     total = 0
     for i in range(n):

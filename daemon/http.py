@@ -3,7 +3,7 @@
 A ``ThreadingHTTPServer`` in a background thread; ``start_http`` returns a
 handle whose ``stop()`` shuts it down. Routes are plain functions
 ``(path_params, query) -> (status, body)`` so they are testable without HTTP; a body is a
-JSON-able object, or bytes already encoded as JSON (a stored list goes out as it is built).
+JSON-able object, or bytes already encoded as JSON (a list goes out as its to_json() encodes it).
 """
 
 from __future__ import annotations
