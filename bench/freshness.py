@@ -228,7 +228,7 @@ def main() -> None:
     ap.add_argument("--producer", choices=("confluent", "kafka-python"), default="confluent",
                     help="load generator client (default: librdkafka, the lighter one; see LoadProducer)")
     args = ap.parse_args()
-    gauge = [python_loop_seconds()]
+    loop_before = python_loop_seconds()
     tag = uuid.uuid4().hex[:8]
     folder = Path(f"var/bench-fresh-{tag}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -244,7 +244,7 @@ def main() -> None:
             broker.stop()
         drop_prefix(redis.Redis.from_url(settings.redis_url), settings.redis_prefix)
         shutil.rmtree(folder, ignore_errors=True)  # the broker's log and the model snapshots
-    print(json.dumps({**result, "python_loop_s": [*gauge, python_loop_seconds()]}))
+    print(json.dumps({**result, "python_loop_s": [loop_before, python_loop_seconds()]}))
 
 
 def run(settings: Settings, args: argparse.Namespace, model_dir: Path, broker_pid: int | None) -> dict[str, Any]:

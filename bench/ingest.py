@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args()
-    gauge = [python_loop_seconds()]
+    loop_before = python_loop_seconds()
     servers, bootstrap, url = start_servers()
     tag = uuid.uuid4().hex[:8]
     settings = load_settings(kafka_bootstrap=bootstrap, redis_url=url, redis_prefix=f"bench-{tag}:",
@@ -178,7 +178,7 @@ def main() -> None:
             "produce_per_s": round(produce_rate), "dlq": int(dlq),
             "redis_bytes_per_user": round(bytes_per_user(client, settings.history_len)),
             "history_len": settings.history_len, "partitions": args.partitions, "cpu_cores_used": cpu,
-            "python_loop_s": [*gauge, python_loop_seconds()],
+            "python_loop_s": [loop_before, python_loop_seconds()],
         })
         drop_prefix(client, settings.redis_prefix)
     finally:

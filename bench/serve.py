@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    gauge = [python_loop_seconds()]
+    loop_before = python_loop_seconds()
     tag = uuid.uuid4().hex[:8]
     settings = load_settings(redis_prefix=f"bench-serve-{tag}:", model_dir=f"var/bench-serve-{tag}/models",
                              train_min_events=1)
@@ -108,7 +108,7 @@ def main() -> None:
                       "batch": settings.serve_batch, "users_per_s": [round(n / s) for s, n, _, _ in runs],
                       "ms_per_step": [round(1000 * s / max(1, k), 2) for s, _, k, _ in runs],
                       "cpu_us_per_user": [round(1e6 * c / max(1, n), 1) for _, n, _, c in runs],
-                      "python_loop_s": [*gauge, python_loop_seconds()]}))
+                      "python_loop_s": [loop_before, python_loop_seconds()]}))
 
 
 if __name__ == "__main__":

@@ -4,13 +4,14 @@ Each step claims a batch of changed users (fresh changes first, then refreshes
 after a model swap) and reads their histories in the same script call, turns
 the histories into arrays (histories.py), folds the warm users in and searches
 the index for all of them at once, and writes every list - with its model
-version and time - in one round trip (packed by hand: wire.py) that also acknowledges the claim, sent from a
-writer thread while the next step claims and computes. Users the model cannot
-serve yet get cold-start lists (coldstart.py); only their profiles are read.
-One process alone serves ~7-18k users/s (bench/serve.py; slow to quiet days of
-the 2-core dev box) at 256 or 1,024 users a step alike; on a busy machine, where every round trip to Redis waits behind
-ingest's scripts, 1,024 (the default most a step takes) kept lists about twice
-as fresh as 256 (bench/freshness.py, README).
+version and time - in one round trip (packed by hand: wire.py) that also
+acknowledges the claim, sent from a writer thread while the next step claims
+and computes. Users the model cannot serve yet get cold-start lists
+(coldstart.py); only their profiles are read. One process alone serves ~7-18k
+users/s (bench/serve.py; slow to quiet days of the 2-core dev box) at 256 or
+1,024 users a step alike; on a busy machine, where every round trip to Redis
+waits behind ingest's scripts, 1,024 (the default most a step takes) kept lists
+about twice as fresh as 256 (bench/freshness.py, README).
 """
 
 from __future__ import annotations
