@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: demo test lint unit bench clean
+.PHONY: demo test lint unit sysdeps clean
 
 $(BIN)/recd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ lint: $(BIN)/recd
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+# redis-server and Prometheus for the tests, installed with apt-get when missing
+sysdeps:
+	@bash .ci/system-deps
+
+test: sysdeps lint
 	$(BIN)/python -m pytest
 
 unit: $(BIN)/recd
