@@ -65,12 +65,6 @@ class HistoryBatch:
         """The user row of every record."""
         return np.repeat(np.arange(len(self.users)), np.diff(self.bounds))
 
-    def last_ts(self) -> IntArray:
-        """Each user's newest event second (0 without a history)."""
-        out = np.zeros(len(self.users), np.int64)
-        np.maximum.at(out, self.owner(), self.ts)
-        return out
-
     def decayed_weights(self, table: npt.NDArray[np.float64], now_s: float, half_life_s: float
                         ) -> npt.NDArray[np.float64]:
         """Each record's implicit weight (``table`` by code) halved every ``half_life_s`` of age."""

@@ -20,13 +20,14 @@ user's keys live in one Redis Cluster slot. The README's key table is this file.
 | ``trend:epoch`` | string | epoch seconds the trend scores are relative to |
 | ``seg:<segment>`` | zset | item id -> positive weight of users whose finest profile segment this is |
 | ``segs`` | set | every segment that has a ``seg:`` key (coarser levels are unions of them) |
-| ``active`` | zset | user id -> last event time (ms) of users the serving loop has served |
+| ``active`` | zset | user id -> wall time (ms) the user's list was last written for a change of theirs |
 | ``dirty`` | zset | user id -> earliest unserved change (message time, ms) |
 | ``dirty:inflight`` | zset | user id -> lease deadline (ms) of a serving worker |
 | ``dirty:swap`` | zset | user id -> minus last activity (ms): lists to refresh after a model swap |
 | ``exclude`` | set | item ids never recommended (ops may add; serving re-reads it every second) |
 | ``stats`` | hash | ``applied``, ``duplicates``, ``stale``, ``profiles``, ``last_ts`` |
 | ``model:current`` | string | JSON ``{"version", "published_at", "path"}`` of the served model |
+| ``model:refreshed`` | string | model version whose list refresh was queued (once per version) |
 | ``model:events`` | string | applied-event count at the last training (the scheduler's watermark) |
 | ``lock:train`` | string | holder id of the training leader (expires) |
 """
@@ -152,6 +153,10 @@ class Keys:
     @property
     def model_current(self) -> str:
         return f"{self.prefix}model:current"
+
+    @property
+    def model_refreshed(self) -> str:
+        return f"{self.prefix}model:refreshed"
 
     @property
     def train_watermark(self) -> str:

@@ -172,7 +172,7 @@ class Server:
         now_ms = int(self.clock() * 1000)
         swapped = self.watcher.poll()
         if swapped is not None:
-            queued = self.queue.enqueue_refresh(now_ms - self.options.refresh_window_ms)
+            queued = self.queue.enqueue_refresh(swapped.version, now_ms - self.options.refresh_window_ms)
             self._similar_todo = list(range(len(swapped.item_ids)))
             log.info("model %s: refreshing %d active users' lists", swapped.version, queued)
         claims = self.queue.claim(self.options.batch, now_ms, with_history=True)
@@ -216,15 +216,16 @@ class Server:
         return self._exclusions[1]
 
     def _write(self, lists: list[RecommendationList], batch: HistoryBatch, claims: list[Claim]) -> None:
-        """The lists, the users' last activity (for refreshes after a swap) and the claims' acks: one round trip."""
+        """The lists, when each changed user was served (for refreshes after a swap) and the claims' acks: one
+        round trip. ``active`` holds wall-clock times, never event times: a replay of last year's events is as
+        recent as today's for the refresh window."""
         commands = Commands()  # packed by hand: a redis-py pipeline cost ~3x the Python (wire.py)
         commands.set_many(((self.keys.rec(rec.user_id).encode(), rec.to_json()) for rec in lists),
                           self.options.list_ttl_s or None)
-        has_history = np.diff(batch.bounds) > 0
-        last = [x for u, t, h in zip(batch.users, batch.last_ts().tolist(), has_history.tolist(), strict=True)
-                if h for x in (1000 * t, u)]
-        if last:
-            commands.add("ZADD", self.keys.active, *last)
+        served_ms = int(self.clock() * 1000)
+        changed = [x for c in claims if not c.swap for x in (served_ms, c.user_id)]  # a refresh is no activity
+        if changed:
+            commands.add("ZADD", self.keys.active, *changed)
         self.queue.ack(commands, [c.user_id for c in claims])
         send(self.client, commands)
         written = int(self.clock() * 1000)

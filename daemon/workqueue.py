@@ -58,11 +58,15 @@ class WorkQueue:
     def depth(self) -> int:
         return int(self.client.zcard(self.keys.dirty))  # type: ignore[arg-type]
 
-    def enqueue_refresh(self, since_ms: int, limit: int = 1_000_000) -> int:
-        """After a model swap: queue recently active users, most recent first. Returns how many."""
+    def enqueue_refresh(self, version: str, since_ms: int, limit: int = 1_000_000) -> int:
+        """After a swap to model ``version``: queue the users served since ``since_ms`` (wall time), most recent
+        first, once per version across replicas and restarts (a replica that starts on the current model finds
+        it marked). Returns how many were queued."""
+        if text(self.client.get(self.keys.model_refreshed) or b"") == version:
+            return 0
         reply: Any = self.client.zrevrangebyscore(self.keys.active, "+inf", since_ms, start=0, num=limit,
                                                   withscores=True)
-        if not reply:
-            return 0
-        self.client.zadd(self.keys.swap_queue, {text(u): -float(s) for u, s in reply})
+        if reply:
+            self.client.zadd(self.keys.swap_queue, {text(u): -float(s) for u, s in reply})
+        self.client.set(self.keys.model_refreshed, version)  # after the queue holds them: a crash re-queues
         return len(reply)

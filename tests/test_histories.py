@@ -41,7 +41,6 @@ def test_a_batch_decodes_like_the_per_entry_decoder() -> None:
         lo, hi = batch.bounds[k], batch.bounds[k + 1]
         assert batch.ts[lo:hi].tolist() == [e.ts for e in entries]
         assert batch.item[lo:hi].tolist() == [e.item for e in entries]
-        assert batch.last_ts()[k] == max((e.ts for e in entries), default=0)
 
 
 def test_weights_follow_the_per_entry_rule_for_every_code() -> None:

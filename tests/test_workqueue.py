@@ -87,3 +87,15 @@ def test_a_user_in_both_queues_is_claimed_once(rclient: redis.Redis, prefix: str
     claims = WorkQueue(rclient, keys).claim(10, now_ms=100)
     assert [(c.user_id, c.swap) for c in claims] == [("both", False), ("fresh", False), ("idle", True)]
     assert rclient.zcard(keys.swap_queue) == 0 and rclient.zcard(keys.dirty_inflight) == 3
+
+
+def test_a_model_versions_refresh_is_queued_once_across_replicas(rclient: redis.Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    rclient.zadd(keys.active, {"recent": 9000.0, "older": 8000.0, "dormant": 1000.0})
+    first, restarted = WorkQueue(rclient, keys), WorkQueue(rclient, keys)
+    assert first.enqueue_refresh("v1", since_ms=5000) == 2  # served since 5000 (wall ms)
+    assert rclient.zrange(keys.swap_queue, 0, -1, withscores=True) == [(b"recent", -9000.0), (b"older", -8000.0)]
+    rclient.delete(keys.swap_queue)
+    assert restarted.enqueue_refresh("v1", since_ms=5000) == 0  # a replica (re)starting on v1: already queued
+    assert rclient.zcard(keys.swap_queue) == 0
+    assert restarted.enqueue_refresh("v2", since_ms=0) == 3

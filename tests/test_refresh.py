@@ -1,0 +1,95 @@
+"""Lists written before the first model are rewritten by it, whatever the events' own times.
+
+Synthetic streams carry 2023 times and dataset replays their own (1998 for
+ML-100K); the refresh after a model swap is about when users were served (wall
+time), so every user who has a list gets the model's list.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from daemon.app import build_ingest, build_server, build_watcher
+from daemon.config import Settings
+from daemon.keys import Keys, text
+from daemon.metrics import Metrics
+from daemon.produce import SyntheticSpec
+from daemon.publish import publish_dataset, publish_synthetic
+from daemon.retrain import TrainRole
+from schemas.records import RecommendationList
+
+pytestmark = pytest.mark.integration
+
+SECONDS_1998 = 890_000_000  # 1998-03-15, in ML-100K's span
+
+
+def write_dataset(folder: Path, users: int = 40, items: int = 60) -> Path:
+    """A RecBole file with 1998 timestamps: user u rates items of their taste group (u % 3) highly."""
+    folder.mkdir()
+    lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    for u in range(users):
+        for k in range(12):
+            item = (u % 3) * 20 + (u * 7 + k * 3) % 20
+            lines.append(f"{u + 1}\t{item + 1}\t{4 + (k % 2)}\t{SECONDS_1998 + 3600 * u + 60 * k}")
+    (folder / "old.inter").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def publish_synthetic_2023(settings: Settings, _tmp: Path) -> int:
+    spec = SyntheticSpec(users=60, items=80, clusters=3, seed=3)  # start_ms: November 2023
+    return publish_synthetic(settings, spec, 2500, profiles=False)[1]
+
+
+def publish_dataset_1998(settings: Settings, tmp: Path) -> int:
+    return publish_dataset(settings, write_dataset(tmp / "old"))[1]
+
+
+def _handled(client: redis.Redis, keys: Keys) -> int:
+    stats: Any = client.hmget(keys.stats, "applied", "duplicates", "stale")
+    return sum(int(x or 0) for x in stats)
+
+
+def _versions(client: redis.Redis, keys: Keys) -> dict[str, str]:
+    """Every user with a list -> the model version of that list."""
+    users = [text(k)[len(keys.rec("")):] for k in client.scan_iter(match=keys.rec("*"), count=1000)]
+    raw: Any = client.mget([keys.rec(u) for u in users]) if users else []
+    return {u: RecommendationList.from_json(r).model_version for u, r in zip(users, raw, strict=True) if r}
+
+
+@pytest.mark.parametrize("produce", [publish_synthetic_2023, publish_dataset_1998], ids=["synthetic", "dataset"])
+def test_first_model_rewrites_every_list_whatever_the_event_times(
+        settings: Settings, rclient: redis.Redis, tmp_path: Path, produce: Callable[[Settings, Path], int]) -> None:
+    settings = settings.replace(train_min_events=1, quality_tolerance=0.5, model_poll_s=0.0)
+    sent = produce(settings, tmp_path)
+    keys, metrics = Keys(settings.redis_prefix), Metrics(CollectorRegistry())
+    ingest = build_ingest(settings, metrics)
+    server = build_server(settings, metrics, build_watcher(settings, rclient, metrics))
+    try:
+        deadline = time.monotonic() + 60
+        while _handled(rclient, keys) < sent or int(rclient.zcard(keys.dirty)):  # type: ignore[arg-type]
+            assert time.monotonic() < deadline, "events not ingested and served"
+            ingest.step()
+            server.step()
+        server.flush()
+        before = _versions(rclient, keys)
+        assert len(before) >= 40 and set(before.values()) == {"none"}
+        outcome = TrainRole(settings, rclient, metrics).run_once()
+        assert outcome.status == "published", outcome
+        deadline = time.monotonic() + 30
+        while set(_versions(rclient, keys).values()) != {outcome.version}:
+            assert time.monotonic() < deadline, f"lists still of models {Counter(_versions(rclient, keys).values())}"
+            server.step()
+            server.flush()
+        assert set(_versions(rclient, keys)) == set(before)
+    finally:
+        ingest.shutdown()
+        server.shutdown()
+
