@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
 from daemon.config import Settings
@@ -45,3 +48,32 @@ def committed(settings: Settings, topic: str, partitions: int = 4) -> dict[int, 
         return {p: consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
     finally:
         consumer.close()
+
+
+def ensure_big_topics(settings: Settings, max_message_bytes: int, partitions: int = 4) -> None:
+    """The source topics with ``max.message.bytes`` raised (Apache Kafka refuses larger messages; the dev
+    broker does not check), then the dead-letter topics as ``ensure_topics`` makes them (default limit)."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), api_version=(2, 1))
+    configs = {"max.message.bytes": str(max_message_bytes)}
+    try:
+        for name in (settings.events_topic, settings.profiles_topic):
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
+    finally:
+        admin.close()
+    ensure_topics(settings, partitions)
+
+
+def produce_to_partitions(
+    settings: Settings, topic: str, messages: Iterable[tuple[int, bytes]], max_request_size: int,
+) -> list[tuple[int, int]]:
+    """(partition, value) pairs, in order, by a producer allowed ``max_request_size``; returns each
+    message's (partition, offset)."""
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5,
+                             max_request_size=max_request_size)
+    try:
+        futures = [producer.send(topic, value=value, partition=p) for p, value in messages]
+        producer.flush()
+        return [(f.get(timeout=30).partition, f.get(timeout=30).offset) for f in futures]
+    finally:
+        producer.close()
