@@ -8,6 +8,7 @@ the served index. ``?k=`` trims a list. Bad input gets a 4xx with a reason.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,12 +16,15 @@ from typing import Any
 import redis
 
 from daemon.coldstart import ColdStart
-from daemon.http import Routes
+from daemon.http import Handler, Routes
 from daemon.index import ServingIndex
 from daemon.keys import Keys
+from daemon.redisconn import REDIS_OUTAGE
 from daemon.state import StateReader
 from schemas.jsonschema import recommendation_list, similar_list
 from schemas.records import RecommendationList, SimilarList
+
+log = logging.getLogger(__name__)
 
 MAX_ID_LEN = 256
 
@@ -43,6 +47,19 @@ def _k(query: dict[str, list[str]], top_k: int) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= top_k:
         raise BadRequest(f"k must be an integer between 1 and {top_k}, got {raw[:20]!r}")
     return int(raw)
+
+
+def unavailable_as_503(handler: Handler) -> Handler:
+    """A Redis outage answers 503 with the reason (as /readyz does), not a 500 and a traceback."""
+
+    def route(params: dict[str, str], query: dict[str, list[str]]) -> tuple[int, Any]:
+        try:
+            return handler(params, query)
+        except REDIS_OUTAGE as exc:
+            log.warning("lookup answered 503: redis unavailable (%s)", exc)
+            return 503, {"error": f"redis unavailable: {exc}"}
+
+    return route
 
 
 class Lookup:
@@ -80,8 +97,8 @@ class Lookup:
         return SimilarList(item_id, items, scores, index.version, int(time.time() * 1000))
 
     def add_routes(self, routes: Routes) -> None:
-        routes.add("recommendations", "/recommendations/{user_id}", self._rec_route)
-        routes.add("similar", "/similar/{item_id}", self._sim_route)
+        routes.add("recommendations", "/recommendations/{user_id}", unavailable_as_503(self._rec_route))
+        routes.add("similar", "/similar/{item_id}", unavailable_as_503(self._sim_route))
         routes.add("openapi", "/openapi.json", lambda _p, _q: (200, openapi(self.top_k)))
 
     def _rec_route(self, params: dict[str, str], query: dict[str, list[str]]) -> tuple[int, Any]:
@@ -115,6 +132,7 @@ def openapi(top_k: int) -> dict[str, Any]:
             {"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": MAX_ID_LEN}},
             k_param], "responses": {"200": ok, "400": error, **extra}}}
 
+    unavailable = {"503": {**error, "description": "Redis unavailable (retry later)"}}
     rec, sim = recommendation_list(), similar_list()
     for doc in (rec, sim):
         doc.pop("$schema", None)
@@ -122,7 +140,8 @@ def openapi(top_k: int) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "recd lookups", "version": "1"},
         "paths": {
-            "/recommendations/{user_id}": path("user_id", "A user's top-K (cold-start answer when unknown)", rec, {}),
-            "/similar/{item_id}": path("item_id", "Items most like an item", sim, {"404": error}),
+            "/recommendations/{user_id}": path("user_id", "A user's top-K (cold-start answer when unknown)", rec,
+                                               unavailable),
+            "/similar/{item_id}": path("item_id", "Items most like an item", sim, {"404": error, **unavailable}),
         },
     }

@@ -21,7 +21,7 @@ from daemon.embedded import free_port, redis_answers, start_broker
 from daemon.keys import Keys
 from daemon.metrics import Metrics
 from daemon.produce import SyntheticSpec, encode, synthetic_events
-from daemon.roles import REDIS_OUTAGE
+from daemon.redisconn import REDIS_OUTAGE
 from daemon.service import RoleLoop
 from daemon.state import StateReader
 from tests.kafkatools import committed, produce_raw
