@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from daemon.coldstart import ColdStart
 from daemon.config import Settings
 from daemon.consumer import DeadLetters, KafkaSource
+from daemon.errors import StartupError
 from daemon.http import HttpHandle, Routes, start_http
 from daemon.index import IndexSpec, ServingIndex
 from daemon.ingest import IngestWorker
@@ -23,6 +24,7 @@ from daemon.keys import Keys
 from daemon.lookup import Lookup
 from daemon.metrics import Metrics
 from daemon.modelwatch import ModelWatcher
+from daemon.redisconn import redis_check, redis_client
 from daemon.service import Service
 from daemon.serving import ServeOptions, Server
 from daemon.state import StateReader
@@ -30,12 +32,6 @@ from daemon.store import RedisStore, StoreOptions
 from trainer.models.base import EmbeddingModel
 
 log = logging.getLogger(__name__)
-
-
-def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30,
-    )
 
 
 def store_options(settings: Settings) -> StoreOptions:
@@ -95,16 +91,6 @@ def build_lookup(settings: Settings, current: Callable[[], ServingIndex | None])
                   settings.top_k, current)
 
 
-def redis_check(settings: Settings) -> tuple[bool, str]:
-    try:
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
-        client.ping()
-        client.close()
-        return True, "redis answers"
-    except redis.RedisError as exc:
-        return False, f"redis: {exc}"
-
-
 def broker_check(settings: Settings) -> tuple[bool, str]:
     errors = []
     for server in settings.kafka_bootstrap.split(","):
@@ -115,6 +101,23 @@ def broker_check(settings: Settings) -> tuple[bool, str]:
         except (OSError, ValueError) as exc:
             errors.append(f"{server}: {exc}")
     return False, "no broker reachable: " + "; ".join(errors)
+
+
+def wait_for_broker(settings: Settings, wait_s: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Return once a broker answers, saying every few seconds that recd waits; StartupError after ``wait_s``
+    (at once for 0: a command that needs the broker says so instead of retrying in kafka-python)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        ok, detail = broker_check(settings)
+        if ok:
+            return
+        if time.monotonic() >= deadline:
+            waited = f" within {wait_s:g}s" if wait_s else ""
+            raise StartupError(f"no Kafka broker answered at {settings.kafka_bootstrap}{waited} ({detail}): "
+                               "start one, or `recd dev up` for a local one")
+        log.warning("waiting for the Kafka broker at %s (%s); start one, or `recd dev up` for a local one",
+                    settings.kafka_bootstrap, detail)
+        sleep(min(5.0, max(0.1, deadline - time.monotonic())))
 
 
 class Sampler:

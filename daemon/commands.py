@@ -40,8 +40,8 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
         return cmd_run(settings.replace(roles=("train",)), argparse.Namespace())
     from prometheus_client import CollectorRegistry
 
-    from daemon.app import redis_client
     from daemon.metrics import Metrics
+    from daemon.redisconn import redis_client
     from daemon.retrain import TrainRole
 
     outcome = TrainRole(settings, redis_client(settings), Metrics(CollectorRegistry())).run_once()
@@ -50,9 +50,11 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.app import wait_for_broker
     from daemon.produce import SyntheticSpec
     from daemon.publish import ensure_topics, publish_dataset, publish_synthetic
 
+    wait_for_broker(settings, 0)
     ensure_topics(settings)
     if args.synthetic is not None:
         n_prof, n_ev = publish_synthetic(settings, SyntheticSpec(users=args.users, items=args.items, seed=args.seed),
@@ -64,17 +66,27 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.app import wait_for_broker
     from daemon.publish import ensure_topics
 
-    ensure_topics(settings)
+    wait_for_broker(settings, 0)
+    for name, created in ensure_topics(settings).items():
+        print(f"{name}: {'created' if created else 'exists'}")
     return 0
+
+
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.devup import run_dev_up
+
+    return run_dev_up(settings)
 
 
 def _lookup(settings: Settings) -> Lookup:
     from prometheus_client import CollectorRegistry
 
-    from daemon.app import build_lookup, build_watcher, redis_client
+    from daemon.app import build_lookup, build_watcher
     from daemon.metrics import Metrics
+    from daemon.redisconn import redis_client
 
     watcher = build_watcher(settings, redis_client(settings), Metrics(CollectorRegistry()))
     watcher.poll(wait=True)
@@ -98,8 +110,8 @@ def cmd_similar(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.app import redis_client
     from daemon.keys import Keys
+    from daemon.redisconn import redis_client
     from daemon.retrain import publish
     from trainer.snapshot import ModelStore
 
@@ -121,9 +133,14 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from trainer.evaluate import run_evaluation
+    from trainer.report_table import format_table
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    _print(run_evaluation(args.dataset, models=models, plots_dir=args.plots, seed=args.seed))
+    result = run_evaluation(args.dataset, models=models, plots_dir=args.plots, seed=args.seed)
+    if args.json:
+        _print(result)
+    else:
+        print(format_table(result), end="")
     return 0
 
 
@@ -136,5 +153,5 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Command] = {
     "ingest": cmd_ingest, "serve": cmd_serve, "run": cmd_run, "train": cmd_train, "produce": cmd_produce,
     "topics": cmd_topics, "recommend": cmd_recommend, "similar": cmd_similar, "model": cmd_model,
-    "evaluate": cmd_evaluate, "demo": cmd_demo,
+    "evaluate": cmd_evaluate, "demo": cmd_demo, "dev": cmd_dev,
 }

@@ -8,6 +8,8 @@ explicitly. ``describe()`` renders every setting for ``recd --help``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -18,7 +20,14 @@ from typing import Any, get_type_hints
 
 from schemas.events import Limits
 
+log = logging.getLogger(__name__)
+
 ENV_PREFIX = "RECD_"
+# RECD_* variables that are not settings: the settings file, and the test suite's servers.
+OTHER_VARIABLES = ("RECD_CONFIG", "RECD_TEST_REDIS_URL", "RECD_TEST_KAFKA_BOOTSTRAP")
+
+# A dead letter is one Kafka record: keep it well under the 100 MiB a broker accepts in one request.
+MAX_DLQ_PAYLOAD_BYTES = 64 * 1024 * 1024
 
 DEFAULT_WEIGHTS = "view=1,click=2,add_to_cart=3,purchase=5,like=4,rating=4,dislike=-4,skip=-1"
 
@@ -41,6 +50,10 @@ class Settings:
     events_topic: str = _s("recd.events", "topic of interaction events (key = user_id)")
     profiles_topic: str = _s("recd.profiles", "topic of user profile events (key = user_id)")
     dlq_suffix: str = _s(".dlq", "dead-letter topic = source topic + this suffix")
+    dlq_max_payload_bytes: int = _s(
+        900_000, "dead letters carry at most this many payload bytes; longer payloads are cut (recd.truncated)"
+        " to fit a topic's default 1 MB max.message.bytes; 0 = headers only",
+    )
     consumer_group: str = _s("recd", "consumer group shared by all recd replicas")
     client_id: str = _s("recd", "Kafka client id prefix")
     kafka_security_protocol: str = _s("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
@@ -98,6 +111,7 @@ class Settings:
     refresh_window_s: int = _s(30 * 86400, "after a model swap, refresh users active this recently")
     list_ttl_s: int = _s(90 * 86400, "recommendation lists expire this long after written (0 = never)")
     roles: tuple[str, ...] = _s(("ingest", "serve", "train"), "roles of `recd run`")
+    startup_wait_s: int = _s(60, "how long the ingest role waits for the Kafka broker at start before giving up")
     log_level: str = _s("INFO", "logging level")
 
     def __post_init__(self) -> None:
@@ -105,6 +119,8 @@ class Settings:
             raise ConfigError("RECD_HISTORY_LEN must be within 1..10000")
         if self.poll_max_records < 1 or self.poll_timeout_ms < 1:
             raise ConfigError("RECD_POLL_MAX_RECORDS and RECD_POLL_TIMEOUT_MS must be positive")
+        if not 0 <= self.dlq_max_payload_bytes <= MAX_DLQ_PAYLOAD_BYTES:
+            raise ConfigError(f"RECD_DLQ_MAX_PAYLOAD_BYTES must be within 0..{MAX_DLQ_PAYLOAD_BYTES}")
         if self.top_k < 1:
             raise ConfigError("RECD_TOP_K must be positive")
         for name, weight in self.event_weights.items():
@@ -162,13 +178,29 @@ def _convert(name: str, kind: Any, raw: Any) -> Any:
         raise ConfigError(f"{env_name(name)} / {name}: cannot read {raw!r}: {exc}") from None
 
 
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each RECD_* variable that names no setting, with the closest setting's variable."""
+    known = [env_name(f.name) for f in dataclasses.fields(Settings)]
+    out = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known or name in OTHER_VARIABLES:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else "; `recd --help` lists every setting"
+        out.append(f"{name} is not a recd setting and is ignored{hint}")
+    return out
+
+
 def load_settings(
     toml_path: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> Settings:
-    """Defaults <- TOML file <- RECD_* environment <- explicit overrides."""
+    """Defaults <- TOML file <- RECD_* environment <- explicit overrides. Unknown RECD_* variables are
+    logged as warnings (unknown TOML keys are refused: a file is checked as a whole)."""
     env = os.environ if environ is None else environ
+    for warning in unknown_variables(env):
+        log.warning("%s", warning)
     hints = get_type_hints(Settings)
     names = {f.name for f in dataclasses.fields(Settings)}
     values: dict[str, Any] = {}

@@ -12,7 +12,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -21,15 +23,35 @@ from typing import Any
 
 import redis
 
-from daemon.app import App, redis_client
+from daemon.app import App
 from daemon.config import Settings
 from daemon.embedded import EmbeddedError, LocalProcess, redis_answers, start_broker, start_redis
 from daemon.keys import Keys, text
 from daemon.produce import SyntheticSpec
 from daemon.publish import ensure_topics, make_producer, publish, publish_dataset, publish_synthetic
+from daemon.redisconn import redis_client
 from daemon.roles import add_roles
 
 COLD_USER = "demo-cold-user"
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM during the demo: everything it started is stopped and its keys removed."""
+
+
+class Stop:
+    """The demo's stop flag, set by SIGINT or SIGTERM (the handlers only set it); ``check()`` raises once set."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda _signum, _frame: self.event.set())
+
+    def check(self) -> None:
+        if self.event.is_set():
+            raise Interrupted
 
 
 class Bar:
@@ -53,13 +75,14 @@ class Bar:
         sys.stderr.write("\n")
 
 
-def wait_for(label: str, total: int, progress: Callable[[], int], timeout_s: float = 600) -> None:
+def wait_for(label: str, total: int, progress: Callable[[], int], stop: Stop, timeout_s: float = 600) -> None:
     bar, deadline = Bar(label, total), time.monotonic() + timeout_s
     while (done := progress()) < total:
+        stop.check()
         if time.monotonic() > deadline:
             raise TimeoutError(f"{label}: {done}/{total} after {timeout_s:.0f}s")
         bar.update(done)
-        time.sleep(0.1)
+        stop.event.wait(0.1)
     bar.close()
 
 
@@ -79,19 +102,24 @@ def start_services(settings: Settings, out: Path) -> tuple[Settings, list[LocalP
     return settings.replace(**changes), started
 
 
-def produce(settings: Settings, args: argparse.Namespace) -> tuple[int, dict[str, str]]:
+def produce(settings: Settings, args: argparse.Namespace, stop: Stop) -> tuple[int, dict[str, str]]:
     """Publish the demo's events; returns (events published, item titles)."""
     ensure_topics(settings)
     if args.dataset is not None:
         from trainer.datasets import load_dataset
 
         titles = load_dataset(args.dataset).item_titles
-        _, sent = publish_dataset(settings, args.dataset, limit=args.events)
+        _, sent = publish_dataset(settings, args.dataset, limit=args.events, progress=lambda _n: stop.check())
         return sent, titles
     spec = SyntheticSpec(users=args.users, items=args.items, seed=0, start_ms=int(time.time() * 1000) - 3_600_000,
                          step_ms=max(1, 3_500_000 // max(1, args.events)))
     bar = Bar("publishing events", args.events)
-    _, sent = publish_synthetic(settings, spec, args.events, progress=lambda n: bar.update(bar.done + n))
+
+    def progress(n: int) -> None:
+        stop.check()
+        bar.update(bar.done + n)
+
+    _, sent = publish_synthetic(settings, spec, args.events, progress=progress)
     bar.close()
     return sent, {}
 
@@ -112,25 +140,32 @@ def applied(client: redis.Redis, keys: Keys) -> int:
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     if "RECD_LOG_LEVEL" not in os.environ:  # the demo talks through its progress bars and report
         logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("daemon").setLevel(logging.WARNING)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    stop = Stop()
+    stop.install()
     try:
         settings, started = start_services(settings, out)
     except EmbeddedError as exc:
         print(f"recd demo: {exc}", file=sys.stderr)
         return 2
     try:
-        return _demo(settings, args, out)
+        return _demo(settings, args, out, stop)
+    except Interrupted:
+        sys.stderr.write("\nrecd demo: interrupted; stopping what it started and removing its keys\n")
+        return 130
     finally:
+        _cleanup(settings)
         for proc in started:
             proc.stop()
 
 
-def _demo(settings: Settings, args: argparse.Namespace, out: Path) -> int:
+def _demo(settings: Settings, args: argparse.Namespace, out: Path, stop: Stop) -> int:
     from daemon.report import print_report
 
     print(f"recd demo: broker {settings.kafka_bootstrap}, redis {settings.redis_url} (prefix {settings.redis_prefix})")
-    sent, titles = produce(settings, args)
+    sent, titles = produce(settings, args, stop)
     settings = settings.replace(model_dir=str(out / "models"), train_min_events=max(1, int(sent * 0.9)),
                                 train_interval_s=3600, metrics_port=0, roles=("ingest", "serve", "train"))
     app = App.create(settings)
@@ -140,23 +175,23 @@ def _demo(settings: Settings, args: argparse.Namespace, out: Path) -> int:
     try:
         app.service.stop.clear()
         runner = _start(app)
-        wait_for("ingesting", sent, lambda: applied(client, keys))
+        wait_for("ingesting", sent, lambda: applied(client, keys), stop)
         add_cold_user(settings)
-        wait_for("training the first model", 1, lambda: int(client.exists(keys.model_current)))
-        wait_for("serving fresh lists", 1, lambda: int(_settled(client, keys, app)))
-        print_report(settings, app, client, titles, COLD_USER, out, f"http://127.0.0.1:{http.port}")
+        wait_for("training the first model", 1, lambda: int(client.exists(keys.model_current)), stop)
+        wait_for("serving fresh lists", 1, lambda: int(_settled(client, keys, app)), stop)
+        url = f"http://127.0.0.1:{http.port}"
+        print_report(settings, app, client, titles, COLD_USER, out, url, live=args.keep_serving)
+        if args.keep_serving:
+            stop.event.wait()
     finally:
         app.service.stop.set()
         runner()
         app.stop_http()
-    _cleanup(client, keys)
     return 0
 
 
 def _start(app: App) -> Callable[[], int]:
     """Run the service in a background thread; returns a join function."""
-    import threading
-
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(app.service.run()), name="recd-demo-service")
     thread.start()
@@ -182,6 +217,11 @@ def _settled(client: redis.Redis, keys: Keys, app: App) -> bool:
         keys.sim(text(top[0]))))
 
 
-def _cleanup(client: redis.Redis, keys: Keys) -> None:
-    for key in client.scan_iter(match=keys.prefix + "*", count=1000):
-        client.delete(key)
+def _cleanup(settings: Settings) -> None:
+    """Remove every key under the demo's own prefix (it is the demo's alone)."""
+    try:
+        client = redis_client(settings)
+        for key in client.scan_iter(match=settings.redis_prefix + "*", count=1000):
+            client.delete(key)
+    except redis.RedisError as exc:
+        print(f"recd demo: could not remove the keys under {settings.redis_prefix}: {exc}", file=sys.stderr)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -20,20 +19,29 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 
 
-def ensure_topics(settings: Settings, partitions: int = 4) -> None:
-    """Create the events, profiles and dead-letter topics if they are missing."""
-    names = [settings.events_topic, settings.profiles_topic, settings.dlq_topic,
-             settings.profiles_topic + settings.dlq_suffix]
+def topic_names(settings: Settings) -> list[str]:
+    """The topics recd reads and writes: events, profiles and their dead-letter topics."""
+    return [settings.events_topic, settings.profiles_topic, settings.dlq_topic,
+            settings.profiles_topic + settings.dlq_suffix]
+
+
+def ensure_topics(settings: Settings, partitions: int = 4) -> dict[str, bool]:
+    """Create the topics recd uses if they are missing; each name -> whether it was created now."""
     admin = KafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap.split(","), client_id=f"{settings.client_id}-admin",
         **settings.kafka_security(),
     )
+    created: dict[str, bool] = {}
     try:
-        for name in names:
-            with contextlib.suppress(TopicAlreadyExistsError):
+        for name in topic_names(settings):
+            try:
                 admin.create_topics([NewTopic(name, partitions, 1)])
+                created[name] = True
+            except TopicAlreadyExistsError:
+                created[name] = False
     finally:
         admin.close()
+    return created
 
 
 def make_producer(settings: Settings) -> KafkaProducer:

@@ -14,6 +14,8 @@ from daemon.keys import Keys, text
 from daemon.state import StateReader
 from schemas.records import RecommendationList, SimilarList
 
+RUN_PORT = Settings().metrics_port  # where `recd run` listens by default
+
 log = logging.getLogger(__name__)
 
 
@@ -28,23 +30,22 @@ def _print_list(header: str, items: list[str], scores: list[float], titles: dict
         print(f"   {rank:>2}. {_name(item, titles):<60} {score:8.4f}")
 
 
-def _warm_users(client: redis.Redis, keys: Keys, n: int) -> list[str]:
-    reply: Any = client.zrevrange(keys.active, 0, n - 1)
-    return [text(u) for u in reply]
+def _warm_lists(client: redis.Redis, keys: Keys, n: int) -> list[RecommendationList]:
+    """The lists of the ``n`` most recently served users whom the model served (not cold start)."""
+    reply: Any = client.zrevrange(keys.active, 0, 20 * n - 1)
+    raw: Any = client.mget([keys.rec(text(u)) for u in reply]) if reply else []
+    lists = [RecommendationList.from_json(r) for r in raw if r]
+    return [rec for rec in lists if rec.source == "ann"][:n]
 
 
 def print_report(settings: Settings, app: App, client: redis.Redis, titles: dict[str, str], cold_user: str,
-                 out: Path, metrics_url: str) -> None:
+                 out: Path, metrics_url: str, live: bool) -> None:
     keys = Keys(settings.redis_prefix)
     reader = StateReader(client, keys, settings.segment_keys)
     print()
-    for user in _warm_users(client, keys, 3):
-        raw: Any = client.get(keys.rec(user))
-        if not raw:
-            continue
-        rec = RecommendationList.from_json(raw)
-        recent = [item for item, _ in reader.histories_by_item_id([user])[user][-3:]]
-        _print_list(f"user {user} (recently: {', '.join(_name(i, titles) for i in recent)}) "
+    for rec in _warm_lists(client, keys, 3):
+        recent = [item for item, _ in reader.histories_by_item_id([rec.user_id])[rec.user_id][-3:]]
+        _print_list(f"user {rec.user_id} (recently: {', '.join(_name(i, titles) for i in recent)}) "
                     f"- source {rec.source}, model {rec.model_version}", rec.items, rec.scores, titles)
     raw_cold: Any = client.get(keys.rec(cold_user))
     if raw_cold:
@@ -59,10 +60,18 @@ def print_report(settings: Settings, app: App, client: redis.Redis, titles: dict
             sim = SimilarList.from_json(raw_sim)
             _print_list(f"items like the most popular one, {_name(item, titles)}", sim.items, sim.scores, titles)
     plots = write_plots(settings, app, titles, out)
-    print(f"\nmetrics: {metrics_url}/metrics   lookups: {metrics_url}/recommendations/<user_id>  "
-          f"{metrics_url}/similar/<item_id>   API: {metrics_url}/openapi.json")
     if plots:
-        print(f"plots: {', '.join(str(p) for p in plots)}")
+        print(f"\nplots: {', '.join(str(p) for p in plots)}")
+    if live:
+        print(f"\nserving until Ctrl-C (then the demo removes its keys and stops its servers):\n"
+              f"  metrics: {metrics_url}/metrics   lookups: {metrics_url}/recommendations/<user_id>  "
+              f"{metrics_url}/similar/<item_id>   API: {metrics_url}/openapi.json", flush=True)
+    else:
+        routes = f"http://{settings.http_host}:{RUN_PORT}"
+        print(f"\nThe demo stops now and removes its keys; `recd demo --keep-serving` keeps it answering until "
+              f"Ctrl-C.\n`recd run` serves the same routes on your own data, on RECD_METRICS_PORT:\n"
+              f"  metrics: {routes}/metrics   lookups: {routes}/recommendations/<user_id>  "
+              f"{routes}/similar/<item_id>   API: {routes}/openapi.json")
 
 
 def write_plots(settings: Settings, app: App, titles: dict[str, str], out: Path) -> list[Path]:

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import logging
 
-import redis
-
-from daemon.app import App, build_ingest, build_lookup, build_server, build_watcher, redis_client
+from daemon.app import App, build_ingest, build_lookup, build_server, build_watcher, wait_for_broker
 from daemon.config import ConfigError, Settings
 from daemon.publish import ensure_topics
+from daemon.redisconn import REDIS_OUTAGE, redis_client
 
 log = logging.getLogger(__name__)
 
 KNOWN_ROLES = ("ingest", "serve", "train")
-# Redis being away (down, restarting, loading its data, timing out): the serve and train roles retry their step
-# with backoff instead of stopping the service (ingest retries its own writes, see daemon/ingest.py). A serve
-# step cut short leaves its users leased; the leases expire and they are served again.
-REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError)
 
 
 def add_roles(app: App) -> None:
@@ -26,8 +21,12 @@ def add_roles(app: App) -> None:
     if unknown or not settings.roles:
         raise ConfigError(f"RECD_ROLES: unknown roles {sorted(unknown)}; choose from {', '.join(KNOWN_ROLES)}")
     if "ingest" in settings.roles:
+        wait_for_broker(settings, settings.startup_wait_s)
         ensure_topics(settings)
         app.service.add("ingest", build_ingest(settings, app.metrics))
+    # A Redis outage: the serve and train roles retry their step with backoff instead of stopping the service
+    # (ingest retries its own writes). A serve step cut short leaves its users leased; the leases expire and
+    # they are served again.
     if "serve" in settings.roles:
         watcher = app.watcher = build_watcher(settings, redis_client(settings), app.metrics)
         app.service.add("serve", build_server(settings, app.metrics, watcher), idle_wait_s=0.02,

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import redis
 
 pytestmark = pytest.mark.integration
 
@@ -30,3 +35,29 @@ def test_demo_runs_to_completion(broker: str, redis_url: str, tmp_path: Path) ->
     versions = list((out / "models" / "versions").iterdir())
     assert len(versions) == 1 and (versions[0] / "manifest.json").exists()
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_an_interrupted_demo_stops_its_broker_and_removes_its_keys(redis_url: str, tmp_path: Path, sig: int) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RECD_KAFKA_BOOTSTRAP"}  # the demo starts its own broker
+    env.update(RECD_REDIS_URL=redis_url, RECD_LOG_LEVEL="WARNING")
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "demo", "--events", "200000", "--out",
+                             str(tmp_path / "demo")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # recd demo: broker 127.0.0.1:P, redis URL (prefix recd-demo-xxxxxx:)
+    match = re.search(r"broker (\S+):(\d+), redis .* \(prefix (\S+)\)", first)
+    assert match, first
+    host, port, prefix = match.group(1), int(match.group(2)), match.group(3)
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 180
+    while not any(True for _ in client.scan_iter(match=prefix + "*", count=100)):  # ingest has begun
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err, err
+    assert list(client.scan_iter(match=prefix + "*", count=1000)) == []
+    with pytest.raises(OSError):
+        socket.create_connection((host, port), timeout=1).close()  # the embedded broker is gone

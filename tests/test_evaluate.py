@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -215,3 +216,85 @@ def test_protocol_split_choice() -> None:
     half = np.arange(len(data)) % 2 == 0
     train, test, name = protocol_split(Dataset("d", data.select(half), data.select(~half), data.select(~half)))
     assert name.startswith("given split (train+valid") and len(train) == len(data) and len(test) == len(data) // 2
+
+
+def _hand_made_result() -> dict[str, Any]:
+    full = {"recall@10": 0.123456, "ndcg@10": 0.05, "recall@20": 0.2, "ndcg@20": 0.0712345,
+            "hr@10_sampled": 0.61, "ndcg@10_sampled": 0.33333, "coverage": 0.5, "tail_share": 0.25,
+            "users": 943.0, "test_pairs": 943.0, "fit_s": 12.5, "eval_s": 0.25}
+    return {
+        "dataset": "ml-100k", "path": "/data/ml-100k/u.data", "protocol": "leave-latest-out",
+        "n_users": 943, "n_items": 1682, "n_train": 99057, "n_test": 943, "k": 20,
+        "models": {
+            "ials": {**full, "auc": 0.91, "device": "cpu", "params": {"dim": 64}},
+            "ials_tail": {**full, "recall@10": 0.1, "auc": 0.875, "device": "cpu"},
+            "popularity": {key: v for key, v in full.items() if key != "fit_s"},  # no auc, no fit time
+        },
+    }
+
+
+def test_format_table_renders_every_model_aligned_with_dashes_for_missing_figures() -> None:
+    from trainer.report_table import format_table
+
+    text = format_table(_hand_made_result())
+    lines = text.rstrip("\n").splitlines()
+    assert "ml-100k" in lines[0] and "leave-latest-out" in lines[0]
+    assert all(str(n) in "\n".join(lines[:2]) for n in (943, 1682, 99057))
+    head = next(i for i, line in enumerate(lines) if line.startswith("model"))
+    table = lines[head:]
+    assert set(table[1]) == {"-", " "}  # a rule under the column names
+    rows = {line.split()[0]: line for line in table[2:]}
+    assert list(rows) == ["ials", "ials_tail", "popularity"]
+    names = table[0].split()
+    for column in ("recall@10", "ndcg@20", "hr@10_sampled", "ndcg@10_sampled", "coverage", "tail_share", "auc",
+                   "fit_s"):
+        assert column in names, column
+    assert len({len(line) for line in table}) == 1  # every row as wide as the header
+    for column in names[1:]:  # right-aligned: each cell ends where its column name ends
+        end = table[0].index(f" {column}") + len(column) + 1 if column != names[0] else 0
+        for line in table[2:]:
+            assert line[end - 1] != " " and (end == len(line) or line[end] == " "), (column, line)
+    cells = dict(zip(names, rows["ials"].split(), strict=True))
+    assert cells["recall@10"] == "0.1235" and cells["ndcg@20"] == "0.0712" and cells["users"] == "943"
+    assert cells["device"] == "cpu"
+    pop = dict(zip(names, rows["popularity"].split(), strict=True))
+    assert pop["auc"] == "-" and pop["fit_s"] == "-" and pop["device"] == "-" and pop["coverage"] == "0.5000"
+
+
+class LossModel(TableModel):
+    """A TableModel whose fit reports a loss curve under its kind, like every preset of one model class."""
+
+    kind = "ials"
+
+    def fit(self, data: Interactions, *, warm_from: EmbeddingModel | None = None,
+            on_epoch: EpochCallback | None = None) -> FitReport:
+        return FitReport(self.kind, "cpu", 3, 0.0, 0, 0.0, losses=[0.9, 0.5, 0.4])
+
+
+def test_run_evaluation_labels_training_curves_by_model_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.figure import Figure
+
+    from trainer.evaluate import run_evaluation
+
+    data = clustered(n_users=40, n_items=20, per_user=5)
+    rows = zip(data.users.tolist(), data.items.tolist(), strict=True)
+    (tmp_path / "plays.txt").write_text("".join(f"u{u} i{i} 1 {t}\n" for t, (u, i) in enumerate(rows)))
+    saved: dict[str, Figure] = {}
+    original = Figure.savefig
+
+    def record(self: Figure, fname: Any, *args: Any, **kwargs: Any) -> None:
+        saved[Path(fname).name] = self
+        original(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    factory = lambda: LossModel(data.item_ids, one_hot_vectors(data.item_ids))  # noqa: E731
+    result = run_evaluation(tmp_path / "plays.txt", models=["ials", "ials_tail", "popularity"], with_auc=False,
+                            plots_dir=tmp_path / "plots", factories={"ials": factory, "ials_tail": factory})
+    (curves,) = [fig for name, fig in saved.items() if name.endswith("_training_curves.png")]
+    legend = curves.axes[0].get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == ["ials", "ials_tail"]
+    from trainer.report_table import format_table
+
+    table = format_table(result)  # a real result renders too
+    assert all(any(line.startswith(name + " ") for line in table.splitlines())
+               for name in ("ials", "ials_tail", "popularity"))

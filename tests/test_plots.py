@@ -80,3 +80,40 @@ def test_embedding_map_and_training_curves_are_pngs(tmp_path: Path) -> None:
     curves = plot_training_curves(reports, tmp_path / "curves.png")
     assert _is_png(curves)
     assert _is_png(plot_training_curves({"item2vec": [3.0, 2.0, 1.5]}, tmp_path / "c2.png", log_scale=True))
+
+
+def _saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Record every matplotlib Figure saved from now on (and still save it)."""
+    from matplotlib.figure import Figure
+
+    saved: list[Any] = []
+    original = Figure.savefig
+
+    def record(self: Figure, *args: Any, **kwargs: Any) -> None:
+        saved.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    return saved
+
+
+def test_training_curves_keep_given_names_and_coinciding_curves_visible(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    saved = _saved_figures(monkeypatch)
+    same = [0.9, 0.5, 0.4]
+    curves: dict[str, FitReport | list[float]] = {  # ials and ials_tail: two presets of one kind, same curve
+        "ials": FitReport("ials", "cpu", 3, 1.0, 30, 30.0, losses=same),
+        "ials_tail": FitReport("ials", "cpu", 3, 1.0, 30, 30.0, losses=list(same)),
+        "item2vec": list(same),
+    }
+    assert _is_png(plot_training_curves(curves, tmp_path / "curves.png"))
+    (ax,) = saved[-1].axes
+    legend = ax.get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == ["ials", "ials_tail", "item2vec"]
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["ials", "ials_tail", "item2vec"]
+    styles = [(line.get_linestyle(), line.get_marker()) for line in lines]
+    assert len({s[0] for s in styles}) == 3 and len({s[1] for s in styles}) == 3  # all told apart
+    assert styles[0][0] == "-" and all(s[0] != "-" for s in styles[1:])  # later curves dashed ...
+    assert [line.get_zorder() for line in lines] == sorted({line.get_zorder() for line in lines})  # ... and on top

@@ -314,14 +314,13 @@ def run_evaluation(
     log.info("%s: %s, %d train rows, %d test rows", data.name, protocol, len(train), len(test))
     results: dict[str, dict[str, Any]] = {}
     fitted: dict[str, EmbeddingModel] = {}
-    reports: list[FitReport] = []
+    curves: dict[str, FitReport] = {}  # model name -> its fit's report (loss curve)
     for name in models:
         started = time.perf_counter()
         scorer, extra = _fit_named(name, train, seed, tune, factories or {})
         fit_s = time.perf_counter() - started
         if isinstance(scorer, EmbeddingScorer):
-            fitted[name] = scorer.model
-            reports.extend(r for r in extra.pop("reports", []) if isinstance(r, FitReport))
+            fitted[name], curves[name] = scorer.model, extra.pop("report")  # _fit_named: every fitted model has one
         started = time.perf_counter()
         metrics = evaluate(scorer, train, test, ks=sorted({10, k}), seed=seed, with_auc=with_auc)
         results[name] = {**metrics, "fit_s": round(fit_s, 3), "eval_s": round(time.perf_counter() - started, 3),
@@ -332,7 +331,7 @@ def run_evaluation(
         "n_items": train.n_items, "n_train": len(train), "n_test": len(test), "k": k, "models": results,
     }
     if plots_dir is not None:
-        out["plots"] = _plots(data, train, fitted, reports, Path(plots_dir))
+        out["plots"] = _plots(data, train, fitted, curves, Path(plots_dir))
     return out
 
 
@@ -344,7 +343,7 @@ def _fit_named(
         tuned = tune_preset(name, train, seed) if tune and name not in factories else {}
         model = factories[name]() if name in factories else _registry_model(name, seed, **tuned)
         report = model.fit(train)
-        extra: dict[str, Any] = {"reports": [report], "device": report.device}
+        extra: dict[str, Any] = {"report": report, "device": report.device}
         if tuned:
             extra["params"] = tuned
         return EmbeddingScorer(model, train, name=name), extra
@@ -366,14 +365,15 @@ def _registry_model(name: str, seed: int, **overrides: Any) -> EmbeddingModel:
 
 
 def _plots(
-    data: Dataset, train: Interactions, fitted: Mapping[str, EmbeddingModel], reports: Sequence[FitReport], root: Path,
+    data: Dataset, train: Interactions, fitted: Mapping[str, EmbeddingModel], curves: Mapping[str, FitReport],
+    root: Path,
 ) -> list[str]:
     from trainer.plots import plot_embedding_map, plot_training_curves
 
     counts = train.positives().item_counts()
     popularity = {item: float(c) for item, c in zip(train.item_ids, counts.tolist(), strict=True)}
-    paths = [plot_embedding_map(model, data.item_titles, popularity, root / f"{data.name}_{name}_map.png")
+    paths = [plot_embedding_map(model, data.item_titles, popularity, root / f"{data.name}_{name}_map.png", name=name)
              for name, model in fitted.items()]
-    if reports:
-        paths.append(plot_training_curves(list(reports), root / f"{data.name}_training_curves.png"))
+    if curves:  # labelled by the name each model was asked for (two presets of one kind stay apart)
+        paths.append(plot_training_curves(curves, root / f"{data.name}_training_curves.png"))
     return [str(p) for p in paths]

@@ -17,6 +17,9 @@ import numpy.typing as npt
 from trainer.models.base import EmbeddingModel, FitReport
 
 F64 = npt.NDArray[np.float64]
+# Loss curves to plot: label (preset / model name) -> its FitReport or its mean loss per epoch; or bare FitReports,
+# labelled by model kind.
+Curves = Mapping[str, FitReport | Sequence[float]] | Sequence[FitReport]
 
 
 def pca_2d(vectors: npt.ArrayLike) -> F64:
@@ -74,35 +77,61 @@ def plot_vector_map(
 
 def plot_embedding_map(
     model: EmbeddingModel, titles: Mapping[str, str], popularity: Mapping[str, float] | npt.ArrayLike,
-    path: str | Path, *, n_labels: int = 20,
+    path: str | Path, *, n_labels: int = 20, name: str | None = None,
 ) -> Path:
     """PCA map of ``model.similar_vectors()`` with the most popular items labelled by title.
 
     ``popularity`` is either a mapping item id -> count or an array aligned to
-    ``model.item_ids``.
+    ``model.item_ids``; ``name`` (the preset / model name, default the model's
+    kind) titles the figure.
     """
     return plot_vector_map(
         model.similar_vectors(), model.item_ids, titles, popularity, path,
-        n_labels=n_labels, title=f"{model.kind} item embeddings (PCA)",
+        n_labels=n_labels, title=f"{name or model.kind} item embeddings (PCA)",
     )
 
 
-def plot_training_curves(
-    curves: Sequence[FitReport] | Mapping[str, Sequence[float]], path: str | Path, *, log_scale: bool = False,
-) -> Path:
-    """Mean loss per epoch, one line per model (FitReports or name -> losses)."""
-    series: dict[str, Sequence[float]] = {}
+# Curve i's style: the first solid and thickest; each later one dashed, thinner, hollow-marked and drawn on top, so a
+# curve that coincides with an earlier one (e.g. two presets of one model) still shows both.
+_DASHES: tuple[Any, ...] = ("--", "-.", ":", (0, (5, 1, 1, 1)), (0, (8, 2)), (0, (3, 1, 1, 1, 1, 1)))
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def _curve_style(i: int) -> dict[str, Any]:
+    """matplotlib ``plot`` keywords of the i-th curve (see ``_DASHES``)."""
+    return {
+        "linestyle": "-" if i == 0 else _DASHES[(i - 1) % len(_DASHES)],
+        "linewidth": max(3.0 - 0.8 * i, 1.0),
+        "marker": _MARKERS[i % len(_MARKERS)],
+        "markersize": max(8.0 - 1.5 * i, 3.5),
+        "markerfacecolor": None if i == 0 else "none",
+        "zorder": 2 + i,
+    }
+
+
+def _curve_series(curves: Curves) -> dict[str, Sequence[float]]:
+    """Label -> losses. A mapping keeps its names (a preset or model name each, as the caller gave them); a bare
+    sequence of FitReports has only each model's kind, so a repeated kind is numbered ("mf (2)")."""
     if isinstance(curves, Mapping):
-        series = dict(curves)
-    else:
-        for report in curves:
-            name, n = report.model, 2
-            while name in series:
-                name, n = f"{report.model} ({n})", n + 1
-            series[name] = report.losses
+        return {str(name): c.losses if isinstance(c, FitReport) else c for name, c in curves.items()}
+    series: dict[str, Sequence[float]] = {}
+    for report in curves:
+        name, n = report.model, 2
+        while name in series:
+            name, n = f"{report.model} ({n})", n + 1
+        series[name] = report.losses
+    return series
+
+
+def plot_training_curves(curves: Curves, path: str | Path, *, log_scale: bool = False) -> Path:
+    """Mean loss per epoch, one line per curve, labelled by its name (name -> FitReport or losses).
+
+    Each curve has its own line style and marker, later ones dashed over earlier ones (see ``_curve_style``).
+    """
+    series = _curve_series(curves)
     fig, ax = _new_figure(8, 5)
-    for name, losses in series.items():
-        ax.plot(np.arange(1, len(losses) + 1), np.asarray(losses, np.float64), marker="o", markersize=3, label=name)
+    for i, (name, losses) in enumerate(series.items()):
+        ax.plot(np.arange(1, len(losses) + 1), np.asarray(losses, np.float64), label=name, **_curve_style(i))
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean loss")
     if log_scale:

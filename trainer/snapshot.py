@@ -43,6 +43,10 @@ from trainer.models.base import Arrays, EmbeddingModel
 
 log = logging.getLogger(__name__)
 
+
+class ModelStoreError(ValueError):
+    """A model store operation that cannot be done as asked (no such version, nothing to roll back to)."""
+
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.npz"
 ITEM_IDS = "item_ids.json"
@@ -281,7 +285,7 @@ class ModelStore:
     def publish(self, version: str) -> None:
         """Make ``version`` (a complete snapshot) CURRENT and push it onto the history."""
         if not self.exists(version):
-            raise ValueError(f"cannot publish {version!r}: no snapshot at {self.path(version)}")
+            raise ModelStoreError(f"cannot publish {version!r}: no snapshot at {self.path(version)}")
         with self._locked():
             stack = self._stack()
             if stack and stack[-1] == version:
@@ -297,10 +301,10 @@ class ModelStore:
             if to is None:
                 target = self.rollback_target()
                 if target is None:
-                    raise ValueError(f"nothing to roll back to: no earlier published version in {self.root}")
+                    raise ModelStoreError(f"nothing to roll back to: no earlier published version in {self.root}")
                 return self._pop_to(stack, target)
             if not self.exists(to):
-                raise ValueError(f"cannot roll back to {to!r}: no snapshot at {self.path(to)}")
+                raise ModelStoreError(f"cannot roll back to {to!r}: no snapshot at {self.path(to)}")
             if to in stack:
                 return self._pop_to(stack, to)
             self._write_current(to)
