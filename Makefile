@@ -21,6 +21,7 @@ demo: $(BIN)/recd
 
 lint: $(BIN)/recd
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 # redis-server and Prometheus for the tests, installed with apt-get when missing

@@ -106,12 +106,15 @@ def measure(index: Any, queries: F32, truth: I64, k: int) -> dict[str, float]:
     cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
     ndis = stats.hnsw_stats.ndis + stats.indexIVF_stats.ndis
     hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
-    return {"qps": len(queries) / wall, "cpu_qps": len(queries) / max(cpu, 1e-9),
-            "ndis": ndis / len(queries), "recall": hits / truth.size}
+    return {
+        "qps": len(queries) / wall,
+        "cpu_qps": len(queries) / max(cpu, 1e-9),
+        "ndis": ndis / len(queries),
+        "recall": hits / truth.size,
+    }
 
 
-def sweep(kind: str, index: Any, queries: F32, truth: I64, settings: list[int], repeats: int
-          ) -> list[dict[str, Any]]:
+def sweep(kind: str, index: Any, queries: F32, truth: I64, settings: list[int], repeats: int) -> list[dict[str, Any]]:
     rows = []
     param = {"hnsw": "ef_search", "ivf": "nprobe"}.get(kind, "exact")
     for value in settings:
@@ -120,10 +123,16 @@ def sweep(kind: str, index: Any, queries: F32, truth: I64, settings: list[int], 
         elif kind == "ivf":
             index.nprobe = value
         runs = [measure(index, queries, truth, 10) for _ in range(repeats)]
-        row = {"kind": kind, param: value, "qps": round(statistics.median(r["qps"] for r in runs)),
-               "qps_runs": [round(r["qps"]) for r in runs], "cpu_qps_runs": [round(r["cpu_qps"]) for r in runs],
-               "ndis": round(runs[0]["ndis"]), "recall@10": round(runs[0]["recall"], 4),
-               "load": round(os.getloadavg()[0], 2)}
+        row = {
+            "kind": kind,
+            param: value,
+            "qps": round(statistics.median(r["qps"] for r in runs)),
+            "qps_runs": [round(r["qps"]) for r in runs],
+            "cpu_qps_runs": [round(r["cpu_qps"]) for r in runs],
+            "ndis": round(runs[0]["ndis"]),
+            "recall@10": round(runs[0]["recall"], 4),
+            "load": round(os.getloadavg()[0], 2),
+        }
         print(row, flush=True)
         rows.append(row)
     return rows
@@ -155,8 +164,9 @@ def main() -> None:
     truth = exact(items, queries, 10, args.build_threads)
     rows: list[dict[str, Any]] = []
     for kind in args.kinds.split(","):
-        spec = IndexSpec(kind=kind, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
-                         threads=args.build_threads)
+        spec = IndexSpec(
+            kind=kind, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, threads=args.build_threads
+        )
         faiss.omp_set_num_threads(args.build_threads)
         started = time.perf_counter()
         index = build_index(items, spec)
@@ -169,12 +179,25 @@ def main() -> None:
         del index
     ok = [r for r in rows if r["recall@10"] >= TARGET_RECALL]
     best = max(ok, key=lambda r: r["qps"]) if ok else None
-    print(json.dumps({"items": args.items, "dim": args.dim, "latent": args.latent, "clusters": args.clusters,
-                      "hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "threads": 1,
-                      "target_recall": TARGET_RECALL, "best": best,
-                      f"meets_{TARGET_QPS}_qps": bool(best and best["qps"] >= TARGET_QPS),
-                      "loadavg": [round(v, 2) for v in os.getloadavg()], "configs": rows,
-                      "python_loop_s": [loop_before, python_loop_seconds()]}))
+    print(
+        json.dumps(
+            {
+                "items": args.items,
+                "dim": args.dim,
+                "latent": args.latent,
+                "clusters": args.clusters,
+                "hnsw_m": args.hnsw_m,
+                "ef_construction": args.ef_construction,
+                "threads": 1,
+                "target_recall": TARGET_RECALL,
+                "best": best,
+                f"meets_{TARGET_QPS}_qps": bool(best and best["qps"] >= TARGET_QPS),
+                "loadavg": [round(v, 2) for v in os.getloadavg()],
+                "configs": rows,
+                "python_loop_s": [loop_before, python_loop_seconds()],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -50,11 +50,20 @@ from daemon.publish import ensure_topics, make_producer, publish_synthetic
 
 
 def env_for(settings: Settings, model_dir: Path) -> dict[str, str]:
-    return {**os.environ, "RECD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "RECD_REDIS_URL": settings.redis_url,
-            "RECD_REDIS_PREFIX": settings.redis_prefix, "RECD_EVENTS_TOPIC": settings.events_topic,
-            "RECD_PROFILES_TOPIC": settings.profiles_topic, "RECD_CONSUMER_GROUP": settings.consumer_group,
-            "RECD_MODEL_DIR": str(model_dir), "RECD_METRICS_PORT": "0", "RECD_TRAIN_MIN_EVENTS": "10000",
-            "RECD_TRAIN_INTERVAL_S": "100000", "RECD_LOG_LEVEL": "WARNING"}
+    return {
+        **os.environ,
+        "RECD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "RECD_REDIS_URL": settings.redis_url,
+        "RECD_REDIS_PREFIX": settings.redis_prefix,
+        "RECD_EVENTS_TOPIC": settings.events_topic,
+        "RECD_PROFILES_TOPIC": settings.profiles_topic,
+        "RECD_CONSUMER_GROUP": settings.consumer_group,
+        "RECD_MODEL_DIR": str(model_dir),
+        "RECD_METRICS_PORT": "0",
+        "RECD_TRAIN_MIN_EVENTS": "10000",
+        "RECD_TRAIN_INTERVAL_S": "100000",
+        "RECD_LOG_LEVEL": "WARNING",
+    }
 
 
 def _queued(client: redis.Redis, keys: Keys) -> int:
@@ -91,8 +100,13 @@ class Tracer:
     def event(self, n: int) -> tuple[str, dict[str, Any]]:
         """The n-th tracer event: users in turn, items spread over the catalogue."""
         user = self.users[n % len(self.users)]
-        return user, {"event_id": uuid.uuid4().hex, "user_id": user, "item_id": f"i{(n * 7919) % self.items}",
-                      "type": "click", "ts": int(time.time() * 1000)}
+        return user, {
+            "event_id": uuid.uuid4().hex,
+            "user_id": user,
+            "item_id": f"i{(n * 7919) % self.items}",
+            "type": "click",
+            "ts": int(time.time() * 1000),
+        }
 
     def sent(self, user: str, at: float) -> None:
         before: Any = self.client.get(self.keys.rec(user))
@@ -134,8 +148,10 @@ class Tracer:
         if not self.stages:
             return {}
         ms = np.asarray(self.stages) * 1000
-        out: dict[str, Any] = {name: {f"p{q}_ms": round(float(np.percentile(ms[:, k], q)), 1) for q in (50, 99)}
-                               for k, name in enumerate(("ingest", "queue", "serve"))}
+        out: dict[str, Any] = {
+            name: {f"p{q}_ms": round(float(np.percentile(ms[:, k], q)), 1) for q in (50, 99)}
+            for k, name in enumerate(("ingest", "queue", "serve"))
+        }
         return {**out, "events": len(ms)}
 
 
@@ -156,8 +172,15 @@ class LoadProducer:
             raise SystemExit("--producer confluent speaks PLAINTEXT only here; use --producer kafka-python")
         from confluent_kafka import Producer
 
-        self.fast = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all", "linger.ms": 20,
-                              "partitioner": "murmur2_random", "queue.buffering.max.messages": 1_000_000})
+        self.fast = Producer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "acks": "all",
+                "linger.ms": 20,
+                "partitioner": "murmur2_random",
+                "queue.buffering.max.messages": 1_000_000,
+            }
+        )
 
     def send(self, key: bytes, value: bytes) -> None:
         if self.kind == "kafka-python":
@@ -190,13 +213,14 @@ def encoded(spec: SyntheticSpec, n: int) -> list[tuple[bytes, bytes]]:
     return [(ev["user_id"].encode(), encode(ev)) for ev in synthetic_events(spec, n)]
 
 
-def steady(producer: LoadProducer, stream: list[tuple[bytes, bytes]], tracer: Tracer, rate: int, seconds: float,
-           gap_s: float) -> int:
+def steady(
+    producer: LoadProducer, stream: list[tuple[bytes, bytes]], tracer: Tracer, rate: int, seconds: float, gap_s: float
+) -> int:
     """Publish ``rate`` events/s from ``stream`` for ``seconds`` in 10 ms slices; tracer events spread over users."""
     per_slice, sent, started = max(1, rate // 100), 0, time.time()
     next_tracer, t_index = started, 0
     while (now := time.time()) - started < seconds:
-        for key, value in stream[sent:sent + per_slice]:
+        for key, value in stream[sent : sent + per_slice]:
             producer.send(key, value)
         sent += per_slice
         if now >= next_tracer:
@@ -216,17 +240,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rate", type=int, default=10_000)
     ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--warmup-events", type=int, default=1_000_000,
-                    help="events before the measured phase: 50 per user fills histories as a running system has them")
+    ap.add_argument(
+        "--warmup-events",
+        type=int,
+        default=1_000_000,
+        help="events before the measured phase: 50 per user fills histories as a running system has them",
+    )
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--items", type=int, default=5_000)
     ap.add_argument("--tracers", type=int, default=100)
     ap.add_argument("--tracer-gap-s", type=float, default=2.0)
     ap.add_argument("--one-process", action="store_true", help="ingest and serve in one process (default: two)")
-    ap.add_argument("--serve-workers", type=int, default=1,
-                    help="serve processes sharing the changed-users queue (replicas; default 1)")
-    ap.add_argument("--producer", choices=("confluent", "kafka-python"), default="confluent",
-                    help="load generator client (default: librdkafka, the lighter one; see LoadProducer)")
+    ap.add_argument(
+        "--serve-workers",
+        type=int,
+        default=1,
+        help="serve processes sharing the changed-users queue (replicas; default 1)",
+    )
+    ap.add_argument(
+        "--producer",
+        choices=("confluent", "kafka-python"),
+        default="confluent",
+        help="load generator client (default: librdkafka, the lighter one; see LoadProducer)",
+    )
     args = ap.parse_args()
     loop_before = python_loop_seconds()
     tag = uuid.uuid4().hex[:8]
@@ -234,9 +270,15 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     broker = None if "RECD_KAFKA_BOOTSTRAP" in os.environ else start_broker(folder)
     bootstrap: dict[str, Any] = {"kafka_bootstrap": broker.address} if broker else {}
-    settings = load_settings(None, None, **bootstrap,
-                             redis_prefix=f"bench-fresh-{tag}:", events_topic=f"fresh-{tag}",
-                             profiles_topic=f"fresh-{tag}.profiles", consumer_group=f"fresh-{tag}")
+    settings = load_settings(
+        None,
+        None,
+        **bootstrap,
+        redis_prefix=f"bench-fresh-{tag}:",
+        events_topic=f"fresh-{tag}",
+        profiles_topic=f"fresh-{tag}.profiles",
+        consumer_group=f"fresh-{tag}",
+    )
     try:
         result = run(settings, args, folder / "models", broker.proc.pid if broker else None)
     finally:
@@ -252,8 +294,9 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path, broker_pi
     ensure_topics(settings)
     now = int(time.time() * 1000)
     # warm-up events end a minute ago; the steady stream's event times run from now, 1 ms apart on average
-    spec = SyntheticSpec(users=args.users, items=args.items, seed=1, start_ms=now - args.warmup_events * 5 - 60_000,
-                         step_ms=5)
+    spec = SyntheticSpec(
+        users=args.users, items=args.items, seed=1, start_ms=now - args.warmup_events * 5 - 60_000, step_ms=5
+    )
     tracer_users = [f"tracer-{k}" for k in range(args.tracers)]
     publish_warmup(settings, spec, tracer_users, args.warmup_events, now)
     env = env_for(settings, model_dir)
@@ -263,10 +306,19 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path, broker_pi
         wait("warm-up ingested", lambda: int(client.hget(keys.stats, "applied") or 0) >= args.warmup_events, 600)
         # the trainer runs apart (its own replica in production), once, before the measured phase
         subprocess.run([sys.executable, "-m", "daemon.cli", "train"], env=env, check=True, stdout=subprocess.DEVNULL)
-        wait("first model served", lambda: client.exists(keys.model_current) and client.exists(
-            keys.rec(tracer_users[-1])) and _queued(client, keys) == 0, 600)
-        stream = encoded(SyntheticSpec(**{**spec.__dict__, "start_ms": now, "seed": 2, "step_ms": 1}),
-                         int(args.rate * (args.seconds + 1)))
+        wait(
+            "first model served",
+            lambda: (
+                client.exists(keys.model_current)
+                and client.exists(keys.rec(tracer_users[-1]))
+                and _queued(client, keys) == 0
+            ),
+            600,
+        )
+        stream = encoded(
+            SyntheticSpec(**{**spec.__dict__, "start_ms": now, "seed": 2, "step_ms": 1}),
+            int(args.rate * (args.seconds + 1)),
+        )
         tracer = Tracer(client, keys, tracer_users, args.items)
         meter = CpuMeter(process_ids(client, broker_pid, daemons, roles))
         before = command_usec(client)
@@ -277,9 +329,14 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path, broker_pi
             daemon.terminate()
         for daemon in daemons:
             daemon.wait(30)
-    return {"rate_target": args.rate, "rate_achieved": round(achieved), **latency_summary(tracer, started),
-            "cpu_cores": {**cores, "total": round(sum(cores.values()), 2)}, "redis_commands": commands,
-            "target_p99_ms": 1000}
+    return {
+        "rate_target": args.rate,
+        "rate_achieved": round(achieved),
+        **latency_summary(tracer, started),
+        "cpu_cores": {**cores, "total": round(sum(cores.values()), 2)},
+        "redis_commands": commands,
+        "target_p99_ms": 1000,
+    }
 
 
 def publish_warmup(settings: Settings, spec: SyntheticSpec, tracer_users: list[str], events: int, now: int) -> None:
@@ -296,9 +353,14 @@ def latency_summary(tracer: Tracer, started: float) -> dict[str, Any]:
     """The tracer events' latency percentiles, per-window p99s and stages; ``unchanged``: lists never rewritten."""
     lat = np.asarray(tracer.latencies) * 1000
     pct = {f"p{q}_ms": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)} if len(lat) else {}
-    return {"tracer_events": len(lat) + len(tracer.pending), "unchanged": len(tracer.pending), **pct,
-            "max_ms": round(float(lat.max()), 1) if len(lat) else None,
-            "p99_ms_per_10s": per_window(tracer, started), "stages": tracer.stage_summary()}
+    return {
+        "tracer_events": len(lat) + len(tracer.pending),
+        "unchanged": len(tracer.pending),
+        **pct,
+        "max_ms": round(float(lat.max()), 1) if len(lat) else None,
+        "p99_ms_per_10s": per_window(tracer, started),
+        "stages": tracer.stage_summary(),
+    }
 
 
 def command_usec(client: redis.Redis) -> dict[str, tuple[int, int]]:
@@ -308,8 +370,9 @@ def command_usec(client: redis.Redis) -> dict[str, tuple[int, int]]:
     return {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for name, v in info.items()}
 
 
-def top_commands(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], span_s: float,
-                 top: int = 8) -> dict[str, dict[str, float]]:
+def top_commands(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], span_s: float, top: int = 8
+) -> dict[str, dict[str, float]]:
     """The ``top`` commands by Redis time between two ``command_usec`` readings: calls/s, us per call
     and the share of a core they took (any client's, this bench's poller included)."""
     rows = []
@@ -318,8 +381,14 @@ def top_commands(before: dict[str, tuple[int, int]], after: dict[str, tuple[int,
         if calls > c0:
             rows.append((usec - u0, calls - c0, name))
     rows.sort(reverse=True)
-    return {name: {"calls_per_s": round(calls / span_s), "us_per_call": round(usec / calls, 1),
-                   "cores": round(usec / span_s / 1e6, 3)} for usec, calls, name in rows[:top]}
+    return {
+        name: {
+            "calls_per_s": round(calls / span_s),
+            "us_per_call": round(usec / calls, 1),
+            "cores": round(usec / span_s / 1e6, 3),
+        }
+        for usec, calls, name in rows[:top]
+    }
 
 
 class CpuMeter:
@@ -340,8 +409,9 @@ class CpuMeter:
         return {n: round((t - self.used[n]) / span, 2) for n, t in now.items() if t is not None}
 
 
-def process_ids(client: redis.Redis, broker_pid: int | None, daemons: list[subprocess.Popen[bytes]],
-                roles: list[str]) -> dict[str, int]:
+def process_ids(
+    client: redis.Redis, broker_pid: int | None, daemons: list[subprocess.Popen[bytes]], roles: list[str]
+) -> dict[str, int]:
     """The processes to meter: the daemons by role, this bench (producer and poller), the broker it
     started and Redis when it runs here."""
     pids = {f"{role}-{k}": d.pid for k, (role, d) in enumerate(zip(roles, daemons, strict=True))}
@@ -356,8 +426,9 @@ def process_ids(client: redis.Redis, broker_pid: int | None, daemons: list[subpr
     return pids
 
 
-def measure(producer: LoadProducer, stream: list[tuple[bytes, bytes]], tracer: Tracer, args: argparse.Namespace,
-            meter: CpuMeter) -> tuple[float, float, dict[str, float]]:
+def measure(
+    producer: LoadProducer, stream: list[tuple[bytes, bytes]], tracer: Tracer, args: argparse.Namespace, meter: CpuMeter
+) -> tuple[float, float, dict[str, float]]:
     """The measured phase: steady stream with tracer events, lists polled. Returns (start time, events/s,
     CPU cores per process while the stream ran)."""
     gc.freeze()  # the stream's ~10^6 objects stay out of collections: no GC pauses in the producer/poller

@@ -67,15 +67,16 @@ def ingest(settings: Settings, total: int, client: redis.Redis) -> tuple[float, 
     return elapsed, metrics
 
 
-def verify(settings: Settings, client: redis.Redis, events: list[dict[str, object]], profiles: dict[str, str]
-           ) -> dict[str, object]:
+def verify(
+    settings: Settings, client: redis.Redis, events: list[dict[str, object]], profiles: dict[str, str]
+) -> dict[str, object]:
     expected = replay(events, settings.history_len, settings.event_weights, settings.rating_threshold, profiles)
     keys = Keys(settings.redis_prefix)
     users = sorted(expected.histories)
     got: dict[str, set[tuple[int, int, str]]] = {}
     reader = StateReader(client, keys)
     for start in range(0, len(users), 5000):
-        chunk = reader.histories_by_item_id(users[start:start + 5000])
+        chunk = reader.histories_by_item_id(users[start : start + 5000])
         got.update({u: {(e.ts, e.crc, i) for i, e in h} for u, h in chunk.items()})
     missing = sum(len(set(h) - got.get(u, set())) for u, h in expected.histories.items())
     extra = sum(len(got.get(u, set()) - set(h)) for u, h in expected.histories.items())
@@ -83,28 +84,41 @@ def verify(settings: Settings, client: redis.Redis, events: list[dict[str, objec
     ranked: Any = client.zrange(keys.popularity, 0, -1, withscores=True)
     pop = {k.decode(): float(v) for k, v in ranked}
     pop_ok = set(pop) == set(expected.popularity) and all(
-        abs(pop[k] - v) < 1e-6 for k, v in expected.popularity.items())
-    return {"lost": missing + max(0, expected.applied - applied),
-            "duplicated": extra + max(0, applied - expected.applied),
-            "popularity_matches": pop_ok, "applied": applied, "expected_applied": expected.applied}
+        abs(pop[k] - v) < 1e-6 for k, v in expected.popularity.items()
+    )
+    return {
+        "lost": missing + max(0, expected.applied - applied),
+        "duplicated": extra + max(0, applied - expected.applied),
+        "popularity_matches": pop_ok,
+        "applied": applied,
+        "expected_applied": expected.applied,
+    }
 
 
 def bytes_per_user(client: redis.Redis, history_len: int, users: int = 2000) -> float:
     """Redis memory added per user holding a full history and a profile (all per-user structures)."""
     prefix = f"bench-mem-{uuid.uuid4().hex[:6]}:"
-    store = RedisStore(client, Keys(prefix), StoreOptions(history_len=history_len, weights={"view": 1.0},
-                                                          history_ttl_s=86400))
+    store = RedisStore(
+        client, Keys(prefix), StoreOptions(history_len=history_len, weights={"view": 1.0}, history_ttl_s=86400)
+    )
     from schemas.events import ProfileEvent
 
     t0 = 1_700_000_000_000
     store.apply_events([(InteractionEvent("warm", "warm", f"i{i}", "view", t0 + i), t0) for i in range(1000)], t0)
     before = int(client.info("memory")["used_memory"])
     for start in range(0, users, 100):
-        batch = [(InteractionEvent(f"{u}-{k}", f"user{u}", f"i{(u * 7 + k) % 1000}", "view", t0 + k * 1000), t0)
-                 for u in range(start, start + 100) for k in range(history_len)]
+        batch = [
+            (InteractionEvent(f"{u}-{k}", f"user{u}", f"i{(u * 7 + k) % 1000}", "view", t0 + k * 1000), t0)
+            for u in range(start, start + 100)
+            for k in range(history_len)
+        ]
         store.apply_events(batch, t0)
-        store.apply_profiles([(ProfileEvent(f"user{u}", {"country": "US", "age_band": "25-34", "gender": "F"}, t0),
-                               t0) for u in range(start, start + 100)])
+        store.apply_profiles(
+            [
+                (ProfileEvent(f"user{u}", {"country": "US", "age_band": "25-34", "gender": "F"}, t0), t0)
+                for u in range(start, start + 100)
+            ]
+        )
     client.delete(Keys(prefix).dirty)  # transient: emptied by the serving loop
     after = int(client.info("memory")["used_memory"])
     drop_prefix(client, prefix)
@@ -153,33 +167,53 @@ def main() -> None:
     loop_before = python_loop_seconds()
     servers, bootstrap, url = start_servers()
     tag = uuid.uuid4().hex[:8]
-    settings = load_settings(kafka_bootstrap=bootstrap, redis_url=url, redis_prefix=f"bench-{tag}:",
-                             events_topic=f"bench-ev-{tag}", profiles_topic=f"bench-prof-{tag}",
-                             consumer_group=f"bench-{tag}", session_timeout_ms=6000)
+    settings = load_settings(
+        kafka_bootstrap=bootstrap,
+        redis_url=url,
+        redis_prefix=f"bench-{tag}:",
+        events_topic=f"bench-ev-{tag}",
+        profiles_topic=f"bench-prof-{tag}",
+        consumer_group=f"bench-{tag}",
+        session_timeout_ms=6000,
+    )
     client = redis.Redis.from_url(url)
     try:
         ensure_topics(settings, args.partitions)
-        spec = SyntheticSpec(users=args.users, items=args.items, seed=1, start_ms=int(time.time() * 1000) - 86_400_000,
-                             step_ms=50)
+        spec = SyntheticSpec(
+            users=args.users, items=args.items, seed=1, start_ms=int(time.time() * 1000) - 86_400_000, step_ms=50
+        )
         print(f"producing {args.events} events ...", flush=True)
         produce_rate = produce(settings, spec, args.events)
         print(f"produced at {produce_rate:,.0f}/s; ingesting ...", flush=True)
         cpu_before = cpu_seconds()
         seconds, metrics = ingest(settings, args.events, client)
         cpu = {name: round((after - cpu_before.get(name, 0.0)) / seconds, 2) for name, after in cpu_seconds().items()}
-        profiles = {p["user_id"]: finest_segment(p["attributes"], settings.segment_keys)
-                    for p in synthetic_profiles(spec, 0)}
+        profiles = {
+            p["user_id"]: finest_segment(p["attributes"], settings.segment_keys) for p in synthetic_profiles(spec, 0)
+        }
         print("verifying against the ground truth ...", flush=True)
         result = verify(settings, client, list(synthetic_events(spec, args.events)), profiles)
-        dlq = sum(s.value for m in metrics.registry.collect() if m.name == "recd_events_invalid" for s in m.samples
-                  if s.name.endswith("_total"))
-        result.update({
-            "events": args.events, "events_per_s": round(args.events / seconds), "seconds": round(seconds, 2),
-            "produce_per_s": round(produce_rate), "dlq": int(dlq),
-            "redis_bytes_per_user": round(bytes_per_user(client, settings.history_len)),
-            "history_len": settings.history_len, "partitions": args.partitions, "cpu_cores_used": cpu,
-            "python_loop_s": [loop_before, python_loop_seconds()],
-        })
+        dlq = sum(
+            s.value
+            for m in metrics.registry.collect()
+            if m.name == "recd_events_invalid"
+            for s in m.samples
+            if s.name.endswith("_total")
+        )
+        result.update(
+            {
+                "events": args.events,
+                "events_per_s": round(args.events / seconds),
+                "seconds": round(seconds, 2),
+                "produce_per_s": round(produce_rate),
+                "dlq": int(dlq),
+                "redis_bytes_per_user": round(bytes_per_user(client, settings.history_len)),
+                "history_len": settings.history_len,
+                "partitions": args.partitions,
+                "cpu_cores_used": cpu,
+                "python_loop_s": [loop_before, python_loop_seconds()],
+            }
+        )
         drop_prefix(client, settings.redis_prefix)
     finally:
         for server in servers:

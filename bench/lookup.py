@@ -45,8 +45,10 @@ def fill(client: redis.Redis, keys: Keys, users: int, items: int) -> None:
     pipe = client.pipeline(transaction=False)
     for u in range(users):
         picks = [f"i{(u * 7 + k * 13) % items}" for k in range(10)]
-        pipe.set(keys.rec(f"u{u}"), RecommendationList(f"u{u}", picks, [1.0 - k / 10 for k in range(10)], "ann",
-                                                       "bench", now).to_json())
+        pipe.set(
+            keys.rec(f"u{u}"),
+            RecommendationList(f"u{u}", picks, [1.0 - k / 10 for k in range(10)], "ann", "bench", now).to_json(),
+        )
     for i in range(items):
         picks = [f"i{(i + k + 1) % items}" for k in range(10)]
         pipe.set(keys.sim(f"i{i}"), SimilarList(f"i{i}", picks, [0.9] * 10, "bench", now).to_json())
@@ -55,8 +57,9 @@ def fill(client: redis.Redis, keys: Keys, users: int, items: int) -> None:
     pipe.execute()
 
 
-def client_loop(port: int, users: int, items: int, stop: threading.Event, out: dict[str, list[float]],
-                errors: list[int], seed: int) -> None:
+def client_loop(
+    port: int, users: int, items: int, stop: threading.Event, out: dict[str, list[float]], errors: list[int], seed: int
+) -> None:
     rng = random.Random(seed)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     while not stop.is_set():
@@ -103,8 +106,12 @@ def main() -> None:
     settings = load_settings(redis_prefix=f"bench-lookup-{uuid.uuid4().hex[:8]}:")
     client = redis.Redis.from_url(settings.redis_url)
     fill(client, Keys(settings.redis_prefix), args.users, args.items)
-    child = subprocess.Popen([sys.executable, __file__, "--serve-prefix", settings.redis_prefix],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve-prefix", settings.redis_prefix],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         port = int(child.stdout.readline()) if child.stdout else 0
         lat, errors = load(port, args)
@@ -114,8 +121,13 @@ def main() -> None:
         child.wait(10)
         drop_prefix(client, settings.redis_prefix)
     total = sum(len(v) for v in lat.values())
-    report: dict[str, Any] = {"clients": args.clients, "seconds": args.seconds, "requests_per_s": round(
-        total / args.seconds), "errors": len(errors), "python_loop_s": [loop_before, python_loop_seconds()]}
+    report: dict[str, Any] = {
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "requests_per_s": round(total / args.seconds),
+        "errors": len(errors),
+        "python_loop_s": [loop_before, python_loop_seconds()],
+    }
     for route, values in lat.items():
         ms = np.asarray(values) * 1000
         report[route] = {"n": len(ms), **{f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)}}
@@ -126,8 +138,10 @@ def load(port: int, args: argparse.Namespace) -> tuple[dict[str, list[float]], l
     lat: dict[str, list[float]] = {"recommendations": [], "cold": [], "similar": []}
     errors: list[int] = []
     stop = threading.Event()
-    threads = [threading.Thread(target=client_loop, args=(port, args.users, args.items, stop, lat, errors, k))
-               for k in range(args.clients)]
+    threads = [
+        threading.Thread(target=client_loop, args=(port, args.users, args.items, stop, lat, errors, k))
+        for k in range(args.clients)
+    ]
     for t in threads:
         t.start()
     time.sleep(args.seconds)

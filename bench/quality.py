@@ -30,8 +30,18 @@ from typing import Any
 from trainer.evaluate import run_evaluation
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEFAULT_MODELS = ("ials", "ials_tail", "item2vec", "item2vec_tail", "mf_bpr", "ncf",
-                  "als", "bpr", "popularity", "gensim")
+DEFAULT_MODELS = (
+    "ials",
+    "ials_tail",
+    "item2vec",
+    "item2vec_tail",
+    "mf_bpr",
+    "ncf",
+    "als",
+    "bpr",
+    "popularity",
+    "gensim",
+)
 METRICS = ("recall@20", "ndcg@20", "hr@10_sampled", "ndcg@10_sampled", "coverage", "tail_share")
 EXTRA = ("auc", "fit_s")  # reported when present
 
@@ -108,17 +118,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dataset", required=True, help=f"a dataset folder or file, or a folder name in {DATA_ROOT}")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated presets and baselines")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tune", action=argparse.BooleanOptionalAction, default=True,
-                        help="tune ALS/BPR/gensim and the presets with a grid on a validation split inside train "
-                             "(default: on)")
+    parser.add_argument(
+        "--tune",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="tune ALS/BPR/gensim and the presets with a grid on a validation split inside train (default: on)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     started = time.perf_counter()
     result = run(dataset_path(args.dataset), models, args.seed, args.tune)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    print(f"\n{result['dataset']} (seed {args.seed}, tune {'on' if args.tune else 'off'}, "
-          f"{result['seconds']} s)\n{table(result['models'])}", flush=True)
+    print(
+        f"\n{result['dataset']} (seed {args.seed}, tune {'on' if args.tune else 'off'}, "
+        f"{result['seconds']} s)\n{table(result['models'])}",
+        flush=True,
+    )
     print(json.dumps(result), flush=True)
 
 

@@ -45,11 +45,14 @@ from schemas.events import InteractionEvent, ProfileEvent
 def fill(settings: Settings, client: redis.Redis, spec: SyntheticSpec, n: int) -> None:
     """Profiles and n events into Redis through the ingest store, in batches of 2,000."""
     store = RedisStore(client, Keys(settings.redis_prefix), store_options(settings))
-    store.apply_profiles((ProfileEvent(p["user_id"], p["attributes"], p["ts"]), p["ts"])
-                         for p in synthetic_profiles(spec, spec.start_ms))
+    store.apply_profiles(
+        (ProfileEvent(p["user_id"], p["attributes"], p["ts"]), p["ts"]) for p in synthetic_profiles(spec, spec.start_ms)
+    )
     for batch in _chunks(synthetic_events(spec, n), 2000):
-        events = [(InteractionEvent(e["event_id"], e["user_id"], e["item_id"], e["type"], e["ts"],
-                                    e.get("value")), e["ts"]) for e in batch]
+        events = [
+            (InteractionEvent(e["event_id"], e["user_id"], e["item_id"], e["type"], e["ts"], e.get("value")), e["ts"])
+            for e in batch
+        ]
         store.apply_events(events, int(time.time() * 1000))
 
 
@@ -87,8 +90,9 @@ def main() -> None:
     args = ap.parse_args()
     loop_before = python_loop_seconds()
     tag = uuid.uuid4().hex[:8]
-    settings = load_settings(redis_prefix=f"bench-serve-{tag}:", model_dir=f"var/bench-serve-{tag}/models",
-                             train_min_events=1)
+    settings = load_settings(
+        redis_prefix=f"bench-serve-{tag}:", model_dir=f"var/bench-serve-{tag}/models", train_min_events=1
+    )
     client, keys = redis.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix)
     spec = SyntheticSpec(users=args.users, items=args.items, seed=1, start_ms=int(time.time() * 1000) - 3_600_000)
     try:
@@ -104,11 +108,21 @@ def main() -> None:
     finally:
         drop_prefix(client, settings.redis_prefix)
         shutil.rmtree(Path(settings.model_dir).parent, ignore_errors=True)
-    print(json.dumps({"users": args.users, "items": args.items, "events": args.events, "model": outcome.version,
-                      "batch": settings.serve_batch, "users_per_s": [round(n / s) for s, n, _, _ in runs],
-                      "ms_per_step": [round(1000 * s / max(1, k), 2) for s, _, k, _ in runs],
-                      "cpu_us_per_user": [round(1e6 * c / max(1, n), 1) for _, n, _, c in runs],
-                      "python_loop_s": [loop_before, python_loop_seconds()]}))
+    print(
+        json.dumps(
+            {
+                "users": args.users,
+                "items": args.items,
+                "events": args.events,
+                "model": outcome.version,
+                "batch": settings.serve_batch,
+                "users_per_s": [round(n / s) for s, n, _, _ in runs],
+                "ms_per_step": [round(1000 * s / max(1, k), 2) for s, _, k, _ in runs],
+                "cpu_us_per_user": [round(1e6 * c / max(1, n), 1) for _, n, _, c in runs],
+                "python_loop_s": [loop_before, python_loop_seconds()],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ def corpus(train: Interactions) -> tuple[list[np.ndarray], Interactions]:
     users, items = pos.users[order], pos.items[order]
     bounds = np.flatnonzero(np.diff(users)) + 1
     sentences = [chunk for chunk in np.split(items.astype(np.int64), bounds) if len(chunk)]
-    rows = Interactions(users, items, pos.weights[order], pos.values[order], pos.ts[order],
-                        train.user_ids, train.item_ids)
+    rows = Interactions(
+        users, items, pos.weights[order], pos.values[order], pos.ts[order], train.user_ids, train.item_ids
+    )
     return sentences, rows
 
 
@@ -70,8 +71,17 @@ def run_gensim(sentences: list[np.ndarray], args: argparse.Namespace) -> tuple[A
     from gensim.models import Word2Vec
 
     tokens = [[str(i) for i in s.tolist()] for s in sentences]
-    model = Word2Vec(vector_size=args.dim, window=args.window, negative=args.negatives, sg=1, min_count=1,
-                     sample=0.0, workers=2, seed=args.seed, hashfxn=_crc_hash)
+    model = Word2Vec(
+        vector_size=args.dim,
+        window=args.window,
+        negative=args.negatives,
+        sg=1,
+        min_count=1,
+        sample=0.0,
+        workers=2,
+        seed=args.seed,
+        hashfxn=_crc_hash,
+    )
     model.build_vocab(tokens)
     wall, cpu = time.perf_counter(), time.process_time()
     model.train(tokens, total_examples=len(tokens), epochs=args.epochs)
@@ -90,8 +100,13 @@ def gensim_scorer(model: Any, rows: Interactions) -> FactorScorer:
 
 def run_item2vec(rows: Interactions, args: argparse.Namespace) -> tuple[Item2Vec, int, float, float]:
     """(model, pairs, wall seconds, cpu seconds) of one item2vec ``fit``."""
-    settings: dict[str, Any] = {"dim": args.dim, "epochs": args.epochs, "context": args.window,
-                                "negatives": args.negatives, "seed": args.seed}
+    settings: dict[str, Any] = {
+        "dim": args.dim,
+        "epochs": args.epochs,
+        "context": args.window,
+        "negatives": args.negatives,
+        "seed": args.seed,
+    }
     if args.sampler:
         settings["sampler"] = args.sampler
     if args.batch:
@@ -140,26 +155,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for rep in range(args.repeats):
         model, pairs, wall, cpu = run_item2vec(rows, args)
         ours.append((pairs / wall, pairs / cpu))
-        print(f"[{rep}] item2vec: {pairs} pairs in {wall:.2f}s ({ours[-1][0] / 1e6:.2f}M/s, "
-              f"{ours[-1][1] / 1e6:.2f}M per cpu-s)", flush=True)
+        print(
+            f"[{rep}] item2vec: {pairs} pairs in {wall:.2f}s ({ours[-1][0] / 1e6:.2f}M/s, "
+            f"{ours[-1][1] / 1e6:.2f}M per cpu-s)",
+            flush=True,
+        )
         gensim, wall, cpu = run_gensim(sentences, args)
         theirs.append((g_pairs / wall, g_pairs / cpu))
-        print(f"[{rep}] gensim:   {g_pairs:.0f} pairs (upper bound {g_upper:.0f}) in {wall:.2f}s "
-              f"({theirs[-1][0] / 1e6:.2f}M/s, {theirs[-1][1] / 1e6:.2f}M per cpu-s)", flush=True)
+        print(
+            f"[{rep}] gensim:   {g_pairs:.0f} pairs (upper bound {g_upper:.0f}) in {wall:.2f}s "
+            f"({theirs[-1][0] / 1e6:.2f}M/s, {theirs[-1][1] / 1e6:.2f}M per cpu-s)",
+            flush=True,
+        )
     assert model is not None and gensim is not None
     mine = evaluate(EmbeddingScorer(model, train), train, test, ks=(20,), seed=args.seed)
     base = evaluate(gensim_scorer(gensim, rows), train, test, ks=(20,), seed=args.seed)
     rate = statistics.median(r[0] for r in ours)
     g_rate = statistics.median(r[0] for r in theirs)
-    print(f"per cpu-second: item2vec {statistics.median(r[1] for r in ours) / 1e6:.2f}M, "
-          f"gensim {statistics.median(r[1] for r in theirs) / 1e6:.2f}M")
+    print(
+        f"per cpu-second: item2vec {statistics.median(r[1] for r in ours) / 1e6:.2f}M, "
+        f"gensim {statistics.median(r[1] for r in theirs) / 1e6:.2f}M"
+    )
     return {
-        "dataset": data.name, "device": _device_name(args.device), "batch": model.config.batch,
+        "dataset": data.name,
+        "device": _device_name(args.device),
+        "batch": model.config.batch,
         "pairs": int(pairs),
-        "seconds": round(pairs / rate, 3), "pairs_per_s": round(rate), "gensim_pairs_per_s": round(g_rate),
+        "seconds": round(pairs / rate, 3),
+        "pairs_per_s": round(rate),
+        "gensim_pairs_per_s": round(g_rate),
         "pairs_per_s_vs_gensim": round(rate / g_rate, 3),
-        "recall@20": round(mine["recall@20"], 4), "gensim_recall@20": round(base["recall@20"], 4),
-        "ndcg@20": round(mine["ndcg@20"], 4), "gensim_ndcg@20": round(base["ndcg@20"], 4),
+        "recall@20": round(mine["recall@20"], 4),
+        "gensim_recall@20": round(base["recall@20"], 4),
+        "ndcg@20": round(mine["ndcg@20"], 4),
+        "gensim_ndcg@20": round(base["ndcg@20"], 4),
         "python_loop_s": [loop_before, python_loop_seconds()],
     }
 

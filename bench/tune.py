@@ -66,9 +66,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  validation recall@20 {recall:.4f}  {params}", flush=True)
     scorer = make(train, best)
     figures = evaluate(scorer, train, test, ks=(20,), seed=args.seed)
-    return {"dataset": data.name, "preset": args.preset, "grid": grid, "device": str(resolve_device(args.device)),
-            "trials": [{"params": t, "validation_recall@20": round(r, 5)} for t, r in trials], "chosen": best,
-            "test": {k: round(float(figures[k]), 5) for k in ("recall@20", "ndcg@20", "coverage", "tail_share")}}
+    return {
+        "dataset": data.name,
+        "preset": args.preset,
+        "grid": grid,
+        "device": str(resolve_device(args.device)),
+        "trials": [{"params": t, "validation_recall@20": round(r, 5)} for t, r in trials],
+        "chosen": best,
+        "test": {k: round(float(figures[k]), 5) for k in ("recall@20", "ndcg@20", "coverage", "tail_share")},
+    }
 
 
 if __name__ == "__main__":

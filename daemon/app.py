@@ -58,10 +58,15 @@ def build_ingest(settings: Settings, metrics: Metrics) -> IngestWorker:
 
 def serve_options(settings: Settings) -> ServeOptions:
     return ServeOptions(
-        top_k=settings.top_k, batch=settings.serve_batch, cold_min_history=settings.cold_min_history,
-        new_item_slots=settings.new_item_slots, new_item_window_ms=settings.new_item_window_s * 1000,
-        recency_half_life_s=float(settings.recency_half_life_s), list_ttl_s=settings.list_ttl_s,
-        weights=settings.event_weights, rating_threshold=settings.rating_threshold,
+        top_k=settings.top_k,
+        batch=settings.serve_batch,
+        cold_min_history=settings.cold_min_history,
+        new_item_slots=settings.new_item_slots,
+        new_item_window_ms=settings.new_item_window_s * 1000,
+        recency_half_life_s=float(settings.recency_half_life_s),
+        list_ttl_s=settings.list_ttl_s,
+        weights=settings.event_weights,
+        rating_threshold=settings.rating_threshold,
         refresh_window_ms=settings.refresh_window_s * 1000,
     )
 
@@ -80,15 +85,15 @@ def build_watcher(settings: Settings, client: redis.Redis, metrics: Metrics) -> 
 
 def build_server(settings: Settings, metrics: Metrics, watcher: ModelWatcher) -> Server:
     client = redis_client(settings)
-    return Server(client, Keys(settings.redis_prefix), serve_options(settings), watcher, metrics,
-                  settings.segment_keys)
+    return Server(client, Keys(settings.redis_prefix), serve_options(settings), watcher, metrics, settings.segment_keys)
 
 
 def build_lookup(settings: Settings, current: Callable[[], ServingIndex | None]) -> Lookup:
     client = redis_client(settings)
     keys = Keys(settings.redis_prefix)
-    return Lookup(client, keys, ColdStart(client, keys), StateReader(client, keys, settings.segment_keys),
-                  settings.top_k, current)
+    return Lookup(
+        client, keys, ColdStart(client, keys), StateReader(client, keys, settings.segment_keys), settings.top_k, current
+    )
 
 
 def broker_check(settings: Settings) -> tuple[bool, str]:
@@ -113,10 +118,15 @@ def wait_for_broker(settings: Settings, wait_s: float, sleep: Callable[[float], 
             return
         if time.monotonic() >= deadline:
             waited = f" within {wait_s:g}s" if wait_s else ""
-            raise StartupError(f"no Kafka broker answered at {settings.kafka_bootstrap}{waited} ({detail}): "
-                               "start one, or `recd dev up` for a local one")
-        log.warning("waiting for the Kafka broker at %s (%s); start one, or `recd dev up` for a local one",
-                    settings.kafka_bootstrap, detail)
+            raise StartupError(
+                f"no Kafka broker answered at {settings.kafka_bootstrap}{waited} ({detail}): "
+                "start one, or `recd dev up` for a local one"
+            )
+        log.warning(
+            "waiting for the Kafka broker at %s (%s); start one, or `recd dev up` for a local one",
+            settings.kafka_bootstrap,
+            detail,
+        )
         sleep(min(5.0, max(0.1, deadline - time.monotonic())))
 
 

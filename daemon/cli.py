@@ -43,8 +43,9 @@ Adder: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def _add(sub: Adder, name: str, help_text: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text,
-                                                     parents=[_common()], formatter_class=_Formatter)
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=help_text, parents=[_common()], formatter_class=_Formatter
+    )
     return parser
 
 
@@ -57,8 +58,9 @@ def _daemon_commands(sub: Adder) -> None:
     train.add_argument("--watch", action="store_true", help="run the training scheduler until stopped")
     _add(sub, "topics", "create the events, profiles and dead-letter topics (prints each)")
     dev = _add(sub, "dev", "development servers: `recd dev up` starts a local broker (and Redis if none answers)")
-    dev.add_argument("action", choices=("up",), help="up: start them, print the variables to export, "
-                     "stop them on Ctrl-C")
+    dev.add_argument(
+        "action", choices=("up",), help="up: start them, print the variables to export, stop them on Ctrl-C"
+    )
 
 
 def _data_commands(sub: Adder) -> None:
@@ -94,20 +96,29 @@ def _lookup_commands(sub: Adder) -> None:
     model.add_argument("action", choices=("list", "rollback", "presets"))
     model.add_argument("--to", help="version to roll back to (default: the previously published one)")
     demo = _add(sub, "demo", "run everything on an embedded broker and print recommendations")
-    demo.add_argument("--events", type=int, default=60000, help="synthetic events to publish (with --dataset: "
-                      "replay at most this many)")
+    demo.add_argument(
+        "--events",
+        type=int,
+        default=60000,
+        help="synthetic events to publish (with --dataset: replay at most this many)",
+    )
     demo.add_argument("--users", type=int, default=2000, help="synthetic users")
     demo.add_argument("--items", type=int, default=1000, help="synthetic items")
     demo.add_argument("--dataset", type=Path, help="replay this dataset instead of synthetic events")
     demo.add_argument("--out", type=Path, default=Path("var/demo"), help="folder for models and plots")
-    demo.add_argument("--keep-serving", action="store_true",
-                      help="after the report, keep the daemon and its HTTP lookups running until Ctrl-C")
+    demo.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="after the report, keep the daemon and its HTTP lookups running until Ctrl-C",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="recd", description="recd: event-driven online recommender daemon",
-        epilog=EPILOG + describe(), formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="recd",
+        description="recd: event-driven online recommender daemon",
+        epilog=EPILOG + describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="TOML settings file (env RECD_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

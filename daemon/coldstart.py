@@ -35,16 +35,18 @@ class _Cached:
 class ColdStart:
     """Segment and trending lists, cached; thread-safe enough (whole-value replacement)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, refresh_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, refresh_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.client = client
         self.keys = keys
         self.refresh_s = refresh_s
         self.clock = clock
         self._cache: dict[str, _Cached] = {}
 
-    def _cached(self, name: str, load: Callable[[], list[tuple[str, float]]], refresh_s: float | None = None
-                ) -> list[tuple[str, float]]:
+    def _cached(
+        self, name: str, load: Callable[[], list[tuple[str, float]]], refresh_s: float | None = None
+    ) -> list[tuple[str, float]]:
         """``load()`` at most every ``refresh_s``; young (short) pools are re-read within seconds."""
         hit = self._cache.get(name)
         ttl = self.refresh_s if refresh_s is None else refresh_s
@@ -99,9 +101,11 @@ class ColdStart:
 
     def new_items(self, known: Collection[str], window_ms: int, now_ms: int, n: int = 50) -> list[str]:
         """Items first seen within ``window_ms`` that ``known`` (the model) lacks, trending first."""
+
         def load() -> list[tuple[str, float]]:
-            fresh: Any = self.client.zrevrangebyscore(self.keys.item_first_seen, "+inf", now_ms - window_ms,
-                                                      start=0, num=n * 4)
+            fresh: Any = self.client.zrevrangebyscore(
+                self.keys.item_first_seen, "+inf", now_ms - window_ms, start=0, num=n * 4
+            )
             ids = [text(m) for m in fresh if text(m) not in known]
             if not ids:
                 return []

@@ -57,8 +57,9 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     wait_for_broker(settings, 0)
     ensure_topics(settings)
     if args.synthetic is not None:
-        n_prof, n_ev = publish_synthetic(settings, SyntheticSpec(users=args.users, items=args.items, seed=args.seed),
-                                         args.synthetic)
+        n_prof, n_ev = publish_synthetic(
+            settings, SyntheticSpec(users=args.users, items=args.items, seed=args.seed), args.synthetic
+        )
     else:
         n_prof, n_ev = publish_dataset(settings, args.dataset, args.limit)
     _print({"profiles": n_prof, "events": n_ev, "topic": settings.events_topic})
@@ -151,7 +152,16 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Command] = {
-    "ingest": cmd_ingest, "serve": cmd_serve, "run": cmd_run, "train": cmd_train, "produce": cmd_produce,
-    "topics": cmd_topics, "recommend": cmd_recommend, "similar": cmd_similar, "model": cmd_model,
-    "evaluate": cmd_evaluate, "demo": cmd_demo, "dev": cmd_dev,
+    "ingest": cmd_ingest,
+    "serve": cmd_serve,
+    "run": cmd_run,
+    "train": cmd_train,
+    "produce": cmd_produce,
+    "topics": cmd_topics,
+    "recommend": cmd_recommend,
+    "similar": cmd_similar,
+    "model": cmd_model,
+    "evaluate": cmd_evaluate,
+    "demo": cmd_demo,
+    "dev": cmd_dev,
 }

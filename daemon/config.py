@@ -51,7 +51,8 @@ class Settings:
     profiles_topic: str = _s("recd.profiles", "topic of user profile events (key = user_id)")
     dlq_suffix: str = _s(".dlq", "dead-letter topic = source topic + this suffix")
     dlq_max_payload_bytes: int = _s(
-        900_000, "dead letters carry at most this many payload bytes; longer payloads are cut (recd.truncated)"
+        900_000,
+        "dead letters carry at most this many payload bytes; longer payloads are cut (recd.truncated)"
         " to fit a topic's default 1 MB max.message.bytes; 0 = headers only",
     )
     consumer_group: str = _s("recd", "consumer group shared by all recd replicas")
@@ -91,7 +92,8 @@ class Settings:
     model_dir: str = _s("var/models", "folder of versioned model snapshots")
     model_kind: str = _s("ials", "model preset trained by the scheduler (see `recd model presets`)")
     model_params: dict[str, float] = _s(
-        {}, "numeric overrides of the preset's settings, e.g. 'dim=128,unobserved=0.004' (pick with bench/tune.py)",
+        {},
+        "numeric overrides of the preset's settings, e.g. 'dim=128,unobserved=0.004' (pick with bench/tune.py)",
     )
     device: str = _s("auto", "training device: auto (CUDA when present), cpu, cuda")
     train_threads: int = _s(2, "CPU threads for training")

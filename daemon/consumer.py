@@ -92,9 +92,7 @@ class KafkaSource:
             fetch_max_wait_ms=100,
             metrics_enabled=False,
         )
-        self.consumer.subscribe(
-            [settings.events_topic, settings.profiles_topic], listener=_Listener(on_revoked)
-        )
+        self.consumer.subscribe([settings.events_topic, settings.profiles_topic], listener=_Listener(on_revoked))
 
     def poll(self, timeout_ms: int) -> dict[TopicPartition, list[Record]]:
         """Records per partition, in offset order (empty after the timeout)."""
@@ -204,8 +202,13 @@ class DeadLetters:
 
     def _make_producer(self) -> KafkaProducer:
         return KafkaProducer(
-            **_common(self.settings), client_id=f"{self.settings.client_id}-dlq", acks="all",
-            linger_ms=5, retries=5, max_request_size=dlq_max_request_size(self.settings), metrics_enabled=False,
+            **_common(self.settings),
+            client_id=f"{self.settings.client_id}-dlq",
+            acks="all",
+            linger_ms=5,
+            retries=5,
+            max_request_size=dlq_max_request_size(self.settings),
+            metrics_enabled=False,
         )
 
     @property

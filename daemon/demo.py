@@ -111,8 +111,13 @@ def produce(settings: Settings, args: argparse.Namespace, stop: Stop) -> tuple[i
         titles = load_dataset(args.dataset).item_titles
         _, sent = publish_dataset(settings, args.dataset, limit=args.events, progress=lambda _n: stop.check())
         return sent, titles
-    spec = SyntheticSpec(users=args.users, items=args.items, seed=0, start_ms=int(time.time() * 1000) - 3_600_000,
-                         step_ms=max(1, 3_500_000 // max(1, args.events)))
+    spec = SyntheticSpec(
+        users=args.users,
+        items=args.items,
+        seed=0,
+        start_ms=int(time.time() * 1000) - 3_600_000,
+        step_ms=max(1, 3_500_000 // max(1, args.events)),
+    )
     bar = Bar("publishing events", args.events)
 
     def progress(n: int) -> None:
@@ -126,8 +131,11 @@ def produce(settings: Settings, args: argparse.Namespace, stop: Stop) -> tuple[i
 
 def add_cold_user(settings: Settings) -> None:
     producer = make_producer(settings)
-    profile = {"user_id": COLD_USER, "attributes": {"country": "DE", "age_band": "25-34", "gender": "F"},
-               "ts": int(time.time() * 1000)}
+    profile = {
+        "user_id": COLD_USER,
+        "attributes": {"country": "DE", "age_band": "25-34", "gender": "F"},
+        "ts": int(time.time() * 1000),
+    }
     publish(producer, settings.profiles_topic, [profile])
     producer.close()
 
@@ -166,8 +174,13 @@ def _demo(settings: Settings, args: argparse.Namespace, out: Path, stop: Stop) -
 
     print(f"recd demo: broker {settings.kafka_bootstrap}, redis {settings.redis_url} (prefix {settings.redis_prefix})")
     sent, titles = produce(settings, args, stop)
-    settings = settings.replace(model_dir=str(out / "models"), train_min_events=max(1, int(sent * 0.9)),
-                                train_interval_s=3600, metrics_port=0, roles=("ingest", "serve", "train"))
+    settings = settings.replace(
+        model_dir=str(out / "models"),
+        train_min_events=max(1, int(sent * 0.9)),
+        train_interval_s=3600,
+        metrics_port=0,
+        roles=("ingest", "serve", "train"),
+    )
     app = App.create(settings)
     add_roles(app)
     http = app.start_http()
@@ -213,8 +226,9 @@ def _settled(client: redis.Redis, keys: Keys, app: App) -> bool:
     lists: Any = client.mget([keys.rec(text(u)) for u in users]) if users else []
     versions = {json.loads(raw)["model_version"] for raw in lists if raw}
     top: Any = client.zrevrange(keys.popularity, 0, 0)
-    return versions == {index.version} and len(lists) == len(users) and bool(top and client.exists(
-        keys.sim(text(top[0]))))
+    return (
+        versions == {index.version} and len(lists) == len(users) and bool(top and client.exists(keys.sim(text(top[0]))))
+    )
 
 
 def _cleanup(settings: Settings) -> None:

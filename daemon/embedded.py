@@ -92,9 +92,19 @@ def start_broker(log_dir: Path | None = None, attempts: int = 3) -> LocalProcess
         url = f"tcp://{address}"
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
-                [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--storage-engine", "memory://tansu/"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    tansu_binary(),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         broker = LocalProcess(proc, address, log_path)
         deadline = time.monotonic() + 15
@@ -129,9 +139,24 @@ def start_redis(log_dir: Path | None = None) -> LocalProcess:
     port = free_port()
     log_path = folder / f"redis-{port}.log"
     proc = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", str(folder), "--logfile", str(log_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+            "--logfile",
+            str(log_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     server = LocalProcess(proc, f"redis://127.0.0.1:{port}/0", log_path)
     deadline = time.monotonic() + 10

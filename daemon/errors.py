@@ -13,7 +13,8 @@ from trainer.snapshot import ModelStoreError
 
 # kafka-python 2.x raises NoBrokersAvailable where 3.x raises KafkaTimeoutError ("Unable to bootstrap").
 BROKER_AWAY: tuple[type[Exception], ...] = tuple(
-    getattr(kafka_errors, name) for name in ("NoBrokersAvailable", "KafkaConnectionError", "KafkaTimeoutError")
+    getattr(kafka_errors, name)
+    for name in ("NoBrokersAvailable", "KafkaConnectionError", "KafkaTimeoutError")
     if hasattr(kafka_errors, name)
 )
 # Errors whose message already says what is wrong and what to do.

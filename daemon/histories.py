@@ -58,15 +58,21 @@ class HistoryBatch:
                 raise ValueError(f"history of {user!r}: {len(blob)} bytes is not a whole number of records")
             sizes[k + 1] = len(blob) // HISTORY_RECORD_SIZE if blob else 0
         records = np.frombuffer(b"".join(b for b in blobs if b), RECORD)
-        return cls(list(users), np.cumsum(sizes), records["ts"].astype(np.int64),
-                   records["item"].astype(np.int64), records["code"].copy())
+        return cls(
+            list(users),
+            np.cumsum(sizes),
+            records["ts"].astype(np.int64),
+            records["item"].astype(np.int64),
+            records["code"].copy(),
+        )
 
     def owner(self) -> IntArray:
         """The user row of every record."""
         return np.repeat(np.arange(len(self.users)), np.diff(self.bounds))
 
-    def decayed_weights(self, table: npt.NDArray[np.float64], now_s: float, half_life_s: float
-                        ) -> npt.NDArray[np.float64]:
+    def decayed_weights(
+        self, table: npt.NDArray[np.float64], now_s: float, half_life_s: float
+    ) -> npt.NDArray[np.float64]:
         """Each record's implicit weight (``table`` by code) halved every ``half_life_s`` of age."""
         age = np.maximum(0.0, now_s - self.ts)
         return np.asarray(table[self.code] * np.exp2(-age / half_life_s), np.float64)

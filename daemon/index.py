@@ -117,20 +117,22 @@ def top_unseen(found: list[int], scores: list[float], seen: Collection[int], k: 
     return positions, kept
 
 
-def exact_unseen(vectors: npt.NDArray[np.float32], queries: npt.NDArray[np.float32], seen: list[IntArray],
-                 excluded: IntArray, k: int) -> list[Ranked]:
+def exact_unseen(
+    vectors: npt.NDArray[np.float32], queries: npt.NDArray[np.float32], seen: list[IntArray], excluded: IntArray, k: int
+) -> list[Ranked]:
     """Per query row, its ``k`` best positions (and scores) by exact inner product over every item, with
     the row's ``seen`` positions and every row's ``excluded`` ones masked out first (so there is no deep
     search to filter afterwards). Rows are scored in chunks of at most ``SCORE_BUDGET`` scores."""
     step = max(16, SCORE_BUDGET // max(1, len(vectors)))
     out: list[Ranked] = []
     for lo in range(0, len(seen), step):
-        out += _exact_chunk(vectors, queries[lo:lo + step], seen[lo:lo + step], excluded, k)
+        out += _exact_chunk(vectors, queries[lo : lo + step], seen[lo : lo + step], excluded, k)
     return out
 
 
-def _exact_chunk(vectors: npt.NDArray[np.float32], queries: npt.NDArray[np.float32], seen: list[IntArray],
-                 excluded: IntArray, k: int) -> list[Ranked]:
+def _exact_chunk(
+    vectors: npt.NDArray[np.float32], queries: npt.NDArray[np.float32], seen: list[IntArray], excluded: IntArray, k: int
+) -> list[Ranked]:
     lengths = [len(s) for s in seen]
     rows = torch.from_numpy(np.repeat(np.arange(len(seen)), lengths))
     cols = torch.from_numpy(np.concatenate(seen).astype(np.int64))  # exact_unseen passes no empty chunk
@@ -144,8 +146,9 @@ def _exact_chunk(vectors: npt.NDArray[np.float32], queries: npt.NDArray[np.float
     return [(p[:n], v[:n]) for p, v, n in zip(positions, values, found, strict=True)]
 
 
-def search(index: Any, queries: npt.NDArray[np.float32], k: int
-           ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+def search(
+    index: Any, queries: npt.NDArray[np.float32], k: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Top-k (inner-product scores best first, positions) per query row.
 
     Every index kind stores the vectors uncompressed, so the scores faiss returns
@@ -200,8 +203,9 @@ class ServingIndex:
         """Top-k (scores, item positions) per query row; positions -1 where fewer exist."""
         return search(self.rec_index, queries, min(k, len(self.item_ids)))
 
-    def top_unseen_batch(self, queries: npt.NDArray[np.float32], seen: list[IntArray], excluded: IntArray,
-                         k: int) -> list[Ranked]:
+    def top_unseen_batch(
+        self, queries: npt.NDArray[np.float32], seen: list[IntArray], excluded: IntArray, k: int
+    ) -> list[Ranked]:
         """Per query row, the ``k`` best positions (and scores) not among that row's ``seen`` positions nor
         ``excluded`` (fewer when the catalogue runs out). A flat index scores every item exactly with
         those masked (4x faster than faiss's flat search at the depth filtering needs); ANN indexes
@@ -211,8 +215,10 @@ class ServingIndex:
         depth = k + min(200, max((len(s) for s in seen), default=0) + len(excluded)) + 10
         scores, found = self.search(queries, depth)
         banned = set(excluded.tolist())
-        return [top_unseen(row_pos.tolist(), row_scores.tolist(), banned | set(row_seen.tolist()), k)
-                for row_pos, row_scores, row_seen in zip(found, scores, seen, strict=True)]
+        return [
+            top_unseen(row_pos.tolist(), row_scores.tolist(), banned | set(row_seen.tolist()), k)
+            for row_pos, row_scores, row_seen in zip(found, scores, seen, strict=True)
+        ]
 
     def similar_batch(self, positions: npt.NDArray[np.int64], k: int) -> list[tuple[list[str], list[float]]]:
         """For each item position, the k items most like it (itself excluded)."""

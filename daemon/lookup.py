@@ -63,8 +63,15 @@ def unavailable_as_503(handler: Handler) -> Handler:
 
 
 class Lookup:
-    def __init__(self, client: redis.Redis, keys: Keys, cold: ColdStart, reader: StateReader, top_k: int,
-                 current: Callable[[], ServingIndex | None]) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        cold: ColdStart,
+        reader: StateReader,
+        top_k: int,
+        current: Callable[[], ServingIndex | None],
+    ) -> None:
         self.client = client
         self.keys = keys
         self.cold = cold
@@ -76,14 +83,16 @@ class Lookup:
         raw: Any = self.client.get(self.keys.rec(user_id))
         if raw:
             rec = RecommendationList.from_json(raw)
-            return RecommendationList(rec.user_id, rec.items[:k], rec.scores[:k], rec.source, rec.model_version,
-                                      rec.updated_at)
+            return RecommendationList(
+                rec.user_id, rec.items[:k], rec.scores[:k], rec.source, rec.model_version, rec.updated_at
+            )
         profile = self.reader.profiles([user_id])[user_id]
         seen = {item for item, _ in self.reader.histories_by_item_id([user_id])[user_id]}
         items, scores, source = self.cold.for_user(profile.segments if profile else [], seen, k)
         index = self.current()
-        return RecommendationList(user_id, items, scores, source, index.version if index else "none",
-                                  int(time.time() * 1000))
+        return RecommendationList(
+            user_id, items, scores, source, index.version if index else "none", int(time.time() * 1000)
+        )
 
     def similar(self, item_id: str, k: int) -> SimilarList | None:
         raw: Any = self.client.get(self.keys.sim(item_id))
@@ -121,16 +130,38 @@ class Lookup:
 
 def openapi(top_k: int) -> dict[str, Any]:
     """OpenAPI 3.1 description of the lookup API."""
-    k_param = {"name": "k", "in": "query", "required": False,
-               "schema": {"type": "integer", "minimum": 1, "maximum": top_k, "default": top_k}}
-    error = {"description": "bad input", "content": {"application/json": {"schema": {
-        "type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}}}}
+    k_param = {
+        "name": "k",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": top_k, "default": top_k},
+    }
+    error = {
+        "description": "bad input",
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+            }
+        },
+    }
 
     def path(name: str, summary: str, schema: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         ok = {"description": "the list", "content": {"application/json": {"schema": schema}}}
-        return {"get": {"summary": summary, "parameters": [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": MAX_ID_LEN}},
-            k_param], "responses": {"200": ok, "400": error, **extra}}}
+        return {
+            "get": {
+                "summary": summary,
+                "parameters": [
+                    {
+                        "name": name,
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "maxLength": MAX_ID_LEN},
+                    },
+                    k_param,
+                ],
+                "responses": {"200": ok, "400": error, **extra},
+            }
+        }
 
     unavailable = {"503": {**error, "description": "Redis unavailable (retry later)"}}
     rec, sim = recommendation_list(), similar_list()
@@ -140,8 +171,9 @@ def openapi(top_k: int) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "recd lookups", "version": "1"},
         "paths": {
-            "/recommendations/{user_id}": path("user_id", "A user's top-K (cold-start answer when unknown)", rec,
-                                               unavailable),
+            "/recommendations/{user_id}": path(
+                "user_id", "A user's top-K (cold-start answer when unknown)", rec, unavailable
+            ),
             "/similar/{item_id}": path("item_id", "Items most like an item", sim, {"404": error, **unavailable}),
         },
     }

@@ -30,9 +30,7 @@ class Metrics:
             "recd_events_invalid", "Messages sent to the dead-letter topic, by reason", ["reason"], registry=r
         )
         self.duplicates = Counter("recd_events_duplicate", "Replayed events skipped (already applied)", registry=r)
-        self.stale = Counter(
-            "recd_events_stale", "Events older than a full history window, skipped", registry=r
-        )
+        self.stale = Counter("recd_events_stale", "Events older than a full history window, skipped", registry=r)
         self.profiles = Counter("recd_profiles_applied", "Profile events applied", registry=r)
         self.batch_size = Histogram(
             "recd_ingest_batch_size", "Messages per ingest batch", buckets=BATCH_BUCKETS, registry=r
@@ -59,7 +57,9 @@ class Metrics:
             "recd_serve_batch_seconds", "Time to serve one batch of changed users", buckets=FAST_BUCKETS, registry=r
         )
         self.freshness = Histogram(
-            "recd_freshness_seconds", "Event message time to the user's list written", buckets=FRESH_BUCKETS,
+            "recd_freshness_seconds",
+            "Event message time to the user's list written",
+            buckets=FRESH_BUCKETS,
             registry=r,
         )
         self.dirty_users = Gauge("recd_dirty_users", "Users waiting for a fresh list", registry=r)
@@ -80,7 +80,9 @@ class Metrics:
 
     def _training(self, r: CollectorRegistry) -> None:
         self.train_runs = Counter(
-            "recd_train_runs", "Training runs, by outcome (published, refused, failed, skipped)", ["outcome"],
+            "recd_train_runs",
+            "Training runs, by outcome (published, refused, failed, skipped)",
+            ["outcome"],
             registry=r,
         )
         self.train_seconds = Histogram(

@@ -50,8 +50,15 @@ def write_pointer(client: redis.Redis, keys: Keys, pointer: Pointer) -> None:
 class ModelWatcher:
     """Holds the served ``ServingIndex`` and replaces it when the pointer moves."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, spec: IndexSpec, loader: Callable[[str], EmbeddingModel],
-                 metrics: Metrics, poll_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        spec: IndexSpec,
+        loader: Callable[[str], EmbeddingModel],
+        metrics: Metrics,
+        poll_s: float = 2.0,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.spec = spec

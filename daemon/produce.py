@@ -16,8 +16,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-TYPE_MIX = {"view": 0.55, "click": 0.25, "add_to_cart": 0.08, "purchase": 0.04, "rating": 0.04,
-            "like": 0.02, "dislike": 0.01, "skip": 0.01}
+TYPE_MIX = {
+    "view": 0.55,
+    "click": 0.25,
+    "add_to_cart": 0.08,
+    "purchase": 0.04,
+    "rating": 0.04,
+    "like": 0.02,
+    "dislike": 0.01,
+    "skip": 0.01,
+}
 COUNTRIES = ("US", "GB", "DE", "FR", "IN", "BR", "JP", "CA")
 AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55+")
 GENDERS = ("F", "M", "X")
@@ -104,8 +112,11 @@ def synthetic_events(spec: SyntheticSpec, n: int, chunk: int = 20000) -> Iterato
         for k in range(size):
             ts += int(gaps[k])
             event: dict[str, Any] = {
-                "event_id": f"s{spec.seed}-{start + k}", "user_id": world.user_id(int(users[k])),
-                "item_id": world.item_id(int(items[k])), "type": types[kinds[k]], "ts": ts,
+                "event_id": f"s{spec.seed}-{start + k}",
+                "user_id": world.user_id(int(users[k])),
+                "item_id": world.item_id(int(items[k])),
+                "type": types[kinds[k]],
+                "ts": ts,
             }
             if event["type"] == "rating":
                 event["value"] = float(ratings[k]) if (items[k] % 3) else 5.0
@@ -120,4 +131,3 @@ def synthetic_profiles(spec: SyntheticSpec, ts_ms: int) -> Iterator[dict[str, An
 
 def encode(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
-

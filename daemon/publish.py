@@ -21,14 +21,19 @@ Progress = Callable[[int], None]
 
 def topic_names(settings: Settings) -> list[str]:
     """The topics recd reads and writes: events, profiles and their dead-letter topics."""
-    return [settings.events_topic, settings.profiles_topic, settings.dlq_topic,
-            settings.profiles_topic + settings.dlq_suffix]
+    return [
+        settings.events_topic,
+        settings.profiles_topic,
+        settings.dlq_topic,
+        settings.profiles_topic + settings.dlq_suffix,
+    ]
 
 
 def ensure_topics(settings: Settings, partitions: int = 4) -> dict[str, bool]:
     """Create the topics recd uses if they are missing; each name -> whether it was created now."""
     admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap.split(","), client_id=f"{settings.client_id}-admin",
+        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        client_id=f"{settings.client_id}-admin",
         **settings.kafka_security(),
     )
     created: dict[str, bool] = {}
@@ -46,14 +51,22 @@ def ensure_topics(settings: Settings, partitions: int = 4) -> dict[str, bool]:
 
 def make_producer(settings: Settings) -> KafkaProducer:
     return KafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap.split(","), client_id=f"{settings.client_id}-producer",
-        acks="all", linger_ms=20, batch_size=512 * 1024, max_request_size=4 * 1024 * 1024,
-        metrics_enabled=False, **settings.kafka_security(),
+        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        client_id=f"{settings.client_id}-producer",
+        acks="all",
+        linger_ms=20,
+        batch_size=512 * 1024,
+        max_request_size=4 * 1024 * 1024,
+        metrics_enabled=False,
+        **settings.kafka_security(),
     )
 
 
 def publish(
-    producer: KafkaProducer, topic: str, docs: Iterable[dict[str, Any]], progress: Progress | None = None,
+    producer: KafkaProducer,
+    topic: str,
+    docs: Iterable[dict[str, Any]],
+    progress: Progress | None = None,
 ) -> int:
     """Send each document keyed by its user_id; flushes before returning the count."""
     sent = 0
@@ -69,7 +82,11 @@ def publish(
 
 
 def publish_synthetic(
-    settings: Settings, spec: SyntheticSpec, n: int, progress: Progress | None = None, profiles: bool = True,
+    settings: Settings,
+    spec: SyntheticSpec,
+    n: int,
+    progress: Progress | None = None,
+    profiles: bool = True,
 ) -> tuple[int, int]:
     """Profiles for every synthetic user, then n events. Returns (profiles, events) sent."""
     producer = make_producer(settings)
@@ -93,7 +110,10 @@ def dataset_events(path: Path, limit: int | None = None) -> Iterator[dict[str, A
 
 
 def publish_dataset(
-    settings: Settings, path: Path, limit: int | None = None, progress: Progress | None = None,
+    settings: Settings,
+    path: Path,
+    limit: int | None = None,
+    progress: Progress | None = None,
 ) -> tuple[int, int]:
     """Replay a dataset (formats of trainer.datasets) in time order; profiles first where it has them."""
     from trainer.datasets import iter_profiles

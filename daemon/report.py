@@ -38,20 +38,32 @@ def _warm_lists(client: redis.Redis, keys: Keys, n: int) -> list[RecommendationL
     return [rec for rec in lists if rec.source == "ann"][:n]
 
 
-def print_report(settings: Settings, app: App, client: redis.Redis, titles: dict[str, str], cold_user: str,
-                 out: Path, metrics_url: str, live: bool) -> None:
+def print_report(
+    settings: Settings,
+    app: App,
+    client: redis.Redis,
+    titles: dict[str, str],
+    cold_user: str,
+    out: Path,
+    metrics_url: str,
+    live: bool,
+) -> None:
     keys = Keys(settings.redis_prefix)
     reader = StateReader(client, keys, settings.segment_keys)
     print()
     for rec in _warm_lists(client, keys, 3):
         recent = [item for item, _ in reader.histories_by_item_id([rec.user_id])[rec.user_id][-3:]]
-        _print_list(f"user {rec.user_id} (recently: {', '.join(_name(i, titles) for i in recent)}) "
-                    f"- source {rec.source}, model {rec.model_version}", rec.items, rec.scores, titles)
+        _print_list(
+            f"user {rec.user_id} (recently: {', '.join(_name(i, titles) for i in recent)}) "
+            f"- source {rec.source}, model {rec.model_version}",
+            rec.items,
+            rec.scores,
+            titles,
+        )
     raw_cold: Any = client.get(keys.rec(cold_user))
     if raw_cold:
         cold = RecommendationList.from_json(raw_cold)
-        _print_list(f"new user {cold_user} with only a profile - source {cold.source}", cold.items, cold.scores,
-                    titles)
+        _print_list(f"new user {cold_user} with only a profile - source {cold.source}", cold.items, cold.scores, titles)
     top: Any = client.zrevrange(keys.popularity, 0, 0)
     if top:
         item = text(top[0])
@@ -63,15 +75,20 @@ def print_report(settings: Settings, app: App, client: redis.Redis, titles: dict
     if plots:
         print(f"\nplots: {', '.join(str(p) for p in plots)}")
     if live:
-        print(f"\nserving until Ctrl-C (then the demo removes its keys and stops its servers):\n"
-              f"  metrics: {metrics_url}/metrics   lookups: {metrics_url}/recommendations/<user_id>  "
-              f"{metrics_url}/similar/<item_id>   API: {metrics_url}/openapi.json", flush=True)
+        print(
+            f"\nserving until Ctrl-C (then the demo removes its keys and stops its servers):\n"
+            f"  metrics: {metrics_url}/metrics   lookups: {metrics_url}/recommendations/<user_id>  "
+            f"{metrics_url}/similar/<item_id>   API: {metrics_url}/openapi.json",
+            flush=True,
+        )
     else:
         routes = f"http://{settings.http_host}:{RUN_PORT}"
-        print(f"\nThe demo stops now and removes its keys; `recd demo --keep-serving` keeps it answering until "
-              f"Ctrl-C.\n`recd run` serves the same routes on your own data, on RECD_METRICS_PORT:\n"
-              f"  metrics: {routes}/metrics   lookups: {routes}/recommendations/<user_id>  "
-              f"{routes}/similar/<item_id>   API: {routes}/openapi.json")
+        print(
+            f"\nThe demo stops now and removes its keys; `recd demo --keep-serving` keeps it answering until "
+            f"Ctrl-C.\n`recd run` serves the same routes on your own data, on RECD_METRICS_PORT:\n"
+            f"  metrics: {routes}/metrics   lookups: {routes}/recommendations/<user_id>  "
+            f"{routes}/similar/<item_id>   API: {routes}/openapi.json"
+        )
 
 
 def write_plots(settings: Settings, app: App, titles: dict[str, str], out: Path) -> list[Path]:

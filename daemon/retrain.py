@@ -49,8 +49,9 @@ def publish(client: redis.Redis, keys: Keys, store: ModelStore, version: str) ->
     """Make ``version`` current in the store and point every serving replica at it."""
     store.publish(version)
     _, manifest = load_snapshot(store.root / "versions" / version)
-    pointer = Pointer(version, str((store.root / "versions" / version).resolve()), int(time.time() * 1000),
-                      manifest.model_type)
+    pointer = Pointer(
+        version, str((store.root / "versions" / version).resolve()), int(time.time() * 1000), manifest.model_type
+    )
     write_pointer(client, keys, pointer)
     return pointer
 
@@ -58,8 +59,9 @@ def publish(client: redis.Redis, keys: Keys, store: ModelStore, version: str) ->
 class TrainRole:
     """``step()``: train when due; returns 1 after a run, 0 when idle."""
 
-    def __init__(self, settings: Settings, client: redis.Redis, metrics: Metrics,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: Settings, client: redis.Redis, metrics: Metrics, clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
         self.client = client
         self.keys = Keys(settings.redis_prefix)
@@ -71,14 +73,17 @@ class TrainRole:
         self._new_model()  # a bad RECD_MODEL_KIND / RECD_MODEL_PARAMS fails at start, not at the first fit
 
     def _new_model(self) -> EmbeddingModel:
-        params: dict[str, Any] = {k: int(v) if float(v).is_integer() else v
-                                  for k, v in self.settings.model_params.items()}
+        params: dict[str, Any] = {
+            k: int(v) if float(v).is_integer() else v for k, v in self.settings.model_params.items()
+        }
         try:
-            return build_preset(self.settings.model_kind, device=self.settings.device,
-                                threads=self.settings.train_threads, **params)
+            return build_preset(
+                self.settings.model_kind, device=self.settings.device, threads=self.settings.train_threads, **params
+            )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"RECD_MODEL_KIND={self.settings.model_kind!r} with RECD_MODEL_PARAMS={params}: "
-                              f"{exc}") from None
+            raise ConfigError(
+                f"RECD_MODEL_KIND={self.settings.model_kind!r} with RECD_MODEL_PARAMS={params}: {exc}"
+            ) from None
 
     def due(self) -> bool:
         applied = int(self.client.hget(self.keys.stats, "applied") or 0)  # type: ignore[arg-type]
@@ -146,10 +151,19 @@ class TrainRole:
         if not decision.accept:
             return Outcome("refused", reason=decision.reason)
         version = self.store.new_version(model.kind)
-        save_snapshot(model, self.store.root / "versions" / version, version=version,
-                      data_watermark={"applied_events": snap.applied_events, "last_event_s": snap.last_event_s,
-                                      "interactions": len(snap.data), "users": snap.data.n_users},
-                      metrics=scores, parent_version=current_version)
+        save_snapshot(
+            model,
+            self.store.root / "versions" / version,
+            version=version,
+            data_watermark={
+                "applied_events": snap.applied_events,
+                "last_event_s": snap.last_event_s,
+                "interactions": len(snap.data),
+                "users": snap.data.n_users,
+            },
+            metrics=scores,
+            parent_version=current_version,
+        )
         publish(self.client, self.keys, self.store, version)
         self.store.prune(self.settings.keep_versions)
         return Outcome("published", version, decision.reason)

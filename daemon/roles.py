@@ -29,14 +29,24 @@ def add_roles(app: App) -> None:
     # they are served again.
     if "serve" in settings.roles:
         watcher = app.watcher = build_watcher(settings, redis_client(settings), app.metrics)
-        app.service.add("serve", build_server(settings, app.metrics, watcher), idle_wait_s=0.02,
-                        transient=REDIS_OUTAGE, on_retry=lambda _: app.metrics.errors.labels("serve").inc())
+        app.service.add(
+            "serve",
+            build_server(settings, app.metrics, watcher),
+            idle_wait_s=0.02,
+            transient=REDIS_OUTAGE,
+            on_retry=lambda _: app.metrics.errors.labels("serve").inc(),
+        )
         build_lookup(settings, lambda: watcher.current).add_routes(app.routes)
     if "train" in settings.roles:
         from daemon.retrain import TrainRole
 
-        app.service.add("train", TrainRole(settings, redis_client(settings), app.metrics), idle_wait_s=1.0,
-                        transient=REDIS_OUTAGE, on_retry=lambda _: app.metrics.errors.labels("train").inc())
+        app.service.add(
+            "train",
+            TrainRole(settings, redis_client(settings), app.metrics),
+            idle_wait_s=1.0,
+            transient=REDIS_OUTAGE,
+            on_retry=lambda _: app.metrics.errors.labels("train").inc(),
+        )
 
 
 def run_daemon(settings: Settings) -> int:

@@ -97,8 +97,14 @@ class Service:
         self.stall_s = stall_s
         self._signals = 0
 
-    def add(self, name: str, role: Role, idle_wait_s: float = 0.0, transient: tuple[type[Exception], ...] = (),
-            on_retry: Callable[[Exception], None] | None = None) -> None:
+    def add(
+        self,
+        name: str,
+        role: Role,
+        idle_wait_s: float = 0.0,
+        transient: tuple[type[Exception], ...] = (),
+        on_retry: Callable[[Exception], None] | None = None,
+    ) -> None:
         """Run ``role``; a step raising one of ``transient`` is retried with backoff (``on_retry`` is told)."""
         self.loops.append(RoleLoop(name, role, idle_wait_s, transient, on_retry))
 

@@ -62,17 +62,23 @@ class ServeOptions:
 class ListMaker:
     """Builds recommendation lists for a batch of users from their histories and the served index."""
 
-    def __init__(self, options: ServeOptions, cold: ColdStart, names: Callable[[Iterable[int]], Mapping[int, str]]
-                 ) -> None:
+    def __init__(
+        self, options: ServeOptions, cold: ColdStart, names: Callable[[Iterable[int]], Mapping[int, str]]
+    ) -> None:
         self.options = options
         self.cold = cold
         self.names = names  # item number -> item id (cached by the reader)
         self.code_weight = code_weights(options.weights or {}, options.rating_threshold)
         self._positions: PositionMap | None = None
 
-    def make(self, index: ServingIndex | None, batch: HistoryBatch,
-             segments_of: Callable[[list[str]], dict[str, list[str]]], excluded: set[str], now_ms: int
-             ) -> list[RecommendationList]:
+    def make(
+        self,
+        index: ServingIndex | None,
+        batch: HistoryBatch,
+        segments_of: Callable[[list[str]], dict[str, list[str]]],
+        excluded: set[str],
+        now_ms: int,
+    ) -> list[RecommendationList]:
         """Lists for every user of ``batch``: ANN for users with enough positive history the model knows,
         cold start (profile segments, read only for those users) for the rest."""
         weight = batch.decayed_weights(self.code_weight, now_ms / 1000, self.options.recency_half_life_s)
@@ -84,15 +90,17 @@ class ListMaker:
         if index is not None and is_warm.any():
             starts, warm = (np.cumsum(counts) - counts).tolist(), np.flatnonzero(is_warm).tolist()
             useful_pos, useful_w = pos[useful], weight[useful].astype(np.float32)
-            histories = [History(useful_pos[starts[r]:starts[r] + counts[r]], useful_w[starts[r]:starts[r] + counts[r]])
-                         for r in warm]  # slices: np.split's per-piece cost was 5% of serving
+            histories = [
+                History(useful_pos[starts[r] : starts[r] + counts[r]], useful_w[starts[r] : starts[r] + counts[r]])
+                for r in warm
+            ]  # slices: np.split's per-piece cost was 5% of serving
             lists = self._ann(index, batch, warm, histories, pos, excluded, now_ms)
         cold = np.flatnonzero(~is_warm).tolist()
         segments = segments_of([batch.users[r] for r in cold]) if cold else {}
         version = index.version if index else "none"
         for row in cold:
             user = batch.users[row]
-            seen = self._ids(batch.item[batch.bounds[row]:batch.bounds[row + 1]]) | excluded
+            seen = self._ids(batch.item[batch.bounds[row] : batch.bounds[row + 1]]) | excluded
             items, scores, source = self.cold.for_user(segments.get(user, []), seen, self.options.top_k)
             lists.append(RecommendationList(user, items, scores, source, version, now_ms))
         return lists
@@ -109,13 +117,21 @@ class ListMaker:
         names = self.names(listed)
         return {names[n] for n in listed if n in names}
 
-    def _ann(self, index: ServingIndex, batch: HistoryBatch, rows: list[int], histories: list[History],
-             pos: npt.NDArray[np.int64], excluded: set[str], now_ms: int) -> list[RecommendationList]:
+    def _ann(
+        self,
+        index: ServingIndex,
+        batch: HistoryBatch,
+        rows: list[int],
+        histories: list[History],
+        pos: npt.NDArray[np.int64],
+        excluded: set[str],
+        now_ms: int,
+    ) -> list[RecommendationList]:
         """ANN lists for the users at ``rows``, whose ``histories`` come from ``make``; ``pos`` is each record's
         model position (-1 when unknown): every known one is seen, positive or not."""
         bounds, known = batch.bounds.tolist(), pos >= 0
         known_pos, cut = pos[known], np.concatenate(([0], np.cumsum(known)))[batch.bounds].tolist()
-        seen = [known_pos[cut[r]:cut[r + 1]] for r in rows]
+        seen = [known_pos[cut[r] : cut[r + 1]] for r in rows]
         queries = index.model.query_vectors(histories)
         banned = np.asarray([index.item_pos[i] for i in excluded if i in index.item_pos], np.int64)
         found = index.top_unseen_batch(queries, seen, banned, self.options.top_k)
@@ -150,8 +166,16 @@ class ListMaker:
 class Server:
     """The serve role (``step()`` / ``shutdown()``)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, options: ServeOptions, watcher: ModelWatcher,
-                 metrics: Metrics, segment_keys: tuple[str, ...], clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        options: ServeOptions,
+        watcher: ModelWatcher,
+        metrics: Metrics,
+        segment_keys: tuple[str, ...],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.options = options
@@ -220,8 +244,9 @@ class Server:
         round trip. ``active`` holds wall-clock times, never event times: a replay of last year's events is as
         recent as today's for the refresh window."""
         commands = Commands()  # packed by hand: a redis-py pipeline cost ~3x the Python (wire.py)
-        commands.set_many(((self.keys.rec(rec.user_id).encode(), rec.to_json()) for rec in lists),
-                          self.options.list_ttl_s or None)
+        commands.set_many(
+            ((self.keys.rec(rec.user_id).encode(), rec.to_json()) for rec in lists), self.options.list_ttl_s or None
+        )
         served_ms = int(self.clock() * 1000)
         changed = [x for c in claims if not c.swap for x in (served_ms, c.user_id)]  # a refresh is no activity
         if changed:
@@ -240,12 +265,15 @@ class Server:
         index = self.watcher.current
         if index is None or not self._similar_todo:
             return
-        chunk, self._similar_todo = (self._similar_todo[: self.options.similar_chunk],
-                                     self._similar_todo[self.options.similar_chunk:])
+        chunk, self._similar_todo = (
+            self._similar_todo[: self.options.similar_chunk],
+            self._similar_todo[self.options.similar_chunk :],
+        )
         now_ms = int(self.clock() * 1000)
         pipe = self.client.pipeline(transaction=False)
-        for pos, (items, scores) in zip(chunk, index.similar_batch(np.asarray(chunk, np.int64), self.options.top_k),
-                                        strict=True):
+        for pos, (items, scores) in zip(
+            chunk, index.similar_batch(np.asarray(chunk, np.int64), self.options.top_k), strict=True
+        ):
             item = index.item_ids[pos]
             pipe.set(self.keys.sim(item), SimilarList(item, items, scores, index.version, now_ms).to_json())
         pipe.execute()

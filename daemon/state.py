@@ -51,8 +51,9 @@ class StateReader:
     """Batched reads of recd's Redis state, with an item-number cache of at most ``cache_items`` entries
     (a catalogue that keeps growing must not grow a serving process without bound)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, segment_keys: tuple[str, ...] = (),
-                 cache_items: int = 2_000_000) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, segment_keys: tuple[str, ...] = (), cache_items: int = 2_000_000
+    ) -> None:
         self.client = client
         self.keys = keys
         self.segment_keys = segment_keys
@@ -68,7 +69,7 @@ class StateReader:
             self._item_ids, unknown = {}, set(numbers)
         missing = sorted(unknown)
         for start in range(0, len(missing), 10_000):
-            chunk = missing[start:start + 10_000]
+            chunk = missing[start : start + 10_000]
             for number, raw in zip(chunk, self.client.hmget(self.keys.item_ids, chunk), strict=True):
                 if raw is not None:
                     self._item_ids[number] = text(raw)

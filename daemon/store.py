@@ -118,8 +118,17 @@ class RedisStore:
     def _script_keys(self) -> list[str]:
         k = self.keys
         return [
-            k.items, k.item_ids, k.item_seq, k.item_first_seen, k.popularity, k.trending,
-            k.trending_epoch, k.item_generation, k.dirty, k.stats, k.segments,
+            k.items,
+            k.item_ids,
+            k.item_seq,
+            k.item_first_seen,
+            k.popularity,
+            k.trending,
+            k.trending_epoch,
+            k.item_generation,
+            k.dirty,
+            k.stats,
+            k.segments,
         ]
 
     def encode_batch(self, events: Iterable[tuple[InteractionEvent, int]], now_ms: int) -> dict[str, Any]:
@@ -148,14 +157,21 @@ class RedisStore:
             user.extend((sec, crc32(event.event_id.encode()) & CRC_MASK, pos, code, weight, msg_ms))
         return self._document(now_ms, max_sec, items, list(by_user.values()))
 
-    def _document(self, now_ms: int, max_sec: int, items: list[list[object]], users: list[list[object]]
-                  ) -> dict[str, Any]:
+    def _document(
+        self, now_ms: int, max_sec: int, items: list[list[object]], users: list[list[object]]
+    ) -> dict[str, Any]:
         opts = self.options
         return {
-            "now": now_ms, "ttl": opts.history_ttl_s, "hl": opts.trending_half_life_s, "n": opts.history_len,
-            "seg": list(opts.segment_keys), "gen": self.item_numbers.generation,
+            "now": now_ms,
+            "ttl": opts.history_ttl_s,
+            "hl": opts.trending_half_life_s,
+            "n": opts.history_len,
+            "seg": list(opts.segment_keys),
+            "gen": self.item_numbers.generation,
             "token": uuid.uuid4().hex,  # names a new generation if the items hash is gone
-            "max_sec": max_sec, "items": items, "u": users,
+            "max_sec": max_sec,
+            "items": items,
+            "u": users,
         }
 
     def prepare(self, events: Iterable[tuple[InteractionEvent, int]], now_ms: int) -> Prepared:

@@ -32,8 +32,9 @@ def history_weight(kind: str, value: float, weights: Mapping[str, float], thresh
     return weights.get(kind, 0.0)
 
 
-def read_snapshot(client: redis.Redis, keys: Keys, weights: Mapping[str, float], threshold: float,
-                  chunk: int = 2000) -> Snapshot:
+def read_snapshot(
+    client: redis.Redis, keys: Keys, weights: Mapping[str, float], threshold: float, chunk: int = 2000
+) -> Snapshot:
     """Scan all histories into aligned arrays (users and items in first-seen order)."""
     stats: Any = client.hmget(keys.stats, "applied", "last_ts")
     applied, last = int(stats[0] or 0), int(stats[1] or 0)
@@ -55,21 +56,32 @@ def read_snapshot(client: redis.Redis, keys: Keys, weights: Mapping[str, float],
     known = np.asarray([int(n) in names for n in numbers], bool)
     items = np.asarray([pos[names[int(n)]] if ok else 0 for n, ok in zip(numbers, known, strict=True)], np.int32)
     data = Interactions(
-        np.asarray(cols["u"], np.int32)[known], items[known], np.asarray(cols["w"], np.float32)[known],
-        np.asarray(cols["v"], np.float32)[known], np.asarray(cols["t"], np.int64)[known], users, order,
+        np.asarray(cols["u"], np.int32)[known],
+        items[known],
+        np.asarray(cols["w"], np.float32)[known],
+        np.asarray(cols["v"], np.float32)[known],
+        np.asarray(cols["t"], np.int64)[known],
+        users,
+        order,
     )
     return Snapshot(data, applied, last)
 
 
-def _add_chunk(client: redis.Redis, keys: list[Any], users: list[str], cols: dict[str, list[Any]],
-               weights: Mapping[str, float], threshold: float) -> None:
+def _add_chunk(
+    client: redis.Redis,
+    keys: list[Any],
+    users: list[str],
+    cols: dict[str, list[Any]],
+    weights: Mapping[str, float],
+    threshold: float,
+) -> None:
     blobs: Any = client.mget(keys)
     for key, blob in zip(keys, blobs, strict=True):
         entries = decode_history(blob)
         if not entries:
             continue
         name = text(key)
-        user = name[name.index("{") + 1: name.rindex("}")]
+        user = name[name.index("{") + 1 : name.rindex("}")]
         u = len(users)
         users.append(user)
         for e in entries:

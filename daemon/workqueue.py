@@ -47,8 +47,10 @@ class WorkQueue:
         stride = 4 if with_history else 3
         users = flat[::stride]
         histories = flat[3::4] if with_history else [None] * len(users)
-        return [Claim(text(u), float(s), w == 1, h) for u, s, w, h in zip(users, flat[1::stride], flat[2::stride],
-                                                                          histories, strict=True)]
+        return [
+            Claim(text(u), float(s), w == 1, h)
+            for u, s, w, h in zip(users, flat[1::stride], flat[2::stride], histories, strict=True)
+        ]
 
     def ack(self, commands: Commands, user_ids: list[str]) -> None:
         """Add the acknowledgement to ``commands`` (sent with the lists it acknowledges)."""
@@ -64,8 +66,9 @@ class WorkQueue:
         it marked). Returns how many were queued."""
         if text(self.client.get(self.keys.model_refreshed) or b"") == version:
             return 0
-        reply: Any = self.client.zrevrangebyscore(self.keys.active, "+inf", since_ms, start=0, num=limit,
-                                                  withscores=True)
+        reply: Any = self.client.zrevrangebyscore(
+            self.keys.active, "+inf", since_ms, start=0, num=limit, withscores=True
+        )
         if reply:
             self.client.zadd(self.keys.swap_queue, {text(u): -float(s) for u, s in reply})
         self.client.set(self.keys.model_refreshed, version)  # after the queue holds them: a crash re-queues

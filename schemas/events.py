@@ -79,8 +79,11 @@ class InteractionEvent(NamedTuple):
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
-            "event_id": self.event_id, "user_id": self.user_id, "item_id": self.item_id,
-            "type": self.type, "ts": self.ts,
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "item_id": self.item_id,
+            "type": self.type,
+            "ts": self.ts,
         }
         if self.value is not None:
             doc["value"] = self.value
@@ -202,9 +205,17 @@ def _plain_event(doc: dict[str, Any], limits: Limits, now_ms: int) -> Interactio
     event_id, user_id, item_id = doc.get("event_id"), doc.get("user_id"), doc.get("item_id")
     etype, ts, n = doc.get("type"), doc.get("ts"), limits.max_id_len
     if (
-        type(event_id) is str and type(user_id) is str and type(item_id) is str and type(ts) is int
-        and etype in _TYPES and etype != "rating" and "value" not in doc and "context" not in doc
-        and 0 < len(event_id) <= n and 0 < len(user_id) <= n and 0 < len(item_id) <= n
+        type(event_id) is str
+        and type(user_id) is str
+        and type(item_id) is str
+        and type(ts) is int
+        and etype in _TYPES
+        and etype != "rating"
+        and "value" not in doc
+        and "context" not in doc
+        and 0 < len(event_id) <= n
+        and 0 < len(user_id) <= n
+        and 0 < len(item_id) <= n
         and not (event_id.isspace() or user_id.isspace() or item_id.isspace())
         and limits.min_ts_ms <= ts <= now_ms + limits.max_future_ms
     ):

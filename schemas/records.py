@@ -32,9 +32,17 @@ class RecommendationList:
 
     def to_json(self) -> bytes:
         """Compact JSON (built field by field: ``dataclasses.asdict`` deep-copies and was 15% of serving)."""
-        return orjson.dumps({"user_id": self.user_id, "items": self.items, "scores": self.scores,
-                             "source": self.source, "model_version": self.model_version,
-                             "updated_at": self.updated_at}, option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(
+            {
+                "user_id": self.user_id,
+                "items": self.items,
+                "scores": self.scores,
+                "source": self.source,
+                "model_version": self.model_version,
+                "updated_at": self.updated_at,
+            },
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> RecommendationList:
@@ -56,9 +64,16 @@ class SimilarList:
             raise ValueError("items and scores differ in length")
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"item_id": self.item_id, "items": self.items, "scores": self.scores,
-                             "model_version": self.model_version, "updated_at": self.updated_at},
-                            option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(
+            {
+                "item_id": self.item_id,
+                "items": self.items,
+                "scores": self.scores,
+                "model_version": self.model_version,
+                "updated_at": self.updated_at,
+            },
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> SimilarList:

@@ -56,7 +56,7 @@ def rclient(redis_url: str) -> Iterator[redis.Redis]:
 def _purge(client: redis.Redis, prefix: str) -> None:
     keys = list(client.scan_iter(match=prefix + "*", count=1000))
     for start in range(0, len(keys), 500):
-        client.delete(*keys[start:start + 500])
+        client.delete(*keys[start : start + 500])
 
 
 @pytest.fixture

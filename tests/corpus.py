@@ -40,8 +40,11 @@ BAD_EVENTS: list[tuple[str, bytes, str]] = [
     ("type not a string", event(type=3), "unknown_type"),
     ("rating without value", event(type="rating"), "rating_without_value"),
     ("value is text", event(type="rating", value="5"), "wrong_type"),
-    ("value is NaN", b'{"event_id":"e","user_id":"u","item_id":"i","type":"rating","ts":1750000000000,"value":NaN}',
-     "bad_value"),
+    (
+        "value is NaN",
+        b'{"event_id":"e","user_id":"u","item_id":"i","type":"rating","ts":1750000000000,"value":NaN}',
+        "bad_value",
+    ),
     ("value is huge", event(type="rating", value=1e9), "bad_value"),
     ("ts in seconds", event(ts=NOW_MS // 1000), "bad_timestamp"),
     ("ts far future", event(ts=NOW_MS + 10 * 86_400_000), "bad_timestamp"),
@@ -59,7 +62,10 @@ BAD_EVENTS: list[tuple[str, bytes, str]] = [
 BAD_PROFILES: list[tuple[str, bytes, str]] = [
     ("no attributes", json.dumps({"user_id": "u1", "ts": NOW_MS}).encode(), "missing_field"),
     ("attributes a list", json.dumps({"user_id": "u1", "attributes": [], "ts": NOW_MS}).encode(), "wrong_type"),
-    ("reserved name", json.dumps({"user_id": "u1", "attributes": {"_seg": "x"}, "ts": NOW_MS}).encode(),
-     "reserved_name"),
+    (
+        "reserved name",
+        json.dumps({"user_id": "u1", "attributes": {"_seg": "x"}, "ts": NOW_MS}).encode(),
+        "reserved_name",
+    ),
     ("no ts", json.dumps({"user_id": "u1", "attributes": {}}).encode(), "missing_field"),
 ]

@@ -30,8 +30,14 @@ def produce_raw(settings: Settings, topic: str, messages: Iterable[tuple[bytes, 
 
 def read_topic(settings: Settings, topic: str, expect: int, timeout_s: float = 20.0) -> list[object]:
     """Read at least ``expect`` records from the start of a topic (all partitions)."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=1000)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=1000,
+    )
     out: list[object] = []
     deadline = time.monotonic() + timeout_s
     while len(out) < expect and time.monotonic() < deadline:
@@ -42,8 +48,9 @@ def read_topic(settings: Settings, topic: str, expect: int, timeout_s: float = 2
 
 
 def committed(settings: Settings, topic: str, partitions: int = 4) -> dict[int, int | None]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.consumer_group,
-                             enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.consumer_group, enable_auto_commit=False
+    )
     try:
         return {p: consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
     finally:
@@ -65,12 +72,16 @@ def ensure_big_topics(settings: Settings, max_message_bytes: int, partitions: in
 
 
 def produce_to_partitions(
-    settings: Settings, topic: str, messages: Iterable[tuple[int, bytes]], max_request_size: int,
+    settings: Settings,
+    topic: str,
+    messages: Iterable[tuple[int, bytes]],
+    max_request_size: int,
 ) -> list[tuple[int, int]]:
     """(partition, value) pairs, in order, by a producer allowed ``max_request_size``; returns each
     message's (partition, offset)."""
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5,
-                             max_request_size=max_request_size)
+    producer = KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5, max_request_size=max_request_size
+    )
     try:
         futures = [producer.send(topic, value=value, partition=p) for p, value in messages]
         producer.flush()

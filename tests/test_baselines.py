@@ -18,8 +18,11 @@ from trainer.evaluate import evaluate, leave_latest_out
 from trainer.interactions import Interactions
 
 N_CLUSTERS = 4
-SMALL = {"als": {"factors": 16, "iterations": 10}, "bpr": {"factors": 16, "iterations": 60, "learning_rate": 0.05},
-         "gensim": {"vector_size": 16, "epochs": 10, "window": 5}}
+SMALL = {
+    "als": {"factors": 16, "iterations": 10},
+    "bpr": {"factors": 16, "iterations": 60, "learning_rate": 0.05},
+    "gensim": {"vector_size": 16, "epochs": 10, "window": 5},
+}
 
 
 def clustered(n_users: int = 300, n_items: int = 120, per_user: int = 12, seed: int = 0) -> Interactions:
@@ -88,7 +91,8 @@ def test_unknown_baseline() -> None:
 
 
 def test_run_evaluation_tunes_a_preset_with_a_grid_on_validation_only(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from trainer.evaluate import run_evaluation
     from trainer.models import registry

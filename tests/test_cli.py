@@ -22,8 +22,14 @@ from daemon.embedded import free_port
 def recd(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("RECD_")}
     full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "daemon.cli", *args], env=full, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "daemon.cli", *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
@@ -56,8 +62,9 @@ def test_config_is_accepted_after_the_subcommand(tmp_path: Path, capsys: pytest.
 
 
 def test_unknown_recd_variables_are_warned_with_the_closest_setting() -> None:
-    warnings = unknown_variables({"RECD_REDIS_URLL": "x", "RECD_ZZZ": "1", "RECD_TOP_K": "5", "RECD_CONFIG": "a",
-                                  "PATH": "/bin"})
+    warnings = unknown_variables(
+        {"RECD_REDIS_URLL": "x", "RECD_ZZZ": "1", "RECD_TOP_K": "5", "RECD_CONFIG": "a", "PATH": "/bin"}
+    )
     assert warnings == [
         "RECD_REDIS_URLL is not a recd setting and is ignored; did you mean RECD_REDIS_URL?",
         "RECD_ZZZ is not a recd setting and is ignored; `recd --help` lists every setting",
@@ -79,13 +86,19 @@ def test_subcommand_help_shows_defaults_and_model_names() -> None:
 
 
 def test_commands_that_import_faiss_print_no_library_chatter(redis_url: str, tmp_path: Path) -> None:
-    done = recd("recommend", "nobody", env={"RECD_REDIS_URL": redis_url, "RECD_MODEL_DIR": str(tmp_path),
-                                            "RECD_REDIS_PREFIX": "test-cli-chatter:"})
+    done = recd(
+        "recommend",
+        "nobody",
+        env={"RECD_REDIS_URL": redis_url, "RECD_MODEL_DIR": str(tmp_path), "RECD_REDIS_PREFIX": "test-cli-chatter:"},
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["user_id"] == "nobody"
     assert done.stderr == "", done.stderr  # faiss's loader logs ~12 INFO lines; they stay out
-    loud = recd("recommend", "nobody", env={"RECD_REDIS_URL": redis_url, "RECD_LOG_LEVEL": "DEBUG",
-                                            "RECD_REDIS_PREFIX": "test-cli-chatter:"})
+    loud = recd(
+        "recommend",
+        "nobody",
+        env={"RECD_REDIS_URL": redis_url, "RECD_LOG_LEVEL": "DEBUG", "RECD_REDIS_PREFIX": "test-cli-chatter:"},
+    )
     assert "faiss" in loud.stderr  # ...unless RECD_LOG_LEVEL asks for them
 
 
@@ -93,8 +106,9 @@ def test_without_a_broker_commands_say_so_in_recds_words() -> None:
     nowhere = f"127.0.0.1:{free_port()}"
     line = one_line_error(recd("topics", env={"RECD_KAFKA_BOOTSTRAP": nowhere}, timeout=30))
     assert nowhere in line and "recd dev up" in line
-    run = recd("run", "--roles", "ingest", env={"RECD_KAFKA_BOOTSTRAP": nowhere, "RECD_STARTUP_WAIT_S": "2"},
-               timeout=60)
+    run = recd(
+        "run", "--roles", "ingest", env={"RECD_KAFKA_BOOTSTRAP": nowhere, "RECD_STARTUP_WAIT_S": "2"}, timeout=60
+    )
     assert run.returncode == 1
     assert "waiting for the Kafka broker at " + nowhere in run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith(f"recd: no Kafka broker answered at {nowhere} within 2s")
@@ -106,8 +120,11 @@ def test_topics_prints_each_topic(settings: object) -> None:
     from daemon.config import Settings
 
     assert isinstance(settings, Settings)
-    env = {"RECD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "RECD_EVENTS_TOPIC": settings.events_topic,
-           "RECD_PROFILES_TOPIC": settings.profiles_topic}
+    env = {
+        "RECD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "RECD_EVENTS_TOPIC": settings.events_topic,
+        "RECD_PROFILES_TOPIC": settings.profiles_topic,
+    }
     first, again = recd("topics", env=env), recd("topics", env=env)
     assert first.returncode == 0 and again.returncode == 0, first.stderr
     assert f"{settings.events_topic}: created" in first.stdout
@@ -119,8 +136,13 @@ def test_topics_prints_each_topic(settings: object) -> None:
 def test_dev_up_starts_a_broker_prints_the_environment_and_stops_on_ctrl_c(redis_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECD_")}
     env["RECD_REDIS_URL"] = redis_url
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "dev", "up"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "dev", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     exports = dict(re.findall(r"export (\w+)=(\S+)", proc.stdout.readline() + proc.stdout.readline()))
     assert exports["RECD_REDIS_URL"] == redis_url
@@ -135,8 +157,9 @@ def test_dev_up_starts_a_broker_prints_the_environment_and_stops_on_ctrl_c(redis
 
 def test_evaluate_prints_a_table_and_json_on_request(tmp_path: Path) -> None:
     data = tmp_path / "tiny.tsv"
-    data.write_text("".join(f"u{u}\ti{(u * 3 + k) % 40}\t1\t{1_600_000_000 + 60 * k}\n"
-                            for u in range(60) for k in range(8)))
+    data.write_text(
+        "".join(f"u{u}\ti{(u * 3 + k) % 40}\t1\t{1_600_000_000 + 60 * k}\n" for u in range(60) for k in range(8))
+    )
     table = recd("evaluate", str(data), "--models", "popularity")
     assert table.returncode == 0, table.stderr
     header, rule, row = [line for line in table.stdout.splitlines() if line.strip()][-3:]

@@ -72,13 +72,21 @@ def test_help_lists_every_setting() -> None:
 
 
 def test_kafka_security_passthrough() -> None:
-    s = load_settings(environ={
-        "RECD_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "RECD_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-        "RECD_KAFKA_SASL_USERNAME": "svc", "RECD_KAFKA_SASL_PASSWORD": "pw", "RECD_KAFKA_SSL_CAFILE": "/ca.pem",
-    })
+    s = load_settings(
+        environ={
+            "RECD_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "RECD_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "RECD_KAFKA_SASL_USERNAME": "svc",
+            "RECD_KAFKA_SASL_PASSWORD": "pw",
+            "RECD_KAFKA_SSL_CAFILE": "/ca.pem",
+        }
+    )
     assert s.kafka_security() == {
-        "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "svc",
-        "sasl_plain_password": "pw", "ssl_cafile": "/ca.pem",
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "svc",
+        "sasl_plain_password": "pw",
+        "ssl_cafile": "/ca.pem",
     }
 
 

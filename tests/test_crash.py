@@ -34,8 +34,9 @@ def spawn(settings: Settings, log: Path, port: int = 0) -> subprocess.Popen[byte
         env[env_name(name)] = str(getattr(settings, name))
     env.update({"RECD_SESSION_TIMEOUT_MS": "6000", "RECD_METRICS_PORT": str(port), "RECD_POLL_MAX_RECORDS": "500"})
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "daemon.cli", "ingest"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "ingest"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def handled(rclient: redis.Redis, keys: Keys) -> int:
@@ -52,8 +53,9 @@ def wait_for(predicate: object, timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_sigkill_during_replay_loses_and_doubles_nothing(settings: Settings, rclient: redis.Redis,
-                                                          tmp_path: Path) -> None:
+def test_sigkill_during_replay_loses_and_doubles_nothing(
+    settings: Settings, rclient: redis.Redis, tmp_path: Path
+) -> None:
     now = int(time.time() * 1000)
     spec = SyntheticSpec(users=300, items=200, seed=11, start_ms=now - 3_600_000, step_ms=1)
     events = list(synthetic_events(spec, 40_000))
@@ -79,8 +81,11 @@ def test_sigkill_during_replay_loses_and_doubles_nothing(settings: Settings, rcl
         proc.wait()
     proc = spawn(settings, log)
     try:
-        wait_for(lambda: sum(o or 0 for o in committed(settings, settings.events_topic).values()) == len(events),
-                 120, "all offsets committed")
+        wait_for(
+            lambda: sum(o or 0 for o in committed(settings, settings.events_topic).values()) == len(events),
+            120,
+            "all offsets committed",
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -102,8 +107,9 @@ def test_sigkill_during_replay_loses_and_doubles_nothing(settings: Settings, rcl
 
 def test_sigterm_drains_commits_and_serves_health(settings: Settings, rclient: redis.Redis, tmp_path: Path) -> None:
     now = int(time.time() * 1000)
-    events = list(synthetic_events(SyntheticSpec(users=100, items=50, seed=2, start_ms=now - 60_000, step_ms=1),
-                                   20_000))
+    events = list(
+        synthetic_events(SyntheticSpec(users=100, items=50, seed=2, start_ms=now - 60_000, step_ms=1), 20_000)
+    )
     produce_raw(settings, settings.events_topic, [(e["user_id"].encode(), encode(e)) for e in events])
     keys, port, log = Keys(settings.redis_prefix), free_port(), tmp_path / "ingest.log"
     proc = spawn(settings, log, port)

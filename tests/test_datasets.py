@@ -23,20 +23,35 @@ def _rows(data: Interactions) -> list[tuple[str, str, float, float, int]]:
     out = []
     for k in range(len(data)):
         value = float(data.values[k])
-        out.append((data.user_ids[data.users[k]], data.item_ids[data.items[k]], float(data.weights[k]),
-                    -1.0 if math.isnan(value) else value, int(data.ts[k])))
+        out.append(
+            (
+                data.user_ids[data.users[k]],
+                data.item_ids[data.items[k]],
+                float(data.weights[k]),
+                -1.0 if math.isnan(value) else value,
+                int(data.ts[k]),
+            )
+        )
     return out
 
 
 @pytest.fixture
 def recbole_dir(tmp_path: Path) -> Path:
     d = tmp_path / "mini"
-    _write(d / "mini.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-           "10\t100\t5\t881250949\n10\t101\t2\t881250950\n11\t100\t4\t881250900\n")
-    _write(d / "mini.user", "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
-           "10\t24\tM\ttechnician\t85711\n11\t53\tF\tother\t94043\n")
-    _write(d / "mini.item", "item_id:token\tmovie_title:token_seq\trelease_year:token\n"
-           "100\tToy Story\t1995\n101\tGoldenEye\t1995\n")
+    _write(
+        d / "mini.inter",
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        "10\t100\t5\t881250949\n10\t101\t2\t881250950\n11\t100\t4\t881250900\n",
+    )
+    _write(
+        d / "mini.user",
+        "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
+        "10\t24\tM\ttechnician\t85711\n11\t53\tF\tother\t94043\n",
+    )
+    _write(
+        d / "mini.item",
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\n100\tToy Story\t1995\n101\tGoldenEye\t1995\n",
+    )
     return d
 
 
@@ -45,7 +60,8 @@ def test_recbole_ratings_thresholded_profiles_and_titles(recbole_dir: Path) -> N
     assert isinstance(data, Dataset) and data.name == "mini"
     assert data.valid is None and data.test is None and data.has_timestamps and data.value_kind == "rating"
     assert _rows(data.train) == [
-        ("10", "100", 1.0, 5.0, 881250949000), ("10", "101", 0.0, 2.0, 881250950000),
+        ("10", "100", 1.0, 5.0, 881250949000),
+        ("10", "101", 0.0, 2.0, 881250950000),
         ("11", "100", 1.0, 4.0, 881250900000),
     ]
     assert data.item_titles == {"100": "Toy Story", "101": "GoldenEye"}
@@ -56,9 +72,12 @@ def test_recbole_ratings_thresholded_profiles_and_titles(recbole_dir: Path) -> N
 
 
 def test_csv_columns_found_by_name(tmp_path: Path) -> None:
-    f = _write(tmp_path / "ratings.csv", 'rownames,movieId,title,year,genres,userId,rating,timestamp\n'
-               '1,31,"Dangerous Minds, The",1995.0,Drama,1,2.5,1260759144\n'
-               '2,1029,Dumbo,1941.0,Animation|Children,1,4.5,1260759179\n')
+    f = _write(
+        tmp_path / "ratings.csv",
+        "rownames,movieId,title,year,genres,userId,rating,timestamp\n"
+        '1,31,"Dangerous Minds, The",1995.0,Drama,1,2.5,1260759144\n'
+        "2,1029,Dumbo,1941.0,Animation|Children,1,4.5,1260759179\n",
+    )
     data = load_dataset(tmp_path)
     assert _rows(data.train) == [("1", "31", 0.0, 2.5, 1260759144000), ("1", "1029", 1.0, 4.5, 1260759179000)]
     assert data.item_titles == {"31": "Dangerous Minds, The", "1029": "Dumbo"}
@@ -90,7 +109,13 @@ def test_adjacency_lists(tmp_path: Path) -> None:
     data = load_dataset(_write(tmp_path / "graph.txt", "0 5 7 9\n1 5\n2 7 8\n"), rating_threshold=4.0)
     assert data.value_kind == "binary"
     assert [(u, i) for u, i, *_ in _rows(data.train)] == [
-        ("0", "5"), ("0", "7"), ("0", "9"), ("1", "5"), ("2", "7"), ("2", "8")]
+        ("0", "5"),
+        ("0", "7"),
+        ("0", "9"),
+        ("1", "5"),
+        ("2", "7"),
+        ("2", "8"),
+    ]
     assert data.train.n_users == 3 and data.train.n_items == 4
 
 
@@ -105,13 +130,16 @@ def test_pre_split_folder_shares_one_id_map(tmp_path: Path) -> None:
     assert len(data.all()) == 6
 
 
-@pytest.mark.parametrize(("name", "text", "where"), [
-    ("bad.inter", "user_id:token\titem_id:token\trating:float\n1\t2\tfive\n", "bad.inter:2"),
-    ("short.inter", "user_id:token\titem_id:token\trating:float\n1\t2\t3\n1\t2\n", "short.inter:3"),
-    ("bad.csv", "userId,movieId,rating,timestamp\n1,2,3,1260759144\n1,2,4,yesterday\n", "bad.csv:3"),
-    ("bad.txt", "1 2 3\n" * 20 + "1 2 x\n", "bad.txt:21"),
-    ("nohead.inter", "a:token\tb:token\n1\t2\n", "nohead.inter:1"),
-])
+@pytest.mark.parametrize(
+    ("name", "text", "where"),
+    [
+        ("bad.inter", "user_id:token\titem_id:token\trating:float\n1\t2\tfive\n", "bad.inter:2"),
+        ("short.inter", "user_id:token\titem_id:token\trating:float\n1\t2\t3\n1\t2\n", "short.inter:3"),
+        ("bad.csv", "userId,movieId,rating,timestamp\n1,2,3,1260759144\n1,2,4,yesterday\n", "bad.csv:3"),
+        ("bad.txt", "1 2 3\n" * 20 + "1 2 x\n", "bad.txt:21"),
+        ("nohead.inter", "a:token\tb:token\n1\t2\n", "nohead.inter:1"),
+    ],
+)
 def test_malformed_input_names_file_and_line(tmp_path: Path, name: str, text: str, where: str) -> None:
     with pytest.raises(ValueError, match=where):
         load_dataset(_write(tmp_path / name, text))
@@ -130,7 +158,10 @@ def test_iter_events_time_ordered_and_stable(tmp_path: Path) -> None:
     _write(tmp_path / "r.csv", "userId,movieId,rating,timestamp\n1,a,4,200\n2,b,2.5,100\n3,c,5,200\n")
     events = list(iter_events(tmp_path / "r.csv"))
     assert [(e["user_id"], e["item_id"], e["ts"], e["value"]) for e in events] == [
-        ("2", "b", 100_000, 2.5), ("1", "a", 200_000, 4.0), ("3", "c", 200_000, 5.0)]
+        ("2", "b", 100_000, 2.5),
+        ("1", "a", 200_000, 4.0),
+        ("3", "c", 200_000, 5.0),
+    ]
     assert {e["type"] for e in events} == {"rating"}
 
 
@@ -139,7 +170,10 @@ def test_iter_events_without_timestamps_keeps_file_order(tmp_path: Path) -> None
     _write(tmp_path / "test.txt", "u1 i3 1\n")
     events = list(iter_events(tmp_path))
     assert [(e["user_id"], e["item_id"], e["type"]) for e in events] == [
-        ("u1", "i1", "click"), ("u2", "i2", "click"), ("u1", "i3", "click")]
+        ("u1", "i1", "click"),
+        ("u2", "i2", "click"),
+        ("u1", "i3", "click"),
+    ]
     ts = [e["ts"] for e in events]
     assert ts == sorted(ts) and len(set(ts)) == 3 and ts[0] >= 631_152_000_000  # epoch ms after 1990
     assert all("value" not in e for e in events)
@@ -149,15 +183,18 @@ def test_iter_events_without_timestamps_keeps_file_order(tmp_path: Path) -> None
 
 def test_iter_profiles_coarsens(recbole_dir: Path) -> None:
     profiles = list(iter_profiles(recbole_dir))
-    assert profiles[0] == {"user_id": "10", "attributes": {
-        "age_band": "18-24", "gender": "M", "occupation": "technician", "region": "8"}}
+    assert profiles[0] == {
+        "user_id": "10",
+        "attributes": {"age_band": "18-24", "gender": "M", "occupation": "technician", "region": "8"},
+    }
     assert profiles[1]["attributes"]["age_band"] == "45-54"
     assert all("zip_code" not in p["attributes"] for p in profiles)
     assert list(iter_profiles(_write(recbole_dir.parent / "x.txt", "1 2 1\n"))) == []
 
 
-@pytest.mark.parametrize(("age", "band"), [("7", "<18"), ("18", "18-24"), ("34", "25-34"), ("54", "45-54"),
-                                           ("55", "55+"), ("n/a", "n/a")])
+@pytest.mark.parametrize(
+    ("age", "band"), [("7", "<18"), ("18", "18-24"), ("34", "25-34"), ("54", "45-54"), ("55", "55+"), ("n/a", "n/a")]
+)
 def test_age_band(age: str, band: str) -> None:
     assert age_band(age) == band
 

@@ -69,12 +69,19 @@ def run_until_applied(worker: IngestWorker, rclient: redis.Redis, keys: Keys, ev
         worker.step()
 
 
-@pytest.mark.parametrize(("size", "max_payload"), [
-    (2_000_406, 900_000),  # over the dead-letter producer's 1 MB default request size
-    (5 * 1024 * 1024 + 3, 300_000),  # over the consumer's max_partition_fetch_bytes (4 MiB) too
-], ids=["2MB", "5MB"])
+@pytest.mark.parametrize(
+    ("size", "max_payload"),
+    [
+        (2_000_406, 900_000),  # over the dead-letter producer's 1 MB default request size
+        (5 * 1024 * 1024 + 3, 300_000),  # over the consumer's max_partition_fetch_bytes (4 MiB) too
+    ],
+    ids=["2MB", "5MB"],
+)
 def test_an_oversized_message_is_dead_lettered_cut_and_committed_past(
-    settings: Settings, rclient: redis.Redis, size: int, max_payload: int,
+    settings: Settings,
+    rclient: redis.Redis,
+    size: int,
+    max_payload: int,
 ) -> None:
     settings = settings.replace(dlq_max_payload_bytes=max_payload)
     now = int(time.time() * 1000)
@@ -202,9 +209,17 @@ def test_a_failure_that_may_pass_is_re_sent_whole_and_reported(outcome: Outcome)
 
 
 def test_the_largest_dead_letter_fits_the_producer_and_a_default_topic(settings: Settings) -> None:
-    headers = [(REASON, b"oversized"), (DETAIL, b"d" * 1024), (SOURCE_TOPIC, b"t" * 249),
-               (SOURCE_PARTITION, b"2147483647"), (SOURCE_OFFSET, b"9" * 19), (FAILED_AT_MS, b"9" * 13),
-               (TRUNCATED, b"1"), (ORIGINAL_BYTES, b"9" * 19), (SHA256, b"f" * 64)]
+    headers = [
+        (REASON, b"oversized"),
+        (DETAIL, b"d" * 1024),
+        (SOURCE_TOPIC, b"t" * 249),
+        (SOURCE_PARTITION, b"2147483647"),
+        (SOURCE_OFFSET, b"9" * 19),
+        (FAILED_AT_MS, b"9" * 13),
+        (TRUNCATED, b"1"),
+        (ORIGINAL_BYTES, b"9" * 19),
+        (SHA256, b"f" * 64),
+    ]
     value = bytes(settings.dlq_max_payload_bytes)
     assert DefaultRecordBatchBuilder.estimate_size_in_bytes(None, value, headers) <= dlq_max_request_size(settings)
     assert dlq_max_request_size(settings) <= KAFKA_DEFAULT_MAX_MESSAGE_BYTES

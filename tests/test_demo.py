@@ -21,9 +21,24 @@ def test_demo_runs_to_completion(broker: str, redis_url: str, tmp_path: Path) ->
     env = {**os.environ, "RECD_KAFKA_BOOTSTRAP": broker, "RECD_REDIS_URL": redis_url, "RECD_LOG_LEVEL": "WARNING"}
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "demo", "--events", "6000", "--users", "300", "--items", "150",
-         "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "daemon.cli",
+            "demo",
+            "--events",
+            "6000",
+            "--users",
+            "300",
+            "--items",
+            "150",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout
@@ -41,9 +56,13 @@ def test_demo_runs_to_completion(broker: str, redis_url: str, tmp_path: Path) ->
 def test_an_interrupted_demo_stops_its_broker_and_removes_its_keys(redis_url: str, tmp_path: Path, sig: int) -> None:
     env = {k: v for k, v in os.environ.items() if k != "RECD_KAFKA_BOOTSTRAP"}  # the demo starts its own broker
     env.update(RECD_REDIS_URL=redis_url, RECD_LOG_LEVEL="WARNING")
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "demo", "--events", "200000", "--out",
-                             str(tmp_path / "demo")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "demo", "--events", "200000", "--out", str(tmp_path / "demo")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     first = proc.stdout.readline()  # recd demo: broker 127.0.0.1:P, redis URL (prefix recd-demo-xxxxxx:)
     match = re.search(r"broker (\S+):(\d+), redis .* \(prefix (\S+)\)", first)

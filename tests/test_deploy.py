@@ -49,6 +49,7 @@ PROMTOOL_MISSING = "promtool is not on PATH: install Debian's prometheus package
 
 # ----- reading the files
 
+
 def walk_exprs(node: Any) -> Iterator[str]:
     """Every PromQL string in a Grafana dashboard (panel targets, annotations, template queries)."""
     if isinstance(node, dict):
@@ -115,9 +116,7 @@ def exported_series(text: str) -> set[str]:
 
 def test_exported_series_maps_suffixes_by_type() -> None:
     text = (
-        "# HELP a_total c\n# TYPE a_total counter\n"
-        "# HELP h h\n# TYPE h histogram\n"
-        "# HELP g g\n# TYPE g gauge\ng 1.0\n"
+        "# HELP a_total c\n# TYPE a_total counter\n# HELP h h\n# TYPE h histogram\n# HELP g g\n# TYPE g gauge\ng 1.0\n"
     )
     names = exported_series(text)
     assert {"a_total", "a_created", "h_bucket", "h_count", "h_sum", "g"} <= names
@@ -126,11 +125,20 @@ def test_exported_series_maps_suffixes_by_type() -> None:
 
 # ----- the daemon, as ops run it
 
+
 def daemon_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The parent environment without its RECD_* variables, plus the test's settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    for name in ("kafka_bootstrap", "redis_url", "redis_prefix", "events_topic", "profiles_topic",
-                 "consumer_group", "session_timeout_ms", "model_dir"):
+    for name in (
+        "kafka_bootstrap",
+        "redis_url",
+        "redis_prefix",
+        "events_topic",
+        "profiles_topic",
+        "consumer_group",
+        "session_timeout_ms",
+        "model_dir",
+    ):
         env[env_name(name)] = str(getattr(settings, name))
     env.update({"RECD_HTTP_HOST": "127.0.0.1", "RECD_METRICS_PORT": "0", **extra})
     return env
@@ -155,8 +163,13 @@ def wait_for_http(proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 4
 def running_daemon(settings: Settings, log: Path, roles: str = "ingest,serve", **env: str) -> Iterator[str]:
     """`recd run --roles ROLES` as a subprocess; yields its HTTP base URL; SIGTERM and wait on exit."""
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--roles", roles],
-                                env=daemon_env(settings, **env), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "run", "--roles", roles],
+            env=daemon_env(settings, **env),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         yield wait_for_http(proc, log)
     finally:
@@ -287,6 +300,7 @@ def test_prometheusrule_is_rendered_from_rules_yml() -> None:
 
 # ----- files parse, promtool agrees
 
+
 def test_every_yaml_and_json_file_parses() -> None:
     files = [p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml", ".json")]
     assert len(files) >= 15, files
@@ -316,8 +330,14 @@ def test_promtool_checks_rules_and_config(tmp_path: Path) -> None:
 
 def test_promtool_unit_tests_of_the_alerts() -> None:
     tests = DEPLOY / "prometheus" / "rules_test.yml"
-    done = subprocess.run([promtool(), "test", "rules", tests.name], cwd=tests.parent, capture_output=True,
-                          text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [promtool(), "test", "rules", tests.name],
+        cwd=tests.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, f"promtool test rules:\n{done.stdout}\n{done.stderr}"
     tested = {a["alertname"] for t in load_yaml(tests)[0]["tests"] for a in t.get("alert_rule_test", [])}
     assert set(alerts()) <= tested, f"alerts without a promtool unit test: {set(alerts()) - tested}"

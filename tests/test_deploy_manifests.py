@@ -17,6 +17,7 @@ from tests.deployfiles import DASHBOARDS, DEPLOY, OPS_GUIDE, ROOT, load_yaml
 
 # ----- settings
 
+
 def test_every_recd_variable_in_deploy_and_the_guide_is_a_setting() -> None:
     settings = {env_name(f.name) for f in dataclasses.fields(Settings)} | {ENV_PREFIX + "CONFIG"}
     used: dict[str, set[str]] = {}
@@ -30,6 +31,7 @@ def test_every_recd_variable_in_deploy_and_the_guide_is_a_setting() -> None:
 
 
 # ----- docker compose
+
 
 def compose() -> dict[str, Any]:
     doc: dict[str, Any] = load_yaml(DEPLOY / "compose.yaml")[0]
@@ -86,8 +88,12 @@ def test_compose_trainer_gets_a_gpu_or_runs_on_cpu() -> None:
 
 def test_prometheus_scrapes_the_compose_services() -> None:
     services = compose()["services"]
-    names = set(services) | {a for svc in services.values()
-                             for net in (svc.get("networks") or {}).values() for a in (net or {}).get("aliases", [])}
+    names = set(services) | {
+        a
+        for svc in services.values()
+        for net in (svc.get("networks") or {}).values()
+        for a in (net or {}).get("aliases", [])
+    }
     config = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")[0]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     for job in ("recd", "recd-trainer"):
@@ -99,6 +105,7 @@ def test_prometheus_scrapes_the_compose_services() -> None:
 
 
 # ----- Kubernetes
+
 
 def k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
     """(kind, name) -> object, for every file kustomization.yaml lists (which must all exist)."""
@@ -186,6 +193,7 @@ def test_k8s_config_and_secret_keys_are_recd_settings() -> None:
 
 
 # ----- image and Grafana
+
 
 def test_dockerfile_matches_the_project() -> None:
     text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")

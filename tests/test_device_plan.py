@@ -90,8 +90,9 @@ def test_device_plan_trains_exactly_like_the_host_plan_on_the_same_draws() -> No
     targets, contexts = rng.integers(0, n, n_t), rng.integers(0, n, (n_t, n_c))
     negs = rng.integers(0, n, (n_t // sizes.group, sizes.shared))
     host = sgns.plan_epoch(targets, contexts, negs, sizes, CPU)
-    dev = device_plan.plan_epoch(torch.from_numpy(targets), torch.from_numpy(contexts), torch.from_numpy(negs),
-                                 sizes, n_rows=n)
+    dev = device_plan.plan_epoch(
+        torch.from_numpy(targets), torch.from_numpy(contexts), torch.from_numpy(negs), sizes, n_rows=n
+    )
     for name in ("targets", "ctx_sorted", "negs", "n_scale", "t_scale", "c_scale"):
         torch.testing.assert_close(getattr(dev, name), getattr(host, name), msg=name)
     for a, b in zip(_train_all_batches(dev, sizes, n, d), _train_all_batches(host, sizes, n, d), strict=True):
@@ -138,12 +139,17 @@ def test_epochs_planned_together_equal_each_planned_alone() -> None:
     sizes = StepSizes(negatives=2, shared=8, group=8, batch=32, neg_cap=0.5, cap=2.0)
     targets, contexts = rng.integers(0, n, epochs * n_t), rng.integers(0, n, (epochs * n_t, n_c))
     negs = rng.integers(0, n, (epochs * n_t // sizes.group, sizes.shared))
-    together = device_plan.plan_epochs(torch.from_numpy(targets), torch.from_numpy(contexts),
-                                       torch.from_numpy(negs), sizes, n, epochs)
+    together = device_plan.plan_epochs(
+        torch.from_numpy(targets), torch.from_numpy(contexts), torch.from_numpy(negs), sizes, n, epochs
+    )
     g = n_t // sizes.group
     for e, plan in enumerate(together):
-        alone = device_plan.plan_epoch(torch.from_numpy(targets[e * n_t:(e + 1) * n_t]),
-                                       torch.from_numpy(contexts[e * n_t:(e + 1) * n_t]),
-                                       torch.from_numpy(negs[e * g:(e + 1) * g]), sizes, n)
+        alone = device_plan.plan_epoch(
+            torch.from_numpy(targets[e * n_t : (e + 1) * n_t]),
+            torch.from_numpy(contexts[e * n_t : (e + 1) * n_t]),
+            torch.from_numpy(negs[e * g : (e + 1) * g]),
+            sizes,
+            n,
+        )
         for field in dataclasses.fields(alone):
             torch.testing.assert_close(getattr(plan, field.name), getattr(alone, field.name), msg=field.name)

@@ -37,8 +37,9 @@ class TableModel(EmbeddingModel):
         self.item_ids = list(item_ids)
         self.vectors = np.asarray(vectors, np.float32)
 
-    def fit(self, data: Interactions, *, warm_from: EmbeddingModel | None = None,
-            on_epoch: EpochCallback | None = None) -> FitReport:
+    def fit(
+        self, data: Interactions, *, warm_from: EmbeddingModel | None = None, on_epoch: EpochCallback | None = None
+    ) -> FitReport:
         return FitReport(self.kind, "cpu", 0, 0.0, 0, 0.0)
 
     def index_vectors(self) -> FloatArray:
@@ -97,8 +98,10 @@ def one_hot_vectors(item_ids: Sequence[str]) -> FloatArray:
 
 def test_leave_latest_out_holds_the_latest_positive() -> None:
     data = Interactions.from_ids(
-        ["a", "a", "a", "b", "c", "c"], ["x", "y", "z", "x", "x", "y"],
-        weights=[1, 1, 0, 1, 1, 1], ts=[30, 10, 99, 5, 7, 7],
+        ["a", "a", "a", "b", "c", "c"],
+        ["x", "y", "z", "x", "x", "y"],
+        weights=[1, 1, 0, 1, 1, 1],
+        ts=[30, 10, 99, 5, 7, 7],
     )
     train, test = leave_latest_out(data)
     held = {(test.user_ids[u], test.item_ids[i]) for u, i in zip(test.users, test.items, strict=True)}
@@ -219,12 +222,29 @@ def test_protocol_split_choice() -> None:
 
 
 def _hand_made_result() -> dict[str, Any]:
-    full = {"recall@10": 0.123456, "ndcg@10": 0.05, "recall@20": 0.2, "ndcg@20": 0.0712345,
-            "hr@10_sampled": 0.61, "ndcg@10_sampled": 0.33333, "coverage": 0.5, "tail_share": 0.25,
-            "users": 943.0, "test_pairs": 943.0, "fit_s": 12.5, "eval_s": 0.25}
+    full = {
+        "recall@10": 0.123456,
+        "ndcg@10": 0.05,
+        "recall@20": 0.2,
+        "ndcg@20": 0.0712345,
+        "hr@10_sampled": 0.61,
+        "ndcg@10_sampled": 0.33333,
+        "coverage": 0.5,
+        "tail_share": 0.25,
+        "users": 943.0,
+        "test_pairs": 943.0,
+        "fit_s": 12.5,
+        "eval_s": 0.25,
+    }
     return {
-        "dataset": "ml-100k", "path": "/data/ml-100k/u.data", "protocol": "leave-latest-out",
-        "n_users": 943, "n_items": 1682, "n_train": 99057, "n_test": 943, "k": 20,
+        "dataset": "ml-100k",
+        "path": "/data/ml-100k/u.data",
+        "protocol": "leave-latest-out",
+        "n_users": 943,
+        "n_items": 1682,
+        "n_train": 99057,
+        "n_test": 943,
+        "k": 20,
         "models": {
             "ials": {**full, "auc": 0.91, "device": "cpu", "params": {"dim": 64}},
             "ials_tail": {**full, "recall@10": 0.1, "auc": 0.875, "device": "cpu"},
@@ -246,8 +266,16 @@ def test_format_table_renders_every_model_aligned_with_dashes_for_missing_figure
     rows = {line.split()[0]: line for line in table[2:]}
     assert list(rows) == ["ials", "ials_tail", "popularity"]
     names = table[0].split()
-    for column in ("recall@10", "ndcg@20", "hr@10_sampled", "ndcg@10_sampled", "coverage", "tail_share", "auc",
-                   "fit_s"):
+    for column in (
+        "recall@10",
+        "ndcg@20",
+        "hr@10_sampled",
+        "ndcg@10_sampled",
+        "coverage",
+        "tail_share",
+        "auc",
+        "fit_s",
+    ):
         assert column in names, column
     assert len({len(line) for line in table}) == 1  # every row as wide as the header
     for column in names[1:]:  # right-aligned: each cell ends where its column name ends
@@ -266,8 +294,9 @@ class LossModel(TableModel):
 
     kind = "ials"
 
-    def fit(self, data: Interactions, *, warm_from: EmbeddingModel | None = None,
-            on_epoch: EpochCallback | None = None) -> FitReport:
+    def fit(
+        self, data: Interactions, *, warm_from: EmbeddingModel | None = None, on_epoch: EpochCallback | None = None
+    ) -> FitReport:
         return FitReport(self.kind, "cpu", 3, 0.0, 0, 0.0, losses=[0.9, 0.5, 0.4])
 
 
@@ -288,13 +317,19 @@ def test_run_evaluation_labels_training_curves_by_model_name(tmp_path: Path, mon
 
     monkeypatch.setattr(Figure, "savefig", record)
     factory = lambda: LossModel(data.item_ids, one_hot_vectors(data.item_ids))  # noqa: E731
-    result = run_evaluation(tmp_path / "plays.txt", models=["ials", "ials_tail", "popularity"], with_auc=False,
-                            plots_dir=tmp_path / "plots", factories={"ials": factory, "ials_tail": factory})
+    result = run_evaluation(
+        tmp_path / "plays.txt",
+        models=["ials", "ials_tail", "popularity"],
+        with_auc=False,
+        plots_dir=tmp_path / "plots",
+        factories={"ials": factory, "ials_tail": factory},
+    )
     (curves,) = [fig for name, fig in saved.items() if name.endswith("_training_curves.png")]
     legend = curves.axes[0].get_legend()
     assert legend is not None and [t.get_text() for t in legend.get_texts()] == ["ials", "ials_tail"]
     from trainer.report_table import format_table
 
     table = format_table(result)  # a real result renders too
-    assert all(any(line.startswith(name + " ") for line in table.splitlines())
-               for name in ("ials", "ials_tail", "popularity"))
+    assert all(
+        any(line.startswith(name + " ") for line in table.splitlines()) for name in ("ials", "ials_tail", "popularity")
+    )

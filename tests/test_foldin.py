@@ -10,19 +10,21 @@ from trainer.models.foldin import FoldIn
 from trainer.models.ials import _Csr, solve_rows
 
 
-def exact(items: np.ndarray, a0: float, positions: list[np.ndarray], weights: list[np.ndarray],
-          reg: np.ndarray) -> np.ndarray:
+def exact(
+    items: np.ndarray, a0: float, positions: list[np.ndarray], weights: list[np.ndarray], reg: np.ndarray
+) -> np.ndarray:
     """ials.solve_rows with the exact (Cholesky) solver: what training computes for a user."""
     rows = np.concatenate([np.full(len(p), k) for k, p in enumerate(positions)])
-    csr = _Csr.build(rows, np.concatenate(positions), np.concatenate(weights), len(positions),
-                     torch.device("cpu"))
-    got = solve_rows(csr, torch.from_numpy(items), a0, torch.from_numpy(reg.astype(np.float32)),
-                     torch.arange(len(positions)))
+    csr = _Csr.build(rows, np.concatenate(positions), np.concatenate(weights), len(positions), torch.device("cpu"))
+    got = solve_rows(
+        csr, torch.from_numpy(items), a0, torch.from_numpy(reg.astype(np.float32)), torch.arange(len(positions))
+    )
     return got.numpy()
 
 
-def problem(lengths: list[int], dim: int = 16, n_items: int = 300, seed: int = 0
-            ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], np.ndarray]:
+def problem(
+    lengths: list[int], dim: int = 16, n_items: int = 300, seed: int = 0
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], np.ndarray]:
     rng = np.random.default_rng(seed)
     items = (rng.normal(size=(n_items, dim)) * 0.3).astype(np.float32)
     positions = [rng.integers(0, n_items, n).astype(np.int64) for n in lengths]  # repeats included
@@ -52,7 +54,7 @@ def test_padding_and_grouping_do_not_change_a_users_row() -> None:
     fold = FoldIn(items, 0.2)
     together = fold.solve(positions, weights, reg)
     for k in range(len(positions)):
-        alone = fold.solve([positions[k]], [weights[k]], reg[k:k + 1])
+        alone = fold.solve([positions[k]], [weights[k]], reg[k : k + 1])
         np.testing.assert_allclose(together[k], alone[0], rtol=1e-6, atol=1e-7)
 
 
@@ -74,8 +76,9 @@ def test_lengths_are_grouped_into_few_padded_batches(monkeypatch: pytest.MonkeyP
     widths: list[int] = []
     original = FoldIn._padded
 
-    def spy(self: FoldIn, flat_pos: np.ndarray, flat_w: np.ndarray, starts: np.ndarray, lengths: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray]:
+    def spy(
+        self: FoldIn, flat_pos: np.ndarray, flat_w: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         vec, w = original(self, flat_pos, flat_w, starts, lengths)
         widths.append(w.shape[1])
         return vec, w
@@ -89,8 +92,12 @@ def test_unit_max_scales_each_history_alone() -> None:
     items, positions, weights, reg = problem([3, 20])
     scaled = [w / w.max() for w in weights]
     fold = FoldIn(items, 0.2)
-    np.testing.assert_allclose(fold.solve(positions, [w * 7.0 for w in weights], reg, unit_max=True),
-                               fold.solve(positions, scaled, reg), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        fold.solve(positions, [w * 7.0 for w in weights], reg, unit_max=True),
+        fold.solve(positions, scaled, reg),
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_a_repeated_item_counts_once_with_its_weights_summed() -> None:

@@ -16,9 +16,16 @@ PACK = struct.Struct(">IHBIB")
 
 
 def blob(rng: np.random.Generator, n: int) -> bytes:
-    return b"".join(PACK.pack(int(rng.integers(1_700_000_000, 1_700_100_000)), int(rng.integers(0, 1 << 16)),
-                              int(rng.integers(0, 256)), int(rng.integers(0, 1 << 32)), int(rng.integers(0, 256)))
-                    for _ in range(n))
+    return b"".join(
+        PACK.pack(
+            int(rng.integers(1_700_000_000, 1_700_100_000)),
+            int(rng.integers(0, 1 << 16)),
+            int(rng.integers(0, 256)),
+            int(rng.integers(0, 1 << 32)),
+            int(rng.integers(0, 256)),
+        )
+        for _ in range(n)
+    )
 
 
 def weight_of(entry: Entry, now_s: float, half_life_s: float) -> float:

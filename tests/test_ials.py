@@ -12,8 +12,9 @@ from trainer.models.base import History
 from trainer.models.ials import ImplicitALS, _Csr, solve_rows
 
 
-def planted(n_users: int = 200, n_items: int = 60, clusters: int = 4, per_user: int = 8,
-            seed: int = 0, prefix: str = "i") -> Interactions:
+def planted(
+    n_users: int = 200, n_items: int = 60, clusters: int = 4, per_user: int = 8, seed: int = 0, prefix: str = "i"
+) -> Interactions:
     """Users consume only inside their cluster (items k with k % clusters == cluster)."""
     rng = np.random.default_rng(seed)
     users, items = [], []
@@ -137,8 +138,10 @@ def test_warm_start_keeps_untouched_items_and_adds_new_ones(solver: str) -> None
     fresh = planted(n_users=100, n_items=60, seed=3)
     keep = np.isin([cluster_of(fresh.item_ids[i]) for i in fresh.items], [0, 1])
     recent = fresh.select(keep)
-    extra = Interactions.from_ids([f"v{u}" for u in range(40) for _ in range(3)],
-                                  [f"j{(u * 3 + k) % 12 * 4}" for u in range(40) for k in range(3)])
+    extra = Interactions.from_ids(
+        [f"v{u}" for u in range(40) for _ in range(3)],
+        [f"j{(u * 3 + k) % 12 * 4}" for u in range(40) for k in range(3)],
+    )
     users = [recent.user_ids[u] for u in recent.users] + [extra.user_ids[u] for u in extra.users]
     items = [recent.item_ids[i] for i in recent.items] + [extra.item_ids[i] for i in extra.items]
     both = Interactions.from_ids(users, items)
@@ -148,7 +151,7 @@ def test_warm_start_keeps_untouched_items_and_adds_new_ones(solver: str) -> None
     assert report.new_items == 12 and new.n_items == old.n_items + 12
     untouched = [k for k, i in enumerate(old.item_ids) if cluster_of(i) in (2, 3)]
     np.testing.assert_array_equal(new.items[untouched], old.items[untouched])
-    assert np.abs(new.items[old.n_items:]).sum() > 0
+    assert np.abs(new.items[old.n_items :]).sum() > 0
 
 
 def test_arrays_round_trip_and_empty_history() -> None:
@@ -156,8 +159,10 @@ def test_arrays_round_trip_and_empty_history() -> None:
     model.fit(planted())
     config, arrays = model.to_arrays()
     back = ImplicitALS.from_arrays(config, arrays, model.item_ids)
-    hist = [History(np.array([0, 4, 8]), np.array([1.0, 0.5, 2.0], np.float32)), History(np.zeros(0, np.int64),
-                                                                                           np.zeros(0, np.float32))]
+    hist = [
+        History(np.array([0, 4, 8]), np.array([1.0, 0.5, 2.0], np.float32)),
+        History(np.zeros(0, np.int64), np.zeros(0, np.float32)),
+    ]
     np.testing.assert_array_equal(back.index_vectors(), model.index_vectors())
     q = back.query_vectors(hist)
     np.testing.assert_array_equal(q, model.query_vectors(hist))

@@ -51,8 +51,9 @@ class FixedModel(EmbeddingModel):
         self.vectors = vectors
         self.item_ids = [f"i{k}" for k in range(len(vectors))]
 
-    def fit(self, data: Interactions, *, warm_from: EmbeddingModel | None = None,
-            on_epoch: EpochCallback | None = None) -> FitReport:
+    def fit(
+        self, data: Interactions, *, warm_from: EmbeddingModel | None = None, on_epoch: EpochCallback | None = None
+    ) -> FitReport:
         raise NotImplementedError
 
     def index_vectors(self) -> F32:
@@ -68,8 +69,9 @@ class FixedModel(EmbeddingModel):
         return {}, {"vectors": self.vectors}
 
     @classmethod
-    def from_arrays(cls, config: dict[str, Any], arrays: dict[str, npt.NDArray[Any]],
-                    item_ids: list[str]) -> EmbeddingModel:
+    def from_arrays(
+        cls, config: dict[str, Any], arrays: dict[str, npt.NDArray[Any]], item_ids: list[str]
+    ) -> EmbeddingModel:
         return cls(arrays["vectors"])
 
 

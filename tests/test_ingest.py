@@ -45,8 +45,11 @@ def test_events_bad_input_and_profiles(settings: Settings, rclient: redis.Redis)
         stream.append((ev["user_id"].encode(), encode(ev)))
         if k % 15 == 0 and k // 15 < len(BAD_EVENTS):
             stream.append((ev["user_id"].encode(), BAD_EVENTS[k // 15][1]))
-    produce_raw(settings, settings.profiles_topic,
-                [(p["user_id"].encode(), encode(p)) for p in profiles] + [(b"u1", b[1]) for b in BAD_PROFILES])
+    produce_raw(
+        settings,
+        settings.profiles_topic,
+        [(p["user_id"].encode(), encode(p)) for p in profiles] + [(b"u1", b[1]) for b in BAD_PROFILES],
+    )
     produce_raw(settings, settings.events_topic, stream)
 
     metrics = Metrics(CollectorRegistry())
@@ -80,7 +83,8 @@ def test_events_bad_input_and_profiles(settings: Settings, rclient: redis.Redis)
         assert int(headers["recd.source.offset"]) >= 0 and headers["recd.detail"]
     dead_profiles = read_topic(settings, settings.profiles_topic + settings.dlq_suffix, len(BAD_PROFILES))
     assert sorted(dict(r.headers)["recd.reason"].decode() for r in dead_profiles) == sorted(  # type: ignore[attr-defined]
-        b[2] for b in BAD_PROFILES)
+        b[2] for b in BAD_PROFILES
+    )
 
     for reason in {b[2] for b in BAD_EVENTS}:
         count = sum(1 for b in BAD_EVENTS if b[2] == reason) + sum(1 for b in BAD_PROFILES if b[2] == reason)
@@ -92,7 +96,8 @@ def test_events_bad_input_and_profiles(settings: Settings, rclient: redis.Redis)
     assert sum(o or 0 for o in offsets.values()) == len(stream)
     for partition in range(4):  # lag from the high watermark, per partition, caught up
         lag = metrics.registry.get_sample_value(
-            "recd_consumer_lag", {"topic": settings.events_topic, "partition": str(partition)})
+            "recd_consumer_lag", {"topic": settings.events_topic, "partition": str(partition)}
+        )
         assert lag == 0
 
 

@@ -19,12 +19,21 @@ from trainer.models.sgns import StepSizes, Workspace, collision_scale, plan_epoc
 from trainer.sampling import NegativeSampler, UserSets, negative_probs, popularity_ranks, sample_pairs
 
 CLUSTERS, PER_CLUSTER = 5, 20
-FAST: dict[str, Any] = {"dim": 16, "epochs": 8, "batch": 256, "group": 64, "shared": 32, "lr": 0.05, "threads": 1,
-                         "device": "cpu"}
+FAST: dict[str, Any] = {
+    "dim": 16,
+    "epochs": 8,
+    "batch": 256,
+    "group": 64,
+    "shared": 32,
+    "lr": 0.05,
+    "threads": 1,
+    "device": "cpu",
+}
 
 
-def planted(n_users: int = 300, per_user: int = 8, clusters: range = range(CLUSTERS), seed: int = 0,
-            prefix: str = "i") -> Interactions:
+def planted(
+    n_users: int = 300, per_user: int = 8, clusters: range = range(CLUSTERS), seed: int = 0, prefix: str = "i"
+) -> Interactions:
     """Users who only consume inside one cluster; item ``{prefix}{c}_{k}`` is item k of cluster c."""
     rng = np.random.default_rng(seed)
     users, items = [], []
@@ -112,8 +121,13 @@ def test_sgd_step_equals_one_autograd_sgd_step() -> None:
     win, wout = torch.randn(n, d, generator=gen) * 0.3, torch.randn(n, d, generator=gen) * 0.3
     rng = np.random.default_rng(0)
     sizes = StepSizes(negatives=2, shared=n_n, group=n_t // groups, batch=n_t, neg_cap=0.0)
-    plan = plan_epoch(rng.integers(0, n, n_t), rng.integers(0, n, (n_t, n_c)), rng.integers(0, n, (groups, n_n)),
-                      sizes, torch.device("cpu"))
+    plan = plan_epoch(
+        rng.integers(0, n, n_t),
+        rng.integers(0, n, (n_t, n_c)),
+        rng.integers(0, n, (groups, n_n)),
+        sizes,
+        torch.device("cpu"),
+    )
     a, b = win.clone().requires_grad_(), wout.clone().requires_grad_()
     wt = a[plan.targets]
     pos = (wt[:, None, :] * b[plan.contexts.view(n_t, n_c)]).sum(-1)
@@ -159,8 +173,9 @@ def test_planted_clusters_give_in_cluster_neighbours_and_recommendations(fitted:
 
 def test_empty_history_gives_a_zero_query_row(fitted: tuple[Item2Vec, Interactions]) -> None:
     model, _ = fitted
-    rows = model.query_vectors([History(np.zeros(0, np.int64), np.zeros(0, np.float32)),
-                                History(np.array([0]), np.ones(1, np.float32))])
+    rows = model.query_vectors(
+        [History(np.zeros(0, np.int64), np.zeros(0, np.float32)), History(np.array([0]), np.ones(1, np.float32))]
+    )
     assert rows.dtype == np.float32 and rows.shape[1] == model.index_vectors().shape[1]
     assert not rows[0].any() and rows[1].any()
 

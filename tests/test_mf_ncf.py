@@ -55,13 +55,15 @@ def cluster_precision(model: EmbeddingModel, cluster: int, exact: bool = False, 
 
 
 def mf(**kw: Any) -> MatrixFactorization:
-    return MatrixFactorization(**{"dim": 8, "epochs": 25, "lr": 0.05, "weight_decay": 1e-3, "batch": 128,
-                                  "device": "cpu", "threads": 1, **kw})
+    return MatrixFactorization(
+        **{"dim": 8, "epochs": 25, "lr": 0.05, "weight_decay": 1e-3, "batch": 128, "device": "cpu", "threads": 1, **kw}
+    )
 
 
 def ncf(**kw: Any) -> NCF:
-    return NCF(**{"dim": 8, "layers": (16, 16, 8), "epochs": 30, "lr": 0.02, "batch": 128, "device": "cpu",
-                  "threads": 1, **kw})
+    return NCF(
+        **{"dim": 8, "layers": (16, 16, 8), "epochs": 30, "lr": 0.02, "batch": 128, "device": "cpu", "threads": 1, **kw}
+    )
 
 
 # ---------------------------------------------------------------- planted structure
@@ -85,15 +87,21 @@ def planted_ratings(seed: int = 0) -> tuple[Interactions, np.ndarray[Any, Any]]:
     users, items = [], []
     for u in range(n_users):
         own = u // USERS_PER
-        truth[u, own * ITEMS_PER:(own + 1) * ITEMS_PER] = 5.0
+        truth[u, own * ITEMS_PER : (own + 1) * ITEMS_PER] = 5.0
         inside = own * ITEMS_PER + rng.choice(ITEMS_PER, 6, replace=False)
         outside = rng.choice(np.setdiff1d(np.arange(n_items), np.arange(own * ITEMS_PER, (own + 1) * ITEMS_PER)), 6)
         users += [u] * 12
         items += [*inside.tolist(), *outside.tolist()]
     u_arr, i_arr = np.array(users), np.array(items)
-    data = Interactions(u_arr.astype(np.int32), i_arr.astype(np.int32), (truth[u_arr, i_arr] >= 4).astype(np.float32),
-                        truth[u_arr, i_arr], np.zeros(len(u_arr), np.int64),
-                        [f"u{u}" for u in range(n_users)], [f"i{i}" for i in range(n_items)])
+    data = Interactions(
+        u_arr.astype(np.int32),
+        i_arr.astype(np.int32),
+        (truth[u_arr, i_arr] >= 4).astype(np.float32),
+        truth[u_arr, i_arr],
+        np.zeros(len(u_arr), np.int64),
+        [f"u{u}" for u in range(n_users)],
+        [f"i{i}" for i in range(n_items)],
+    )
     return data, truth
 
 
@@ -179,8 +187,8 @@ def test_mf_ranking_is_user_row_ranking_for_a_training_user() -> None:
     query = model.query_vectors([history(model, seen)])[0]
     trained = np.r_[model.user_vectors[u], 1.0]
     index = model.index_vectors()
-    top_fold = set(np.argsort(-(index @ query))[:PER_USER + 4].tolist())
-    top_trained = set(np.argsort(-(index @ trained))[:PER_USER + 4].tolist())
+    top_fold = set(np.argsort(-(index @ query))[: PER_USER + 4].tolist())
+    top_trained = set(np.argsort(-(index @ trained))[: PER_USER + 4].tolist())
     assert len(top_fold & top_trained) >= PER_USER
 
 
@@ -194,7 +202,7 @@ def test_mf_warm_start_keeps_old_rows_and_adds_new_ones() -> None:
     recent = planted(range(2, 4), seed=1, prefix="v")  # cluster 2 again, cluster 3 is new; 0 and 1 absent
     new = mf(epochs=15)
     report = new.fit(recent, warm_from=old)
-    assert new.item_ids[:old.n_items] == old.item_ids
+    assert new.item_ids[: old.n_items] == old.item_ids
     assert report.new_items == ITEMS_PER and new.n_items == old.n_items + ITEMS_PER
     absent = [i for i, item in enumerate(old.item_ids) if item[:2] in ("i0", "i1")]
     np.testing.assert_array_equal(new.index_vectors()[absent], before[absent])  # untouched, bit for bit
@@ -211,7 +219,7 @@ def test_ncf_warm_start_keeps_old_rows_and_weights() -> None:
     new = ncf(epochs=15)
     report = new.fit(planted(range(2, 4), seed=1, prefix="v"), warm_from=old)
     after = new.to_arrays()[1]
-    assert report.new_items == ITEMS_PER and new.item_ids[:old.n_items] == old.item_ids
+    assert report.new_items == ITEMS_PER and new.item_ids[: old.n_items] == old.item_ids
     absent = [i for i, item in enumerate(old.item_ids) if item[:2] in ("i0", "i1")]
     for name in ("tables.gmf_item", "tables.gmf_hist", "tables.mlp_item", "tables.item_bias"):
         np.testing.assert_array_equal(after[name][absent], before[name][absent])

@@ -31,9 +31,23 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def persistent_redis(folder: Path, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder), "--save", "",
-         "--appendonly", "yes", "--appendfsync", "always"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(folder),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
     while not redis_answers(f"redis://127.0.0.1:{port}/0"):
@@ -112,8 +126,11 @@ def test_the_serve_role_rides_out_a_redis_restart(settings: Settings, tmp_path: 
         _wait(lambda: bool(client.exists(keys.rec("before"))), 15, "no list before the outage")
         server.terminate()
         server.wait(10)
-        _wait(lambda: (metrics.registry.get_sample_value("recd_errors_total", {"component": "serve"}) or 0) >= 2,
-              15, "the serve role did not retry")
+        _wait(
+            lambda: (metrics.registry.get_sample_value("recd_errors_total", {"component": "serve"}) or 0) >= 2,
+            15,
+            "the serve role did not retry",
+        )
         assert thread.is_alive() and loop.error is None
         server = persistent_redis(tmp_path, port)  # back, with its data (append-only file)
         client.zadd(keys.dirty, {"after": time.time() * 1000})

@@ -24,8 +24,9 @@ class FixedModel(EmbeddingModel):
         self.item_ids = item_ids
         self.vectors = vectors
 
-    def fit(self, data: Interactions, *, warm_from: EmbeddingModel | None = None,
-            on_epoch: EpochCallback | None = None) -> FitReport:
+    def fit(
+        self, data: Interactions, *, warm_from: EmbeddingModel | None = None, on_epoch: EpochCallback | None = None
+    ) -> FitReport:
         return FitReport(self.kind, "cpu", 0, 0.0, 0, 0.0)
 
     def index_vectors(self) -> FloatArray:
@@ -75,8 +76,10 @@ def test_embedding_map_and_training_curves_are_pngs(tmp_path: Path) -> None:
     assert _is_png(aligned)
     with pytest.raises(ValueError, match="aligned"):
         plot_embedding_map(model, titles, np.arange(5.0), tmp_path / "bad.png")
-    reports = [FitReport("mf", "cpu", 3, 1.0, 30, 30.0, losses=[0.9, 0.5, 0.4]),
-               FitReport("mf", "cpu", 2, 1.0, 20, 20.0, losses=[0.8, 0.6])]
+    reports = [
+        FitReport("mf", "cpu", 3, 1.0, 30, 30.0, losses=[0.9, 0.5, 0.4]),
+        FitReport("mf", "cpu", 2, 1.0, 20, 20.0, losses=[0.8, 0.6]),
+    ]
     curves = plot_training_curves(reports, tmp_path / "curves.png")
     assert _is_png(curves)
     assert _is_png(plot_training_curves({"item2vec": [3.0, 2.0, 1.5]}, tmp_path / "c2.png", log_scale=True))
@@ -98,7 +101,8 @@ def _saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 def test_training_curves_keep_given_names_and_coinciding_curves_visible(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     saved = _saved_figures(monkeypatch)
     same = [0.9, 0.5, 0.4]

@@ -54,8 +54,12 @@ def running_prometheus(config: Path, folder: Path) -> Iterator[str]:
     if binary is None:
         pytest.fail(PROMETHEUS_MISSING)
     base, log = f"http://127.0.0.1:{free_port()}", folder / "prometheus.log"
-    args = [binary, f"--config.file={config}", f"--storage.tsdb.path={folder / 'tsdb'}",
-            f"--web.listen-address={base.removeprefix('http://')}"]
+    args = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={folder / 'tsdb'}",
+        f"--web.listen-address={base.removeprefix('http://')}",
+    ]
     with log.open("ab") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -59,14 +59,15 @@ def _handled(client: redis.Redis, keys: Keys) -> int:
 
 def _versions(client: redis.Redis, keys: Keys) -> dict[str, str]:
     """Every user with a list -> the model version of that list."""
-    users = [text(k)[len(keys.rec("")):] for k in client.scan_iter(match=keys.rec("*"), count=1000)]
+    users = [text(k)[len(keys.rec("")) :] for k in client.scan_iter(match=keys.rec("*"), count=1000)]
     raw: Any = client.mget([keys.rec(u) for u in users]) if users else []
     return {u: RecommendationList.from_json(r).model_version for u, r in zip(users, raw, strict=True) if r}
 
 
 @pytest.mark.parametrize("produce", [publish_synthetic_2023, publish_dataset_1998], ids=["synthetic", "dataset"])
 def test_first_model_rewrites_every_list_whatever_the_event_times(
-        settings: Settings, rclient: redis.Redis, tmp_path: Path, produce: Callable[[Settings, Path], int]) -> None:
+    settings: Settings, rclient: redis.Redis, tmp_path: Path, produce: Callable[[Settings, Path], int]
+) -> None:
     settings = settings.replace(train_min_events=1, quality_tolerance=0.5, model_poll_s=0.0)
     sent = produce(settings, tmp_path)
     keys, metrics = Keys(settings.redis_prefix), Metrics(CollectorRegistry())
@@ -92,4 +93,3 @@ def test_first_model_rewrites_every_list_whatever_the_event_times(
     finally:
         ingest.shutdown()
         server.shutdown()
-

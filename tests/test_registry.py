@@ -20,8 +20,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_preset_names_start_with_their_kind() -> None:
-    assert set(registry.PRESETS) >= {"item2vec", "item2vec_tail", "item2vec_loguniform", "mf_bpr", "mf_mse",
-                                     "ncf", "ncf_gmf", "ials", "ials_tail"}
+    assert set(registry.PRESETS) >= {
+        "item2vec",
+        "item2vec_tail",
+        "item2vec_loguniform",
+        "mf_bpr",
+        "mf_mse",
+        "ncf",
+        "ncf_gmf",
+        "ials",
+        "ials_tail",
+    }
     for name, preset in registry.PRESETS.items():
         assert preset["model"] in registry.MODEL_CLASSES, name
         assert name.split("_")[0] == preset["model"] == registry.kind_of(name), name
@@ -63,8 +72,15 @@ def test_build_preset_passes_settings_and_overrides(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(registry, "model_class", model_class)
     model: Any = registry.build_preset("mf_mse", seed=7, device="cpu", threads=3, dim=8, loss="bpr")
     assert kinds == ["mf"]
-    assert model.kwargs == {"loss": "bpr", "dim": 8, "epochs": 10, "weight_decay": 1e-2, "seed": 7, "device": "cpu",
-                            "threads": 3}
+    assert model.kwargs == {
+        "loss": "bpr",
+        "dim": 8,
+        "epochs": 10,
+        "weight_decay": 1e-2,
+        "seed": 7,
+        "device": "cpu",
+        "threads": 3,
+    }
     assert registry.PRESETS["mf_mse"]["loss"] == "mse"  # the preset itself is untouched
     model = registry.build_preset("ncf")
     assert model.kwargs == {"variant": "neumf", "seed": 0, "device": "auto", "threads": 2}
@@ -115,6 +131,8 @@ def test_fitted_model_round_trips_through_a_snapshot(name: str, tmp_path: Path) 
     np.testing.assert_array_equal(loaded.similar_vectors(), model.similar_vectors())
     from trainer.models.base import History
 
-    histories = [History(np.array([0, 3], np.int64), np.array([1.0, 0.5], np.float32)),
-                 History(np.zeros(0, np.int64), np.zeros(0, np.float32))]
+    histories = [
+        History(np.array([0, 3], np.int64), np.array([1.0, 0.5], np.float32)),
+        History(np.zeros(0, np.int64), np.zeros(0, np.float32)),
+    ]
     np.testing.assert_array_equal(loaded.query_vectors(histories), model.query_vectors(histories))

@@ -25,13 +25,24 @@ pytestmark = pytest.mark.integration
 
 def spawn(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
-    for name in ("kafka_bootstrap", "redis_url", "redis_prefix", "events_topic", "profiles_topic", "consumer_group",
-                 "model_dir"):
+    for name in (
+        "kafka_bootstrap",
+        "redis_url",
+        "redis_prefix",
+        "events_topic",
+        "profiles_topic",
+        "consumer_group",
+        "model_dir",
+    ):
         env[env_name(name)] = str(getattr(settings, name))
     env.update({"RECD_SESSION_TIMEOUT_MS": "6000", "RECD_METRICS_PORT": "0", "RECD_POLL_MAX_RECORDS": "200"})
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--roles", "ingest,serve"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "run", "--roles", "ingest,serve"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def assignments(log: Path, topic: str) -> set[int]:
@@ -40,8 +51,9 @@ def assignments(log: Path, topic: str) -> set[int]:
     return {p for t, p in ast.literal_eval(found[-1]) if t == topic} if found else set()
 
 
-def test_replicas_split_partitions_and_apply_each_event_once(settings: Settings, rclient: redis.Redis,
-                                                             tmp_path: Path) -> None:
+def test_replicas_split_partitions_and_apply_each_event_once(
+    settings: Settings, rclient: redis.Redis, tmp_path: Path
+) -> None:
     ensure_topics(settings, partitions=4)
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     procs = [spawn(settings, logs[0])]
@@ -52,8 +64,10 @@ def test_replicas_split_partitions_and_apply_each_event_once(settings: Settings,
     events = list(synthetic_events(SyntheticSpec(users=200, items=100, seed=9, start_ms=now - 600_000), 4000))
     try:
         deadline = time.monotonic() + 60
-        while not (all(assignments(log, topic) for log in logs) and
-                   len(assignments(logs[0], topic) | assignments(logs[1], topic)) == 4):
+        while not (
+            all(assignments(log, topic) for log in logs)
+            and len(assignments(logs[0], topic) | assignments(logs[1], topic)) == 4
+        ):
             assert time.monotonic() < deadline, [log.read_text()[-2000:] for log in logs]
             time.sleep(0.5)
         produce_raw(settings, settings.events_topic, [(e["user_id"].encode(), encode(e)) for e in events])

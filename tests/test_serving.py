@@ -71,8 +71,9 @@ def _queued(client: redis.Redis, keys: Keys) -> int:
 
 @pytest.fixture
 def world(settings: Settings, rclient: redis.Redis) -> Iterator[World]:
-    settings = settings.replace(train_min_events=1, train_threads=2, recency_half_life_s=10 * 86_400,
-                                new_item_slots=0, quality_tolerance=0.5)
+    settings = settings.replace(
+        train_min_events=1, train_threads=2, recency_half_life_s=10 * 86_400, new_item_slots=0, quality_tolerance=0.5
+    )
     now = int(time.time() * 1000)
     spec = SyntheticSpec(users=80, items=120, clusters=4, seed=5, start_ms=now - 1_800_000, step_ms=600)
     events = list(synthetic_events(spec, 3000))
@@ -83,8 +84,15 @@ def world(settings: Settings, rclient: redis.Redis) -> Iterator[World]:
     metrics = Metrics(CollectorRegistry())
     keys = Keys(settings.redis_prefix)
     watcher = build_watcher(settings.replace(model_poll_s=0.0), rclient, metrics)
-    w = World(settings, keys, metrics, build_ingest(settings, metrics), TrainRole(settings, rclient, metrics),
-              build_server(settings, metrics, watcher), events)
+    w = World(
+        settings,
+        keys,
+        metrics,
+        build_ingest(settings, metrics),
+        TrainRole(settings, rclient, metrics),
+        build_server(settings, metrics, watcher),
+        events,
+    )
     try:
         w.pump(lambda: _applied(rclient, keys) >= len(events))
         time.sleep(2.5)  # serving re-reads the list of known segments every 2 s
@@ -97,8 +105,9 @@ def world(settings: Settings, rclient: redis.Redis) -> Iterator[World]:
         w.server.shutdown()
 
 
-def entry_weight(entry: Entry, weights: Mapping[str, float], threshold: float, now_s: float, half_life_s: float
-                 ) -> float:
+def entry_weight(
+    entry: Entry, weights: Mapping[str, float], threshold: float, now_s: float, half_life_s: float
+) -> float:
     """The test's oracle, one entry at a time: the type's weight (a rating's only at or above the
     threshold; none when not positive), halved every half-life of age."""
     base = weights.get(entry.type, 0.0)
@@ -127,8 +136,12 @@ def _warm_users(w: World, client: redis.Redis) -> dict[str, set[str]]:
     users = sorted({e["user_id"] for e in w.events})
     out = {}
     for user, entries in reader.histories_by_item_id(users).items():
-        weights = [entry_weight(e, w.settings.event_weights, w.settings.rating_threshold, time.time(),
-                                w.settings.recency_half_life_s) for _, e in entries]
+        weights = [
+            entry_weight(
+                e, w.settings.event_weights, w.settings.rating_threshold, time.time(), w.settings.recency_half_life_s
+            )
+            for _, e in entries
+        ]
         if any(x > 0 for x in weights):
             out[user] = {item for item, _ in entries}
     return out
@@ -165,8 +178,13 @@ def test_new_event_changes_the_list_within_deadline(world: World, rclient: redis
     user = sorted(_warm_users(world, rclient))[0]
     before = _lists(rclient, world.keys, [user])[user]
     bought = before.items[0]
-    event = {"event_id": "fresh-1", "user_id": user, "item_id": bought, "type": "purchase",
-             "ts": int(time.time() * 1000)}
+    event = {
+        "event_id": "fresh-1",
+        "user_id": user,
+        "item_id": bought,
+        "type": "purchase",
+        "ts": int(time.time() * 1000),
+    }
     produce_raw(world.settings, world.settings.events_topic, [(user.encode(), encode(event))])
 
     def changed() -> bool:
@@ -207,8 +225,9 @@ def _expected_scores(w: World, client: redis.Redis, rec: RecommendationList, ind
     now_s = rec.updated_at / 1000
     pos, weights = [], []
     for item, entry in entries:
-        weight = entry_weight(entry, w.settings.event_weights, w.settings.rating_threshold, now_s,
-                              w.settings.recency_half_life_s)
+        weight = entry_weight(
+            entry, w.settings.event_weights, w.settings.rating_threshold, now_s, w.settings.recency_half_life_s
+        )
         if item in index.item_pos and weight > 0:
             pos.append(index.item_pos[item])
             weights.append(weight)
@@ -246,14 +265,24 @@ def test_model_swap_and_rollback_under_concurrent_reads(world: World, rclient: r
     try:
         v2 = _train(world)  # a fine-tune of v1 on the same data: a new version to swap to
         assert v2 != v1
-        world.pump(lambda: world.server.watcher.current is not None
-                   and world.server.watcher.current.version == v2 and _queued(rclient, world.keys) == 0)
+        world.pump(
+            lambda: (
+                world.server.watcher.current is not None
+                and world.server.watcher.current.version == v2
+                and _queued(rclient, world.keys) == 0
+            )
+        )
         indexes[v2] = world.server.watcher.current
         back = world.trainer.store.rollback()
         assert back == v1
         publish(rclient, world.keys, world.trainer.store, back)
-        world.pump(lambda: world.server.watcher.current is not None
-                   and world.server.watcher.current.version == v1 and _queued(rclient, world.keys) == 0)
+        world.pump(
+            lambda: (
+                world.server.watcher.current is not None
+                and world.server.watcher.current.version == v1
+                and _queued(rclient, world.keys) == 0
+            )
+        )
     finally:
         stop.set()
         for t in threads:
@@ -272,8 +301,13 @@ def _check_not_mixed(w: World, client: redis.Redis, raws: set[str], indexes: dic
     for raw in raws:
         rec = RecommendationList.from_json(raw)
         expected = _expected_scores(w, client, rec, indexes[rec.model_version])
-        np.testing.assert_allclose(rec.scores, expected, rtol=1e-3, atol=1e-4,
-                                   err_msg=f"{rec.user_id} list does not match model {rec.model_version}")
+        np.testing.assert_allclose(
+            rec.scores,
+            expected,
+            rtol=1e-3,
+            atol=1e-4,
+            err_msg=f"{rec.user_id} list does not match model {rec.model_version}",
+        )
         checked += 1
     assert checked >= 30
 
@@ -320,15 +354,17 @@ def test_http_lookups(world: World, rclient: redis.Redis) -> None:
         assert status == 404 and "not known" in body["error"]
         status, body = _get(f"{base}/openapi.json")
         assert status == 200 and "/recommendations/{user_id}" in body["paths"]
-        ok = world.metrics.registry.get_sample_value("recd_lookups_total", {"endpoint": "recommendations",
-                                                                             "status": "200"})
+        ok = world.metrics.registry.get_sample_value(
+            "recd_lookups_total", {"endpoint": "recommendations", "status": "200"}
+        )
         assert ok is not None and ok >= 3
     finally:
         http.stop()
 
 
-def test_a_steps_write_lands_by_the_next_step_in_order_and_its_failure_surfaces(world: World, rclient: redis.Redis
-                                                                               ) -> None:
+def test_a_steps_write_lands_by_the_next_step_in_order_and_its_failure_surfaces(
+    world: World, rclient: redis.Redis
+) -> None:
     _train(world)
     world.pump(lambda: world.server.watcher.current is not None and _queued(rclient, world.keys) == 0)
     users = sorted({e["user_id"] for e in world.events})

@@ -39,11 +39,19 @@ def test_graph_body_trains_like_the_eager_epoch_over_two_epochs(n_t: int, unroll
     lrs = [(0.05, 0.03), (0.03, 0.01)]
     win, wout = _tables()
     ws = Workspace(SIZES.batch_targets, N_C, SIZES, DIM, CPU)
-    eager_losses = [sgns.train_epoch(win, wout, p, r, SIZES, [ws], loss_every=unroll)
-                    for p, r in zip(plans, lrs, strict=True)]
+    eager_losses = [
+        sgns.train_epoch(win, wout, p, r, SIZES, [ws], loss_every=unroll) for p, r in zip(plans, lrs, strict=True)
+    ]
     g_in, g_out = _tables()
-    graph = StepGraph(g_in, g_out, _plan(1, n_t), SIZES, Workspace(SIZES.batch_targets, N_C, SIZES, DIM, CPU),
-                      capture=False, unroll=unroll)
+    graph = StepGraph(
+        g_in,
+        g_out,
+        _plan(1, n_t),
+        SIZES,
+        Workspace(SIZES.batch_targets, N_C, SIZES, DIM, CPU),
+        capture=False,
+        unroll=unroll,
+    )
     graph_losses = [float(graph.run_epoch(p, r)) for p, r in zip(plans, lrs, strict=True)]
     torch.testing.assert_close(g_in, win, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(g_out, wout, atol=1e-6, rtol=1e-5)
@@ -55,8 +63,7 @@ def test_graph_body_trains_like_the_eager_epoch_over_two_epochs(n_t: int, unroll
 def test_each_epochs_plan_is_packed_into_the_fixed_rows() -> None:
     plans = [_plan(1, 112), _plan(5, 112)]
     win, wout = _tables()
-    graph = StepGraph(win, wout, plans[0], SIZES, Workspace(SIZES.batch_targets, N_C, SIZES, DIM, CPU),
-                      capture=False)
+    graph = StepGraph(win, wout, plans[0], SIZES, Workspace(SIZES.batch_targets, N_C, SIZES, DIM, CPU), capture=False)
     graph.run_epoch(plans[1], (0.05, 0.01))
     torch.testing.assert_close(graph.packed[0][:, :32], plans[1].targets[:96].view(3, 32))
     torch.testing.assert_close(graph.packed[1][:, :32], plans[1].n_scale[:96].view(3, 32))

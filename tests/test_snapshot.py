@@ -32,8 +32,9 @@ class TinyModel(EmbeddingModel):
         self.vectors = np.zeros((len(self.item_ids), 3), np.float32) if vectors is None else vectors
         self.scale = scale
 
-    def fit(self, data: Interactions, *, warm_from: EmbeddingModel | None = None,
-            on_epoch: EpochCallback | None = None) -> FitReport:
+    def fit(
+        self, data: Interactions, *, warm_from: EmbeddingModel | None = None, on_epoch: EpochCallback | None = None
+    ) -> FitReport:
         raise NotImplementedError
 
     def index_vectors(self) -> FloatArray:
@@ -53,7 +54,9 @@ class TinyModel(EmbeddingModel):
 
     def to_arrays(self) -> tuple[dict[str, Any], Arrays]:
         return {"scale": self.scale, "dim": np.int64(self.vectors.shape[1])}, {
-            "vectors": self.vectors, "bias": np.arange(len(self.item_ids), dtype=np.float32)}
+            "vectors": self.vectors,
+            "bias": np.arange(len(self.item_ids), dtype=np.float32),
+        }
 
     @classmethod
     def from_arrays(cls, config: dict[str, Any], arrays: Arrays, item_ids: list[str]) -> TinyModel:
@@ -69,8 +72,14 @@ def tiny(n: int = 5, seed: int = 0) -> TinyModel:
 
 
 def save(folder: Path, version: str = "v1", parent: str | None = None, seed: int = 0) -> ModelManifest:
-    return save_snapshot(tiny(seed=seed), folder, version=version, data_watermark={"applied_events": 42},
-                         metrics={"recall@20": np.float32(0.25)}, parent_version=parent)  # type: ignore[dict-item]
+    return save_snapshot(
+        tiny(seed=seed),
+        folder,
+        version=version,
+        data_watermark={"applied_events": 42},
+        metrics={"recall@20": np.float32(0.25)},
+        parent_version=parent,
+    )  # type: ignore[dict-item]
 
 
 # ---------------------------------------------------------------- snapshots
@@ -79,8 +88,14 @@ def save(folder: Path, version: str = "v1", parent: str | None = None, seed: int
 def test_round_trip_without_pickle(tmp_path: Path) -> None:
     folder = tmp_path / "versions" / "v1"
     model = tiny()
-    manifest = save_snapshot(model, folder, version="v1", data_watermark={"applied_events": 42},
-                             metrics={"recall@20": 0.25}, parent_version="v0")
+    manifest = save_snapshot(
+        model,
+        folder,
+        version="v1",
+        data_watermark={"applied_events": 42},
+        metrics={"recall@20": 0.25},
+        parent_version="v0",
+    )
     assert sorted(p.name for p in folder.iterdir()) == ["item_ids.json", "manifest.json", "weights.npz"]
     assert not [p for p in folder.rglob("*") if p.suffix in {".pkl", ".pickle", ".pt", ".pth"}]
     with np.load(folder / "weights.npz", allow_pickle=False) as npz:
@@ -238,8 +253,9 @@ def test_list_is_oldest_first_and_skips_broken_folders(tmp_path: Path) -> None:
     (store.root / "versions" / "broken").mkdir()
     (store.root / "versions" / ".c.tmp-1234").mkdir()
     manifests = store.list()
-    assert [m.version for m in manifests] == sorted([m.version for m in manifests],
-                                                    key=lambda v: (read_manifest(store.path(v)).trained_at, v))
+    assert [m.version for m in manifests] == sorted(
+        [m.version for m in manifests], key=lambda v: (read_manifest(store.path(v)).trained_at, v)
+    )
     assert {m.version for m in manifests} == {"a", "b", "c"}
     assert ModelStore(tmp_path / "nothing").list() == []
 

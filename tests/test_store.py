@@ -25,8 +25,14 @@ def make_store(client: redis.Redis, prefix: str, **opts: object) -> RedisStore:
     return RedisStore(client, Keys(prefix), options)  # type: ignore[arg-type]
 
 
-def ev(i: int, user: str = "u1", item: str | None = None, etype: str = "view", ts: int | None = None,
-       value: float | None = None) -> tuple[InteractionEvent, int]:
+def ev(
+    i: int,
+    user: str = "u1",
+    item: str | None = None,
+    etype: str = "view",
+    ts: int | None = None,
+    value: float | None = None,
+) -> tuple[InteractionEvent, int]:
     return InteractionEvent(f"e{i}", user, item or f"i{i}", etype, T0 + i * 1000 if ts is None else ts, value), T0
 
 
@@ -41,8 +47,7 @@ def test_history_keeps_newest_in_time_order(rclient: redis.Redis, prefix: str) -
 
 def test_history_keeps_type_and_rating_value(rclient: redis.Redis, prefix: str) -> None:
     store = make_store(rclient, prefix)
-    store.apply_events([ev(1, etype="purchase"), ev(2, etype="rating", value=4.5), ev(3, etype="rating", value=-2)],
-                       T0)
+    store.apply_events([ev(1, etype="purchase"), ev(2, etype="rating", value=4.5), ev(3, etype="rating", value=-2)], T0)
     hist = StateReader(rclient, Keys(prefix)).histories(["u1"])["u1"]
     assert [(e.type, e.value) for e in hist] == [("purchase", 0.0), ("rating", 4.5), ("rating", 0.0)]
     assert [e.ts for e in hist] == [(T0 + k * 1000) // 1000 for k in (1, 2, 3)]
@@ -51,8 +56,9 @@ def test_history_keeps_type_and_rating_value(rclient: redis.Redis, prefix: str) 
 def test_replayed_batch_changes_nothing(rclient: redis.Redis, prefix: str) -> None:
     store = make_store(rclient, prefix)
     store.apply_profiles([(ProfileEvent("u1", {"country": "US", "age": "25-34"}, T0), T0)])
-    events = [ev(i, user=f"u{i % 3}", item=f"i{i % 4}", etype=EVENT_TYPES[i % 8], value=float(i % 6))
-              for i in range(40)]
+    events = [
+        ev(i, user=f"u{i % 3}", item=f"i{i % 4}", etype=EVENT_TYPES[i % 8], value=float(i % 6)) for i in range(40)
+    ]
     first = store.apply_events(events, T0)
     stats = Keys(prefix).stats.encode()
     before = dump(rclient, prefix)
@@ -76,11 +82,17 @@ def test_popularity_trending_and_segments(rclient: redis.Redis, prefix: str) -> 
     store = make_store(rclient, prefix)
     keys = Keys(prefix)
     store.apply_profiles([(ProfileEvent("u1", {"country": "US", "age": "25-34"}, T0), T0)])
-    store.apply_events([
-        ev(1, item="a", etype="purchase"), ev(2, item="a", etype="view"), ev(3, item="b", etype="dislike"),
-        ev(4, item="c", etype="rating", value=3.0), ev(5, item="d", etype="rating", value=4.5),
-        ev(6, user="u2", item="b", etype="click"),
-    ], T0)
+    store.apply_events(
+        [
+            ev(1, item="a", etype="purchase"),
+            ev(2, item="a", etype="view"),
+            ev(3, item="b", etype="dislike"),
+            ev(4, item="c", etype="rating", value=3.0),
+            ev(5, item="d", etype="rating", value=4.5),
+            ev(6, user="u2", item="b", etype="click"),
+        ],
+        T0,
+    )
     assert rclient.zscore(keys.popularity, "a") == 6.0
     assert rclient.zscore(keys.popularity, "b") == 2.0  # the dislike adds nothing
     assert rclient.zscore(keys.popularity, "c") is None  # rating below the threshold
@@ -140,20 +152,38 @@ def test_ttl_applies_to_user_state(rclient: redis.Redis, prefix: str) -> None:
 
 def test_matches_reference_model_under_random_replays(rclient: redis.Redis, prefix: str) -> None:
     rng = random.Random(7)
-    events = [ev(i, user=f"u{rng.randrange(6)}", item=f"i{rng.randrange(30)}", etype=rng.choice(EVENT_TYPES),
-                 ts=T0 + rng.randrange(100) * 1000, value=float(rng.randrange(1, 6))) for i in range(400)]
+    events = [
+        ev(
+            i,
+            user=f"u{rng.randrange(6)}",
+            item=f"i{rng.randrange(30)}",
+            etype=rng.choice(EVENT_TYPES),
+            ts=T0 + rng.randrange(100) * 1000,
+            value=float(rng.randrange(1, 6)),
+        )
+        for i in range(400)
+    ]
     delivered = []  # at-least-once: random chunks re-delivered
     pos = 0
     while pos < len(events):
         step = rng.randrange(1, 40)
         back = rng.randrange(0, 30) if rng.random() < 0.4 else 0
-        delivered.extend(events[max(0, pos - back):pos + step])
+        delivered.extend(events[max(0, pos - back) : pos + step])
         pos += step
     store = make_store(rclient, prefix)
     for start in range(0, len(delivered), 37):
-        store.apply_events(delivered[start:start + 37], T0)
-    docs = [{"event_id": e.event_id, "user_id": e.user_id, "item_id": e.item_id, "type": e.type, "ts": e.ts,
-             "value": e.value} for e, _ in delivered]
+        store.apply_events(delivered[start : start + 37], T0)
+    docs = [
+        {
+            "event_id": e.event_id,
+            "user_id": e.user_id,
+            "item_id": e.item_id,
+            "type": e.type,
+            "ts": e.ts,
+            "value": e.value,
+        }
+        for e, _ in delivered
+    ]
     expected = replay(docs, 5, WEIGHTS)
     got = StateReader(rclient, Keys(prefix)).histories_by_item_id(sorted(expected.histories))
     assert {u: [(e.ts, e.crc, item) for item, e in h] for u, h in got.items()} == expected.histories

@@ -18,8 +18,16 @@ from schemas.events import EVENT_TYPES, InteractionEvent, ProfileEvent
 pytestmark = pytest.mark.integration
 
 T0 = 1_700_000_000_000
-WEIGHTS = {"view": 1.0, "click": 2.0, "purchase": 5.0, "rating": 4.0, "dislike": -3.0, "skip": 0.0,
-           "like": 0.7, "add_to_cart": 0.1}
+WEIGHTS = {
+    "view": 1.0,
+    "click": 2.0,
+    "purchase": 5.0,
+    "rating": 4.0,
+    "dislike": -3.0,
+    "skip": 0.0,
+    "like": 0.7,
+    "add_to_cart": 0.1,
+}
 SEGS = ("country", "age")
 
 
@@ -55,8 +63,12 @@ def test_same_second_events_are_appended_in_crc_order(rclient: redis.Redis, pref
 def test_duplicates_and_older_events_in_a_batch(rclient: redis.Redis, prefix: str) -> None:
     store = make_store(rclient, prefix)
     store.apply_events([ev(f"e{k}", 10 + k) for k in range(5)], T0)  # a full history
-    batch = [ev("n1", 20), ev("n2", 21), ev("n1", 20),  # the same event twice in one batch
-             ev("e4", 14)]  # delivered again, still in the history
+    batch = [
+        ev("n1", 20),
+        ev("n2", 21),
+        ev("n1", 20),  # the same event twice in one batch
+        ev("e4", 14),
+    ]  # delivered again, still in the history
     result = store.apply_events(batch, T0)
     assert (result.applied, result.duplicates, result.stale) == (2, 2, 0)
     result = store.apply_events([ev("e0", 10), ev("x", 1)], T0)  # e0 was trimmed: older than all now
@@ -73,21 +85,36 @@ def test_a_shorter_history_setting_trims_on_the_next_append(rclient: redis.Redis
 def test_matches_reference_with_bursts_duplicates_and_profiles(rclient: redis.Redis, prefix: str) -> None:
     rng = random.Random(11)
     users = [f"u{k}" for k in range(5)]
-    profiles = {"u0": {"country": "US", "age": "25-34"}, "u1": {"country": "US", "age": "25-34"},
-                "u2": {"country": "D|E", "age": "a\nb"}, "u3": {"age": "18-24"}}  # u3: no segment, u4: none
-    events = [ev(f"e{k}", rng.randrange(40), user=rng.choice(users), item=f"i{rng.randrange(9)}",
-                 etype=rng.choice(EVENT_TYPES)) for k in range(300)]
+    profiles = {
+        "u0": {"country": "US", "age": "25-34"},
+        "u1": {"country": "US", "age": "25-34"},
+        "u2": {"country": "D|E", "age": "a\nb"},
+        "u3": {"age": "18-24"},
+    }  # u3: no segment, u4: none
+    events = [
+        ev(
+            f"e{k}",
+            rng.randrange(40),
+            user=rng.choice(users),
+            item=f"i{rng.randrange(9)}",
+            etype=rng.choice(EVENT_TYPES),
+        )
+        for k in range(300)
+    ]
     delivered, pos = [], 0
     while pos < len(events):  # bursts per user, re-deliveries, duplicates inside a batch
         step = rng.randrange(1, 30)
-        chunk = events[max(0, pos - rng.randrange(0, 20)):pos + step]
+        chunk = events[max(0, pos - rng.randrange(0, 20)) : pos + step]
         delivered.append(chunk + rng.sample(chunk, min(2, len(chunk))))
         pos += step
     store = make_store(rclient, prefix)
     store.apply_profiles([(ProfileEvent(u, a, T0), T0) for u, a in profiles.items()])
     results = [store.apply_events(batch, T0) for batch in delivered]
-    docs = [{"event_id": e.event_id, "user_id": e.user_id, "item_id": e.item_id, "type": e.type, "ts": e.ts}
-            for batch in delivered for e, _ in batch]
+    docs = [
+        {"event_id": e.event_id, "user_id": e.user_id, "item_id": e.item_id, "type": e.type, "ts": e.ts}
+        for batch in delivered
+        for e, _ in batch
+    ]
     segs = {u: finest_segment(a, SEGS) for u, a in profiles.items()}
     expected = replay(docs, 5, WEIGHTS, segment_of=segs)
     assert sum(r.applied for r in results) == expected.applied
@@ -107,8 +134,9 @@ def test_segments_follow_profile_changes_between_batches(rclient: redis.Redis, p
     store = make_store(rclient, prefix)
     keys = Keys(prefix)
     store.apply_events([ev("a", 1, item="x", etype="click")], T0)  # before any profile: no segment
-    store.apply_profiles([(ProfileEvent("u1", {"country": "US"}, T0), T0),
-                          (ProfileEvent("u2", {"country": "US"}, T0), T0)])
+    store.apply_profiles(
+        [(ProfileEvent("u1", {"country": "US"}, T0), T0), (ProfileEvent("u2", {"country": "US"}, T0), T0)]
+    )
     store.apply_events([ev("b", 2, item="x"), ev("c", 2, user="u2", item="x")], T0)  # one chain, two users
     store.apply_profiles([(ProfileEvent("u1", {"country": "FR", "age": "55+"}, T0 + 1), T0)])
     store.apply_events([ev("d", 3, item="x", etype="purchase")], T0)

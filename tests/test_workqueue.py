@@ -14,8 +14,11 @@ def test_fresh_changes_come_oldest_first_before_swap_refreshes(rclient: redis.Re
     rclient.zadd(keys.dirty, {"late": 2000.0, "early": 1000.0})
     rclient.zadd(keys.swap_queue, {"idle": -500.0})
     claims = WorkQueue(rclient, keys).claim(10, now_ms=5000)
-    assert [(c.user_id, c.score, c.swap) for c in claims] == [("early", 1000.0, False), ("late", 2000.0, False),
-                                                             ("idle", -500.0, True)]
+    assert [(c.user_id, c.score, c.swap) for c in claims] == [
+        ("early", 1000.0, False),
+        ("late", 2000.0, False),
+        ("idle", -500.0, True),
+    ]
     assert rclient.zcard(keys.dirty) == 0 and rclient.zcard(keys.dirty_inflight) == 3
 
 
@@ -37,8 +40,7 @@ def test_claim_with_history_returns_each_users_blob(rclient: redis.Redis, prefix
     rclient.set(keys.history("c"), b"\x01" * 24)
     rclient.zadd(keys.dirty, {"a|{b}": 1.0, "c": 2.0, "none": 3.0})
     claims = WorkQueue(rclient, keys).claim(3, now_ms=10, with_history=True)
-    assert [(c.user_id, c.history) for c in claims] == [("a|{b}", b"\x00" * 12), ("c", b"\x01" * 24),
-                                                        ("none", None)]
+    assert [(c.user_id, c.history) for c in claims] == [("a|{b}", b"\x00" * 12), ("c", b"\x01" * 24), ("none", None)]
     assert all(c.history is None for c in WorkQueue(rclient, keys).claim(3, now_ms=10))
 
 
@@ -50,8 +52,7 @@ def test_a_claim_bigger_than_one_lease_command_leases_everyone(rclient: redis.Re
     assert rclient.zrange(keys.dirty_inflight, 0, -1, withscores=True)[-1][1] == 1000.0
 
 
-def test_a_user_another_worker_holds_stays_queued_until_that_worker_acks(rclient: redis.Redis, prefix: str
-                                                                        ) -> None:
+def test_a_user_another_worker_holds_stays_queued_until_that_worker_acks(rclient: redis.Redis, prefix: str) -> None:
     keys = Keys(prefix)
     first, second = WorkQueue(rclient, keys, lease_ms=1000), WorkQueue(rclient, keys, lease_ms=1000)
     rclient.zadd(keys.dirty, {"busy": 10.0, "idle": 20.0})

@@ -14,8 +14,23 @@ from pathlib import Path
 KINDS = ("rating", "count", "binary")
 FORMATS = ("recbole", "csv", "triples", "adjacency")
 USER_COLS = ("user_id", "userid", "user", "uid", "customer_id", "reviewerid", "reviewer_id", "visitorid")
-ITEM_COLS = ("item_id", "itemid", "item", "movieid", "movie_id", "iid", "product_id", "productid", "asin",
-             "artistid", "artist_id", "book_id", "bookid", "track_id", "id")
+ITEM_COLS = (
+    "item_id",
+    "itemid",
+    "item",
+    "movieid",
+    "movie_id",
+    "iid",
+    "product_id",
+    "productid",
+    "asin",
+    "artistid",
+    "artist_id",
+    "book_id",
+    "bookid",
+    "track_id",
+    "id",
+)
 RATING_COLS = ("rating", "ratings", "score", "stars")
 COUNT_COLS = ("weight", "count", "plays", "playcount", "play_count", "clicks", "quantity")
 BINARY_COLS = ("label", "clicked")
@@ -23,10 +38,31 @@ TS_COLS = ("timestamp", "ts", "time", "datetime", "unix_timestamp", "date")
 TITLE_COLS = ("title", "movie_title", "name", "item_name", "book_title", "original_title")
 SPLIT_NAMES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "test": "test"}
 DATA_SUFFIXES = (".inter", ".csv", ".tsv", ".txt", ".dat", ".data", "")
-PREFERRED = ("ratings.csv", "ratings.dat", "ratings.txt", "user_artists.dat", "interactions.csv",
-             "interactions.txt", "interactions.tsv", "u.data")
-METADATA = ("artists.dat", "tags.dat", "user_friends.dat", "user_taggedartists.dat", "books.csv", "movies.csv",
-            "items.csv", "items.tsv", "items.txt", "users.csv", "tags.csv", "links.csv", "readme.txt")
+PREFERRED = (
+    "ratings.csv",
+    "ratings.dat",
+    "ratings.txt",
+    "user_artists.dat",
+    "interactions.csv",
+    "interactions.txt",
+    "interactions.tsv",
+    "u.data",
+)
+METADATA = (
+    "artists.dat",
+    "tags.dat",
+    "user_friends.dat",
+    "user_taggedartists.dat",
+    "books.csv",
+    "movies.csv",
+    "items.csv",
+    "items.tsv",
+    "items.txt",
+    "users.csv",
+    "tags.csv",
+    "links.csv",
+    "readme.txt",
+)
 TITLE_FILES = ("artists.dat", "items.csv", "items.tsv", "items.txt", "movies.csv")
 SNIFF_LINES = 2000
 

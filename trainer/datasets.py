@@ -77,14 +77,22 @@ def concat_interactions(*parts: Interactions) -> Interactions:
         if p.item_ids is not first.item_ids and p.item_ids != first.item_ids:
             raise ValueError("concat_interactions: parts have different item id maps")
     return Interactions(
-        np.concatenate([p.users for p in parts]), np.concatenate([p.items for p in parts]),
-        np.concatenate([p.weights for p in parts]), np.concatenate([p.values for p in parts]),
-        np.concatenate([p.ts for p in parts]), first.user_ids, first.item_ids,
+        np.concatenate([p.users for p in parts]),
+        np.concatenate([p.items for p in parts]),
+        np.concatenate([p.weights for p in parts]),
+        np.concatenate([p.values for p in parts]),
+        np.concatenate([p.ts for p in parts]),
+        first.user_ids,
+        first.item_ids,
     )
 
 
 def load_dataset(
-    path: str | Path, *, rating_threshold: float = 4.0, fmt: str | None = None, value_kind: str | None = None,
+    path: str | Path,
+    *,
+    rating_threshold: float = 4.0,
+    fmt: str | None = None,
+    value_kind: str | None = None,
 ) -> Dataset:
     """Read a dataset file or folder (see the module docstring for formats).
 
@@ -123,8 +131,12 @@ def load_dataset(
 
 
 def _interactions(
-    t: Table, user_map: dict[str, int], item_map: dict[str, int],
-    user_ids: list[str], item_ids: list[str], threshold: float,
+    t: Table,
+    user_map: dict[str, int],
+    item_map: dict[str, int],
+    user_ids: list[str],
+    item_ids: list[str],
+    threshold: float,
 ) -> Interactions:
     n = len(t.users)
     users = np.fromiter((user_map[u] for u in t.users), np.int32, n)
@@ -159,8 +171,10 @@ def iter_events(path: str | Path, *, rating_threshold: float = 4.0) -> Iterator[
     etype = {"rating": "rating", "count": "view"}.get(data.value_kind, "click")
     for row in order.tolist():
         event: dict[str, Any] = {
-            "user_id": log.user_ids[log.users[row]], "item_id": log.item_ids[log.items[row]],
-            "type": etype, "ts": int(ts[row]),
+            "user_id": log.user_ids[log.users[row]],
+            "item_id": log.item_ids[log.items[row]],
+            "type": etype,
+            "ts": int(ts[row]),
         }
         if etype == "rating":
             event["value"] = float(log.values[row])
@@ -197,7 +211,7 @@ def profile_attributes(raw: dict[str, str]) -> dict[str, str]:
 
 
 def age_band(age: str) -> str:
-    """"25" -> "25-34"; bands <18, 18-24, 25-34, 35-44, 45-54, 55+ (non-numbers pass through)."""
+    """ "25" -> "25-34"; bands <18, 18-24, 25-34, 35-44, 45-54, 55+ (non-numbers pass through)."""
     try:
         years = float(age)
     except ValueError:

@@ -49,8 +49,19 @@ from trainer.splits import holdout_split, leave_latest_out, protocol_split, rand
 from trainer.tuning import tune_preset
 
 __all__ = [
-    "EmbeddingScorer", "EvalSets", "HasItemVectors", "Scorer", "evaluate", "holdout_metrics", "holdout_split",
-    "leave_latest_out", "pair_auc", "protocol_split", "random_holdout", "run_evaluation", "sample_negatives",
+    "EmbeddingScorer",
+    "EvalSets",
+    "HasItemVectors",
+    "Scorer",
+    "evaluate",
+    "holdout_metrics",
+    "holdout_split",
+    "leave_latest_out",
+    "pair_auc",
+    "protocol_split",
+    "random_holdout",
+    "run_evaluation",
+    "sample_negatives",
 ]
 ModelFactory = Callable[[], EmbeddingModel]
 
@@ -87,8 +98,12 @@ class EmbeddingScorer:
     """
 
     def __init__(
-        self, model: EmbeddingModel, train: Interactions, *,
-        half_life_ms: float | None = None, name: str | None = None,
+        self,
+        model: EmbeddingModel,
+        train: Interactions,
+        *,
+        half_life_ms: float | None = None,
+        name: str | None = None,
     ) -> None:
         self.name = name or model.kind
         self.model = model
@@ -128,7 +143,9 @@ class EmbeddingScorer:
 
 
 def _histories(
-    train: Interactions, to_model: I64, half_life_ms: float | None,
+    train: Interactions,
+    to_model: I64,
+    half_life_ms: float | None,
 ) -> tuple[I64, I64, FloatArray]:
     """CSR of each user's train positives in time order: (indptr, model item rows, weights)."""
     pos = train.positives()
@@ -176,7 +193,12 @@ class EvalSets:
 
 
 def sample_negatives(
-    rows: I64, seen: ItemSets, n_items: int, m: int, rng: np.random.Generator, max_rounds: int = 50,
+    rows: I64,
+    seen: ItemSets,
+    n_items: int,
+    m: int,
+    rng: np.random.Generator,
+    max_rounds: int = 50,
 ) -> I64:
     """(len(rows), m) items drawn uniformly from those not in ``seen`` row ``rows[p]`` (with replacement)."""
     draws = rng.integers(0, n_items, (len(rows), m), dtype=np.int64)
@@ -189,9 +211,18 @@ def sample_negatives(
 
 
 def evaluate(
-    scorer: Scorer, train: Interactions, test: Interactions, *,
-    ks: Sequence[int] = (10, 20), list_k: int = 10, sampled_k: int = 10, n_negatives: int = 99,
-    chunk_size: int = 1024, seed: int = 0, with_auc: bool = False, users: npt.ArrayLike | None = None,
+    scorer: Scorer,
+    train: Interactions,
+    test: Interactions,
+    *,
+    ks: Sequence[int] = (10, 20),
+    list_k: int = 10,
+    sampled_k: int = 10,
+    n_negatives: int = 99,
+    chunk_size: int = 1024,
+    seed: int = 0,
+    with_auc: bool = False,
+    users: npt.ArrayLike | None = None,
 ) -> dict[str, float]:
     """Full-ranking, sampled, coverage and tail metrics of ``scorer`` (see the module docstring).
 
@@ -204,7 +235,7 @@ def evaluate(
     lists: list[I64] = []
     k_max = max(*ks, list_k)
     for start in range(0, len(sets.users), chunk_size):
-        batch = sets.users[start:start + chunk_size]
+        batch = sets.users[start : start + chunk_size]
         scores = np.asarray(scorer.score(batch.astype(np.int32)), np.float32)  # (B, n_items), ours to modify
         if not scores.flags.writeable:
             scores = scores.copy()
@@ -231,8 +262,14 @@ def evaluate(
 
 
 def _sampled_chunk(
-    scores: FloatArray, tsets: ItemSets, seen: ItemSets, n_items: int, m: int, k: int,
-    rng: np.random.Generator, acc: dict[str, float],
+    scores: FloatArray,
+    tsets: ItemSets,
+    seen: ItemSets,
+    n_items: int,
+    m: int,
+    k: int,
+    rng: np.random.Generator,
+    acc: dict[str, float],
 ) -> None:
     """Accumulate HR@k / NDCG@k of each held-out positive against m sampled negatives."""
     rows = tsets.row_ids()  # (P,) chunk row of each held-out positive
@@ -245,7 +282,12 @@ def _sampled_chunk(
 
 
 def pair_auc(
-    vectors: FloatArray, train: Interactions, test: Interactions, *, seed: int = 0, max_pairs: int = 200_000,
+    vectors: FloatArray,
+    train: Interactions,
+    test: Interactions,
+    *,
+    seed: int = 0,
+    max_pairs: int = 200_000,
 ) -> float:
     """AUC-ROC of item-item cosine: held-out pairs vs random pairs (seed 001's protocol).
 
@@ -275,7 +317,11 @@ def pair_auc(
 
 
 def holdout_metrics(
-    model: EmbeddingModel, data: Interactions, k: int = 20, max_users: int = 2000, seed: int = 0,
+    model: EmbeddingModel,
+    data: Interactions,
+    k: int = 20,
+    max_users: int = 2000,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Cheap held-out quality for the trainer's quality gate.
 
@@ -296,8 +342,14 @@ def holdout_metrics(
 
 
 def run_evaluation(
-    dataset_path: str | Path, models: Sequence[str] = ("item2vec", "als", "popularity"), k: int = 20,
-    plots_dir: str | Path | None = None, seed: int = 0, *, tune: bool = False, with_auc: bool = True,
+    dataset_path: str | Path,
+    models: Sequence[str] = ("item2vec", "als", "popularity"),
+    k: int = 20,
+    plots_dir: str | Path | None = None,
+    seed: int = 0,
+    *,
+    tune: bool = False,
+    with_auc: bool = True,
     factories: Mapping[str, ModelFactory] | None = None,
 ) -> dict[str, Any]:
     """Load a dataset, fit each named model on its train split and evaluate it (``recd evaluate``).
@@ -323,12 +375,23 @@ def run_evaluation(
             fitted[name], curves[name] = scorer.model, extra.pop("report")  # _fit_named: every fitted model has one
         started = time.perf_counter()
         metrics = evaluate(scorer, train, test, ks=sorted({10, k}), seed=seed, with_auc=with_auc)
-        results[name] = {**metrics, "fit_s": round(fit_s, 3), "eval_s": round(time.perf_counter() - started, 3),
-                         **extra}
+        results[name] = {
+            **metrics,
+            "fit_s": round(fit_s, 3),
+            "eval_s": round(time.perf_counter() - started, 3),
+            **extra,
+        }
         log.info("%s: %s", name, {key: round(v, 4) for key, v in metrics.items()})
     out: dict[str, Any] = {
-        "dataset": data.name, "path": str(dataset_path), "protocol": protocol, "n_users": train.n_users,
-        "n_items": train.n_items, "n_train": len(train), "n_test": len(test), "k": k, "models": results,
+        "dataset": data.name,
+        "path": str(dataset_path),
+        "protocol": protocol,
+        "n_users": train.n_users,
+        "n_items": train.n_items,
+        "n_train": len(train),
+        "n_test": len(test),
+        "k": k,
+        "models": results,
     }
     if plots_dir is not None:
         out["plots"] = _plots(data, train, fitted, curves, Path(plots_dir))
@@ -336,7 +399,11 @@ def run_evaluation(
 
 
 def _fit_named(
-    name: str, train: Interactions, seed: int, tune: bool, factories: Mapping[str, ModelFactory],
+    name: str,
+    train: Interactions,
+    seed: int,
+    tune: bool,
+    factories: Mapping[str, ModelFactory],
 ) -> tuple[Scorer, dict[str, Any]]:
     """(scorer, extra result fields) for one model name."""
     if name in factories or name not in BASELINES:
@@ -365,15 +432,20 @@ def _registry_model(name: str, seed: int, **overrides: Any) -> EmbeddingModel:
 
 
 def _plots(
-    data: Dataset, train: Interactions, fitted: Mapping[str, EmbeddingModel], curves: Mapping[str, FitReport],
+    data: Dataset,
+    train: Interactions,
+    fitted: Mapping[str, EmbeddingModel],
+    curves: Mapping[str, FitReport],
     root: Path,
 ) -> list[str]:
     from trainer.plots import plot_embedding_map, plot_training_curves
 
     counts = train.positives().item_counts()
     popularity = {item: float(c) for item, c in zip(train.item_ids, counts.tolist(), strict=True)}
-    paths = [plot_embedding_map(model, data.item_titles, popularity, root / f"{data.name}_{name}_map.png", name=name)
-             for name, model in fitted.items()]
+    paths = [
+        plot_embedding_map(model, data.item_titles, popularity, root / f"{data.name}_{name}_map.png", name=name)
+        for name, model in fitted.items()
+    ]
     if curves:  # labelled by the name each model was asked for (two presets of one kind stay apart)
         paths.append(plot_training_curves(curves, root / f"{data.name}_training_curves.png"))
     return [str(p) for p in paths]

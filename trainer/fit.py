@@ -98,8 +98,9 @@ def plan_items(data_item_ids: Sequence[str], previous_ids: Sequence[str] | None)
     return WarmPlan(ids, rows, n_old)
 
 
-def grow_table(old: npt.NDArray[np.float32] | None, n_rows: int, dim: int, scale: float,
-               rng: np.random.Generator) -> FloatArray:
+def grow_table(
+    old: npt.NDArray[np.float32] | None, n_rows: int, dim: int, scale: float, rng: np.random.Generator
+) -> FloatArray:
     """(n_rows, dim) float32: ``old`` rows on top, new rows ~ U(-scale, scale) (zeros, drawing nothing, at 0)."""
     out = np.zeros((n_rows, dim), np.float32)
     if scale:  # float32 draws in place: ~5x faster than float64 uniform + astype on big catalogues

@@ -54,8 +54,13 @@ class Interactions:
     def select(self, mask: npt.NDArray[np.bool_]) -> Interactions:
         """Rows where ``mask`` is true, keeping the same id maps."""
         return Interactions(
-            self.users[mask], self.items[mask], self.weights[mask], self.values[mask],
-            self.ts[mask], self.user_ids, self.item_ids,
+            self.users[mask],
+            self.items[mask],
+            self.weights[mask],
+            self.values[mask],
+            self.ts[mask],
+            self.user_ids,
+            self.item_ids,
         )
 
     def positives(self) -> Interactions:

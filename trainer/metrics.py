@@ -54,7 +54,7 @@ class ItemSets:
         return np.diff(self.indptr)
 
     def row(self, r: int) -> I64:
-        return self.items[self.indptr[r]:self.indptr[r + 1]]
+        return self.items[self.indptr[r] : self.indptr[r + 1]]
 
     def take(self, rows: npt.ArrayLike) -> ItemSets:
         """The sets of the given rows, in that order, as a new ItemSets."""

@@ -54,8 +54,14 @@ def _new_figure(width: float, height: float) -> tuple[Any, Any]:
 
 
 def plot_vector_map(
-    vectors: npt.ArrayLike, item_ids: Sequence[str], titles: Mapping[str, str],
-    popularity: Mapping[str, float] | npt.ArrayLike, path: str | Path, *, n_labels: int = 20, title: str = "",
+    vectors: npt.ArrayLike,
+    item_ids: Sequence[str],
+    titles: Mapping[str, str],
+    popularity: Mapping[str, float] | npt.ArrayLike,
+    path: str | Path,
+    *,
+    n_labels: int = 20,
+    title: str = "",
 ) -> Path:
     """Scatter of the PCA map, coloured by log popularity, the ``n_labels`` most popular labelled."""
     coords = pca_2d(vectors)  # (n, 2)
@@ -76,8 +82,13 @@ def plot_vector_map(
 
 
 def plot_embedding_map(
-    model: EmbeddingModel, titles: Mapping[str, str], popularity: Mapping[str, float] | npt.ArrayLike,
-    path: str | Path, *, n_labels: int = 20, name: str | None = None,
+    model: EmbeddingModel,
+    titles: Mapping[str, str],
+    popularity: Mapping[str, float] | npt.ArrayLike,
+    path: str | Path,
+    *,
+    n_labels: int = 20,
+    name: str | None = None,
 ) -> Path:
     """PCA map of ``model.similar_vectors()`` with the most popular items labelled by title.
 
@@ -86,8 +97,13 @@ def plot_embedding_map(
     kind) titles the figure.
     """
     return plot_vector_map(
-        model.similar_vectors(), model.item_ids, titles, popularity, path,
-        n_labels=n_labels, title=f"{name or model.kind} item embeddings (PCA)",
+        model.similar_vectors(),
+        model.item_ids,
+        titles,
+        popularity,
+        path,
+        n_labels=n_labels,
+        title=f"{name or model.kind} item embeddings (PCA)",
     )
 
 

@@ -22,8 +22,7 @@ MISSING = "-"
 _COUNTS = frozenset({"users", "test_pairs"})
 _FULL = re.compile(r"(recall|ndcg)@(\d+)")
 _SAMPLED = re.compile(r"(hr|ndcg)@(\d+)_sampled")
-_FIXED = {"coverage": 2, "tail_share": 3, "auc": 4, "fit_s": 6, "eval_s": 7, "users": 8, "test_pairs": 9,
-          "device": 10}
+_FIXED = {"coverage": 2, "tail_share": 3, "auc": 4, "fit_s": 6, "eval_s": 7, "users": 8, "test_pairs": 9, "device": 10}
 _OTHER = 5  # rank of a figure this module does not know (after auc, before fit_s)
 
 
@@ -31,13 +30,15 @@ def format_table(result: Mapping[str, Any]) -> str:
     """``run_evaluation``'s result as aligned plain text: header lines, column names, a rule, one row per model."""
     models: Mapping[str, Mapping[str, Any]] = result.get("models") or {}
     columns = _columns(models.values())
-    rows = [[str(name), *(_cell(column, figures.get(column)) for column in columns)]
-            for name, figures in models.items()]
+    rows = [
+        [str(name), *(_cell(column, figures.get(column)) for column in columns)] for name, figures in models.items()
+    ]
     return "\n".join([*_header(result), "", *_align(["model", *columns], rows)]) + "\n"
 
 
 def _header(result: Mapping[str, Any]) -> list[str]:
     """Dataset and protocol, then the split's counts (and plot files, where there are any)."""
+
     def get(key: str) -> str:
         value = result.get(key)
         return MISSING if value is None else str(value)

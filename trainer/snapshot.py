@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 class ModelStoreError(ValueError):
     """A model store operation that cannot be done as asked (no such version, nothing to roll back to)."""
 
+
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.npz"
 ITEM_IDS = "item_ids.json"
@@ -114,8 +115,13 @@ def _write_weights(path: Path, arrays: Arrays) -> None:
 
 
 def save_snapshot(
-    model: EmbeddingModel, folder: Path, *, version: str, data_watermark: dict[str, Any],
-    metrics: dict[str, float], parent_version: str | None,
+    model: EmbeddingModel,
+    folder: Path,
+    *,
+    version: str,
+    data_watermark: dict[str, Any],
+    metrics: dict[str, float],
+    parent_version: str | None,
 ) -> ModelManifest:
     """Write ``model`` as a complete snapshot folder ``folder`` (which must not exist) and return its manifest."""
     folder = Path(folder)
@@ -123,10 +129,16 @@ def save_snapshot(
         raise FileExistsError(f"snapshot folder {folder} already exists")
     config, arrays = model.to_arrays()
     manifest = ModelManifest(
-        version=version, model_type=model.kind, config=_plain(config), item_count=model.n_items,
-        dim=int(np.asarray(model.index_vectors()).shape[1]), trained_at=int(time.time() * 1000),
-        files=[WEIGHTS, ITEM_IDS], data_watermark=_plain(data_watermark),
-        metrics={str(k): float(v) for k, v in metrics.items()}, parent_version=parent_version,
+        version=version,
+        model_type=model.kind,
+        config=_plain(config),
+        item_count=model.n_items,
+        dim=int(np.asarray(model.index_vectors()).shape[1]),
+        trained_at=int(time.time() * 1000),
+        files=[WEIGHTS, ITEM_IDS],
+        data_watermark=_plain(data_watermark),
+        metrics={str(k): float(v) for k, v in metrics.items()},
+        parent_version=parent_version,
     )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{secrets.token_hex(4)}")
@@ -187,7 +199,8 @@ def _read_item_ids(path: Path, expected: int) -> list[str]:
 
 
 def load_snapshot(
-    folder: Path, classes: Mapping[str, type[EmbeddingModel]] | None = None,
+    folder: Path,
+    classes: Mapping[str, type[EmbeddingModel]] | None = None,
 ) -> tuple[EmbeddingModel, ModelManifest]:
     """Rebuild the model saved in ``folder``; ``classes`` (kind -> class) replaces the registry lookup."""
     folder = Path(folder)

@@ -10,7 +10,8 @@ from trainer.interactions import Interactions
 
 
 def leave_latest_out(
-    data: Interactions, users: npt.ArrayLike | None = None,
+    data: Interactions,
+    users: npt.ArrayLike | None = None,
 ) -> tuple[Interactions, Interactions]:
     """(train, test): each user's latest positive (by ts, then file order) is held out.
 

@@ -27,8 +27,12 @@ Trials = list[tuple[dict[str, Any], float]]
 
 
 def tune(
-    make: Callable[[Interactions, dict[str, Any]], Scorer], train: Interactions, grid: dict[str, list[Any]], *,
-    seed: int = 0, max_users: int = 5000,
+    make: Callable[[Interactions, dict[str, Any]], Scorer],
+    train: Interactions,
+    grid: dict[str, list[Any]],
+    *,
+    seed: int = 0,
+    max_users: int = 5000,
 ) -> tuple[dict[str, Any], Trials]:
     """Grid search by validation Recall@20 inside ``train``; the test split is never looked at.
 

@@ -54,8 +54,9 @@ class DeviceSets:
         return int(self.slots.shape[0])
 
 
-def sample_pairs(sets: DeviceSets, context: int, group: int, gen: torch.Generator, epochs: int = 1
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_pairs(
+    sets: DeviceSets, context: int, group: int, gen: torch.Generator, epochs: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(E*T',) shuffled targets and (E*T', context) partners for ``epochs`` epochs, epoch after epoch; each
     epoch's T' is padded up to whole groups by repeats."""
     n_t, dev = sets.n_targets, sets.items.device
@@ -93,7 +94,8 @@ def collision_scale(batch_of: torch.Tensor, rows: torch.Tensor, cap: float) -> t
     new[1:] = ((rows[1:] != rows[:-1]) | (batch_of[1:] != batch_of[:-1])).long()
     run = torch.cumsum(new, 0).sub_(1)  # (n,) run of each occurrence
     counts = torch.zeros(n, dtype=torch.float32, device=rows.device).index_add_(
-        0, run, torch.ones(n, dtype=torch.float32, device=rows.device))
+        0, run, torch.ones(n, dtype=torch.float32, device=rows.device)
+    )
     return torch.clamp(cap / counts[run], max=1.0)
 
 
@@ -101,14 +103,16 @@ def _sort_in_batches(batch_of: torch.Tensor, rows: torch.Tensor, n_rows: int) ->
     return torch.sort(batch_of * n_rows + rows, stable=True).indices
 
 
-def plan_epoch(targets: torch.Tensor, contexts: torch.Tensor, negs: torch.Tensor, sizes: StepSizes,
-               n_rows: int) -> EpochPlan:
+def plan_epoch(
+    targets: torch.Tensor, contexts: torch.Tensor, negs: torch.Tensor, sizes: StepSizes, n_rows: int
+) -> EpochPlan:
     """``sgns.plan_epoch`` on device tensors (``n_rows`` bounds every row index)."""
     return plan_epochs(targets, contexts, negs, sizes, n_rows, 1)[0]
 
 
-def plan_epochs(targets: torch.Tensor, contexts: torch.Tensor, negs: torch.Tensor, sizes: StepSizes,
-                n_rows: int, epochs: int) -> list[EpochPlan]:
+def plan_epochs(
+    targets: torch.Tensor, contexts: torch.Tensor, negs: torch.Tensor, sizes: StepSizes, n_rows: int, epochs: int
+) -> list[EpochPlan]:
     """``epochs`` equal epochs, concatenated in ``targets``/``contexts``/``negs``, laid out in one pass.
 
     Each epoch is batched from its own start (its last batch may be short),
@@ -130,15 +134,27 @@ def plan_epochs(targets: torch.Tensor, contexts: torch.Tensor, negs: torch.Tenso
     neg_flat = negs.reshape(-1)
     groups = torch.arange(len(negs), device=dev)
     per_group = len(negs) // epochs
-    neg_batch = torch.repeat_interleave(groups // per_group * per_epoch + groups % per_group * sizes.group // bt,
-                                        negs.shape[1])
+    neg_batch = torch.repeat_interleave(
+        groups // per_group * per_epoch + groups % per_group * sizes.group // bt, negs.shape[1]
+    )
     n_order = _sort_in_batches(neg_batch, neg_flat, n_rows)
     n_scale = torch.empty(neg_flat.shape[0], dtype=torch.float32, device=dev)
     n_scale[n_order] = collision_scale(neg_batch[n_order], neg_flat[n_order], sizes.neg_cap * (bt // sizes.group))
     t_scale = collision_scale(batch_of, targets, sizes.cap)
     c_scale = collision_scale(pair_batch[c_order], flat[c_order], sizes.cap)
-    whole = (targets, torch.repeat_interleave(targets, n_c), flat, flat[c_order], local, local // n_c,
-             negs, n_scale, t_scale, torch.repeat_interleave(t_scale, n_c), c_scale)
+    whole = (
+        targets,
+        torch.repeat_interleave(targets, n_c),
+        flat,
+        flat[c_order],
+        local,
+        local // n_c,
+        negs,
+        n_scale,
+        t_scale,
+        torch.repeat_interleave(t_scale, n_c),
+        c_scale,
+    )
     return [_epoch_of(whole, e, epochs) for e in range(epochs)]
 
 
@@ -147,5 +163,5 @@ def _epoch_of(whole: tuple[torch.Tensor, ...], epoch: int, epochs: int) -> Epoch
     parts = []
     for tensor in whole:
         size = tensor.shape[0] // epochs
-        parts.append(tensor[epoch * size:(epoch + 1) * size])
+        parts.append(tensor[epoch * size : (epoch + 1) * size])
     return EpochPlan(*parts)

@@ -41,8 +41,9 @@ TINY_WEIGHT = 1e-20  # below this an entry counts as absent (1 / w must stay fin
 WOODBURY_BELOW = 0.7  # histories narrower than this fraction of d take the Woodbury path
 
 
-def merge_cells(rows: npt.ArrayLike, cols: npt.ArrayLike, weights: npt.ArrayLike, width: int
-                ) -> tuple[IntArray, IntArray, FloatArray]:
+def merge_cells(
+    rows: npt.ArrayLike, cols: npt.ArrayLike, weights: npt.ArrayLike, width: int
+) -> tuple[IntArray, IntArray, FloatArray]:
     """Distinct (row, col) cells, sorted by row then col, with the weights of repeats summed
     (``width`` > every col). iALS training and the fold-in both count a repeated item once."""
     key = np.asarray(rows, np.int64) * width + np.asarray(cols, np.int64)
@@ -65,8 +66,13 @@ class FoldIn:
         rotated[:-1] = items @ basis.astype(np.float32)
         self.rotated = rotated
 
-    def solve(self, positions: Sequence[IntArray], weights: Sequence[npt.ArrayLike], reg: npt.ArrayLike,
-              unit_max: bool = False) -> npt.NDArray[np.float32]:
+    def solve(
+        self,
+        positions: Sequence[IntArray],
+        weights: Sequence[npt.ArrayLike],
+        reg: npt.ArrayLike,
+        unit_max: bool = False,
+    ) -> npt.NDArray[np.float32]:
         """(users, d) factors; a user with no positions gets zeros. ``unit_max`` scales each history's
         weights to a maximum of 1 first. An item repeated in a history counts once with its weights
         summed: the same system (``w v v^T`` and ``w v`` add up), fewer rows to solve for."""
@@ -95,8 +101,9 @@ class FoldIn:
                 out[rows] = (solve(rotated, w, reg32[torch.from_numpy(rows)]) @ self.basis.T).numpy()
         return out
 
-    def _padded(self, flat_pos: IntArray, flat_w: FloatArray, starts: IntArray, lengths: IntArray
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _padded(
+        self, flat_pos: IntArray, flat_w: FloatArray, starts: IntArray, lengths: IntArray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(b, width, d) rotated item rows and (b, width) weights of the histories at ``starts``
         (``lengths`` long) in the flat arrays, zero beyond each history (and for tiny weights)."""
         width = int(lengths.max())

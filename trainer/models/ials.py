@@ -78,17 +78,28 @@ class _Csr:
 
     @classmethod
     def build(cls, rows: np.ndarray, cols: np.ndarray, w: np.ndarray, n_rows: int, dev: torch.device) -> _Csr:
-        grouped = UserCsr.build(np.asarray(rows, np.int64), np.asarray(cols, np.int64), np.asarray(w, np.float32),
-                                n_rows)
-        return cls(torch.from_numpy(grouped.indptr).to(dev), torch.from_numpy(grouped.items).to(dev),
-                   torch.from_numpy(grouped.weights).to(dev))
+        grouped = UserCsr.build(
+            np.asarray(rows, np.int64), np.asarray(cols, np.int64), np.asarray(w, np.float32), n_rows
+        )
+        return cls(
+            torch.from_numpy(grouped.indptr).to(dev),
+            torch.from_numpy(grouped.items).to(dev),
+            torch.from_numpy(grouped.weights).to(dev),
+        )
 
     def counts(self) -> torch.Tensor:
         return self.indptr[1:] - self.indptr[:-1]
 
 
-def solve_rows(csr: _Csr, other: torch.Tensor, a0: float, reg: torch.Tensor, rows: torch.Tensor,
-               start: torch.Tensor | None = None, cg_steps: int = 0) -> torch.Tensor:
+def solve_rows(
+    csr: _Csr,
+    other: torch.Tensor,
+    a0: float,
+    reg: torch.Tensor,
+    rows: torch.Tensor,
+    start: torch.Tensor | None = None,
+    cg_steps: int = 0,
+) -> torch.Tensor:
     """Least-squares factors for ``rows`` of ``csr`` given the other side's factors (n_other, d).
 
     Rows are taken in order of length so each batch pads little: a batch is a
@@ -140,15 +151,15 @@ def _solve_batch(vec: torch.Tensor, w: torch.Tensor, gram: torch.Tensor, reg: to
     return solved
 
 
-def _apply(vec: torch.Tensor, w: torch.Tensor, gram: torch.Tensor, reg: torch.Tensor, p: torch.Tensor
-           ) -> torch.Tensor:
+def _apply(vec: torch.Tensor, w: torch.Tensor, gram: torch.Tensor, reg: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """A p per row, A = gram + sum_cells w v v^T + reg I, without forming A: p (b, d) -> (b, d)."""
     vp = torch.bmm(vec, p[:, :, None])[:, :, 0]  # (b, m)
     return p @ gram + torch.bmm((w * vp)[:, None, :], vec)[:, 0, :] + reg[:, None] * p
 
 
-def _cg_batch(vec: torch.Tensor, w: torch.Tensor, gram: torch.Tensor, reg: torch.Tensor, x: torch.Tensor,
-              steps: int) -> torch.Tensor:
+def _cg_batch(
+    vec: torch.Tensor, w: torch.Tensor, gram: torch.Tensor, reg: torch.Tensor, x: torch.Tensor, steps: int
+) -> torch.Tensor:
     """``steps`` conjugate-gradient steps on every row's A x = sum_cells w v, from ``x`` (b, d)."""
     tiny = torch.finfo(x.dtype).tiny
     r = torch.bmm(w[:, None, :], vec)[:, 0, :] - _apply(vec, w, gram, reg, x)
@@ -178,16 +189,18 @@ class ImplicitALS(EmbeddingModel):
         self.counts = np.zeros(0, np.float32)  # (n_items,) users per item in the last fit
         self._fold: FoldIn | None = None  # serving's fold-in, for the current items table
 
-    def fit(self, data: Interactions, *, warm_from: EmbeddingModel | None = None,
-            on_epoch: EpochCallback | None = None) -> FitReport:
+    def fit(
+        self, data: Interactions, *, warm_from: EmbeddingModel | None = None, on_epoch: EpochCallback | None = None
+    ) -> FitReport:
         if warm_from is not None and not isinstance(warm_from, ImplicitALS):
             raise TypeError(f"ials cannot warm-start from a {warm_from.kind} model")
         cfg, dev = self.config, resolve_device(self.device)
         seeded(cfg.seed, dev)
         plan = plan_items(data.item_ids, warm_from.item_ids if warm_from else None)
         old = warm_from.items if warm_from else None
-        table = grow_table(old, len(plan.item_ids), cfg.dim, cfg.init_scale / np.sqrt(cfg.dim),
-                           np.random.default_rng(cfg.seed))
+        table = grow_table(
+            old, len(plan.item_ids), cfg.dim, cfg.init_scale / np.sqrt(cfg.dim), np.random.default_rng(cfg.seed)
+        )
         users, items, w = _cells(data, plan.data_to_model, cfg.alpha)
         started, losses = time.perf_counter(), []
         epochs = cfg.warm_epochs if warm_from else cfg.epochs
@@ -199,7 +212,7 @@ class ImplicitALS(EmbeddingModel):
             reg_i = _reg(by_item.counts(), cfg, data.n_users)
             active_u = torch.nonzero(by_user.counts() > 0).flatten()
             active_i = torch.nonzero(by_item.counts() > 0).flatten()  # items the data mentions: the only rows refit
-            unseen_new = torch.nonzero(by_item.counts()[plan.n_old:] == 0).flatten() + plan.n_old
+            unseen_new = torch.nonzero(by_item.counts()[plan.n_old :] == 0).flatten() + plan.n_old
             y[unseen_new] = 0.0  # an item without data must not outscore trained ones with its random start
             x, steps = torch.zeros(data.n_users, cfg.dim, device=dev), cfg.cg_steps if cfg.solver == "cg" else 0
             for epoch in range(epochs):  # cg starts each row from its last value (users: zeros at first)
@@ -214,8 +227,9 @@ class ImplicitALS(EmbeddingModel):
         self.counts = _merge_counts(warm_from, by_item.counts().cpu().numpy(), plan.n_old)
         seconds = time.perf_counter() - started
         samples = len(w) * epochs
-        return FitReport(self.kind, str(dev), epochs, seconds, samples, samples / max(seconds, 1e-9), losses,
-                         plan.n_new)
+        return FitReport(
+            self.kind, str(dev), epochs, seconds, samples, samples / max(seconds, 1e-9), losses, plan.n_new
+        )
 
     # ------------------------------------------------------------ serving
 
@@ -234,8 +248,9 @@ class ImplicitALS(EmbeddingModel):
         lengths = torch.tensor([len(h.items) for h in histories], dtype=torch.int64)
         reg = _reg(lengths, cfg, self.n_items).numpy()
         # each history's weights scaled to a maximum of 1 (a user's vector never depends on the batch)
-        out[:, : cfg.dim] = self._fold.solve([h.items for h in histories], [h.weights for h in histories], reg,
-                                             unit_max=True)
+        out[:, : cfg.dim] = self._fold.solve(
+            [h.items for h in histories], [h.weights for h in histories], reg, unit_max=True
+        )
         if cfg.tail_weight:
             out[lengths.numpy() > 0, cfg.dim] = 1.0
         return out

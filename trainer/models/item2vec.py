@@ -109,7 +109,10 @@ class Item2Vec(EmbeddingModel):
     # ------------------------------------------------------------ training
 
     def fit(
-        self, data: Interactions, *, warm_from: EmbeddingModel | None = None,
+        self,
+        data: Interactions,
+        *,
+        warm_from: EmbeddingModel | None = None,
         on_epoch: EpochCallback | None = None,
     ) -> FitReport:
         if warm_from is not None and not isinstance(warm_from, Item2Vec):
@@ -134,12 +137,22 @@ class Item2Vec(EmbeddingModel):
         with torch_threads(1 if cfg.hogwild else self.threads):
             losses, pairs, seconds = self._train(sets, epochs, lr, rng, on_epoch, np.flatnonzero(np.bincount(rows)))
         return FitReport(
-            model=self.kind, device=str(dev), epochs=epochs, seconds=seconds, samples=pairs,
-            samples_per_s=pairs / max(seconds, 1e-9), losses=losses, new_items=plan.n_new,
+            model=self.kind,
+            device=str(dev),
+            epochs=epochs,
+            seconds=seconds,
+            samples=pairs,
+            samples_per_s=pairs / max(seconds, 1e-9),
+            losses=losses,
+            new_items=plan.n_new,
         )
 
     def _init_tables(
-        self, prev: Item2Vec | None, n_rows: int, rng: np.random.Generator, dev: torch.device,
+        self,
+        prev: Item2Vec | None,
+        n_rows: int,
+        rng: np.random.Generator,
+        dev: torch.device,
     ) -> None:
         """Copy the previous rows (if any) and add fresh ones: inputs ~U(+-0.5/dim), outputs 0 (word2vec)."""
         dim = self.config.dim
@@ -159,8 +172,13 @@ class Item2Vec(EmbeddingModel):
         self._out = torch.from_numpy(grow_table(prev.table("out"), n_rows, dim, 0.0, rng)).to(dev).contiguous()
 
     def _train(
-        self, sets: UserSets, epochs: int, lr: float, rng: np.random.Generator,
-        on_epoch: EpochCallback | None, active: npt.NDArray[np.int64],
+        self,
+        sets: UserSets,
+        epochs: int,
+        lr: float,
+        rng: np.random.Generator,
+        on_epoch: EpochCallback | None,
+        active: npt.NDArray[np.int64],
     ) -> tuple[list[float], int, float]:
         """The SGD epochs: (mean loss per epoch, pairs trained, seconds).
 
@@ -191,8 +209,9 @@ class Item2Vec(EmbeddingModel):
         check_finite("item2vec output table", self._out)
         return losses, pairs, seconds
 
-    def _epochs(self, plans: Iterator[EpochPlan], run_epoch: EpochRunner, lr: float, epochs: int,
-                on_epoch: EpochCallback | None) -> tuple[list[float], int]:
+    def _epochs(
+        self, plans: Iterator[EpochPlan], run_epoch: EpochRunner, lr: float, epochs: int, on_epoch: EpochCallback | None
+    ) -> tuple[list[float], int]:
         """(checked mean loss per epoch, pairs). On a GPU the losses stay there until the end (one sync,
         so the host plans the next epoch while the GPU trains), unless ``on_epoch`` wants each as it comes."""
         pending: list[float | torch.Tensor] = []
@@ -282,8 +301,15 @@ class Item2Vec(EmbeddingModel):
         return model
 
 
-def _host_planner(sets: UserSets, probs: npt.NDArray[np.float64], sizes: StepSizes, cfg: Item2VecConfig,
-                  rng: np.random.Generator, dev: torch.device, epochs: int) -> Callable[[], EpochPlan]:
+def _host_planner(
+    sets: UserSets,
+    probs: npt.NDArray[np.float64],
+    sizes: StepSizes,
+    cfg: Item2VecConfig,
+    rng: np.random.Generator,
+    dev: torch.device,
+    epochs: int,
+) -> Callable[[], EpochPlan]:
     """Epochs drawn with numpy on the host (``trainer.sampling``), then copied to ``dev``, one per call."""
     sampler = NegativeSampler(probs)
 
@@ -295,8 +321,15 @@ def _host_planner(sets: UserSets, probs: npt.NDArray[np.float64], sizes: StepSiz
     return prepare
 
 
-def _device_planner(sets: UserSets, probs: npt.NDArray[np.float64], sizes: StepSizes, cfg: Item2VecConfig,
-                    rng: np.random.Generator, dev: torch.device, epochs: int) -> Callable[[], EpochPlan]:
+def _device_planner(
+    sets: UserSets,
+    probs: npt.NDArray[np.float64],
+    sizes: StepSizes,
+    cfg: Item2VecConfig,
+    rng: np.random.Generator,
+    dev: torch.device,
+    epochs: int,
+) -> Callable[[], EpochPlan]:
     """The ``epochs`` epochs drawn with torch on ``dev`` (``trainer.models.device_plan``); seeded from ``rng``.
 
     Several epochs are drawn and laid out in one pass (up to ``PLAN_PAIRS``

@@ -99,9 +99,22 @@ class MatrixFactorization(EmbeddingModel):
     kind: ClassVar[str] = "mf"
 
     def __init__(
-        self, *, dim: int = 64, loss: str = "bpr", epochs: int = 10, lr: float = 0.01, weight_decay: float = 1e-4,
-        negatives: int = 4, batch: int = 1024, rating_range: Sequence[float] = (0.5, 5.5), init_scale: float = 0.05,
-        fold_in: str = "mean", fold_in_reg: float = 1.0, seed: int = 0, device: str = "auto", threads: int = 2,
+        self,
+        *,
+        dim: int = 64,
+        loss: str = "bpr",
+        epochs: int = 10,
+        lr: float = 0.01,
+        weight_decay: float = 1e-4,
+        negatives: int = 4,
+        batch: int = 1024,
+        rating_range: Sequence[float] = (0.5, 5.5),
+        init_scale: float = 0.05,
+        fold_in: str = "mean",
+        fold_in_reg: float = 1.0,
+        seed: int = 0,
+        device: str = "auto",
+        threads: int = 2,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -121,7 +134,11 @@ class MatrixFactorization(EmbeddingModel):
     # ------------------------------------------------------------ training
 
     def fit(
-        self, data: Interactions, *, warm_from: EmbeddingModel | None = None, on_epoch: EpochCallback | None = None,
+        self,
+        data: Interactions,
+        *,
+        warm_from: EmbeddingModel | None = None,
+        on_epoch: EpochCallback | None = None,
     ) -> FitReport:
         prev = self._previous(warm_from)
         device = resolve_device(self.device)
@@ -144,8 +161,16 @@ class MatrixFactorization(EmbeddingModel):
             losses, samples = run_epochs(len(users), self.epochs, self.batch, rng, step, on_epoch, "mf")
             self._store(net, csr)
         seconds = time.perf_counter() - started
-        return FitReport(self.kind, str(device), self.epochs, seconds, samples, samples / max(seconds, 1e-9),
-                         losses, plan.n_new if prev else 0)
+        return FitReport(
+            self.kind,
+            str(device),
+            self.epochs,
+            seconds,
+            samples,
+            samples / max(seconds, 1e-9),
+            losses,
+            plan.n_new if prev else 0,
+        )
 
     def _previous(self, warm_from: EmbeddingModel | None) -> MatrixFactorization | None:
         if warm_from is None or not warm_from.n_items:
@@ -156,8 +181,9 @@ class MatrixFactorization(EmbeddingModel):
             raise ValueError(f"warm start: previous model has dim {warm_from.dim}, this one {self.dim}")
         return warm_from
 
-    def _training_rows(self, data: Interactions, to_model: IntArray) -> tuple[IntArray, IntArray, FloatArray,
-                                                                             FloatArray]:
+    def _training_rows(
+        self, data: Interactions, to_model: IntArray
+    ) -> tuple[IntArray, IntArray, FloatArray, FloatArray]:
         """(users, model item rows, targets, weights): rated rows for mse, positives otherwise."""
         keep = np.isfinite(data.values) if self.loss == "mse" else data.weights > 0
         if not keep.any():
@@ -166,21 +192,34 @@ class MatrixFactorization(EmbeddingModel):
             raise ValueError("mf: interaction weights must be finite")
         targets = data.values[keep] if self.loss == "mse" else np.ones(int(keep.sum()), np.float32)
         weights = np.ones(len(targets), np.float32) if self.loss == "mse" else data.weights[keep]
-        return (data.users[keep].astype(np.int64), to_model[data.items[keep]], targets.astype(np.float32),
-                (weights / weights.mean()).astype(np.float32))
+        return (
+            data.users[keep].astype(np.int64),
+            to_model[data.items[keep]],
+            targets.astype(np.float32),
+            (weights / weights.mean()).astype(np.float32),
+        )
 
     def _start_users(self, csr: UserCsr, n_users: int, rng: np.random.Generator, *, warm: bool) -> FloatArray:
         """Initial user rows: random, or (warm start) folded in from the warm item table."""
         start = rng.uniform(-self.init_scale, self.init_scale, (n_users, self.dim)).astype(np.float32)
         if warm:
-            histories = [History(csr.items[a:b], csr.weights[a:b]) for a, b in zip(csr.indptr[:-1], csr.indptr[1:],
-                                                                                  strict=True)]
+            histories = [
+                History(csr.items[a:b], csr.weights[a:b]) for a, b in zip(csr.indptr[:-1], csr.indptr[1:], strict=True)
+            ]
             start = np.where(np.diff(csr.indptr)[:, None] > 0, self._fold(histories) * self.fold_scale, start)
         return start.astype(np.float32)
 
     def _step_fn(
-        self, net: DotBias, optim: torch.optim.Optimizer, users: IntArray, rows: IntArray, targets: FloatArray,
-        weights: FloatArray, pool: IntArray, rng: np.random.Generator, device: torch.device,
+        self,
+        net: DotBias,
+        optim: torch.optim.Optimizer,
+        users: IntArray,
+        rows: IntArray,
+        targets: FloatArray,
+        weights: FloatArray,
+        pool: IntArray,
+        rng: np.random.Generator,
+        device: torch.device,
     ) -> Any:
         positives = PairSet.build(users, rows, len(self.item_ids))
 
@@ -209,8 +248,9 @@ class MatrixFactorization(EmbeddingModel):
         if self.loss == "bpr":
             return -nn.functional.logsigmoid(pos[:, None] - neg).mean(-1)
         bce = nn.functional.binary_cross_entropy_with_logits
-        return (bce(pos, torch.ones_like(pos), reduction="none")
-                + bce(neg, torch.zeros_like(neg), reduction="none").sum(-1)) / (1 + neg.shape[1])
+        return (
+            bce(pos, torch.ones_like(pos), reduction="none") + bce(neg, torch.zeros_like(neg), reduction="none").sum(-1)
+        ) / (1 + neg.shape[1])
 
     def _mse(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         lo, hi = self.rating_range
@@ -224,8 +264,12 @@ class MatrixFactorization(EmbeddingModel):
         self.user_vectors, self.user_bias = _numpy(net.user), _numpy(net.user_bias)
         have = np.flatnonzero(np.diff(csr.indptr) > 0)
         pick = np.random.default_rng(self.seed).permutation(have)[:CALIBRATION_USERS]
-        folded = self._fold([History(csr.items[csr.indptr[u]:csr.indptr[u + 1]],
-                                     csr.weights[csr.indptr[u]:csr.indptr[u + 1]]) for u in pick.tolist()])
+        folded = self._fold(
+            [
+                History(csr.items[csr.indptr[u] : csr.indptr[u + 1]], csr.weights[csr.indptr[u] : csr.indptr[u + 1]])
+                for u in pick.tolist()
+            ]
+        )
         denom = float((folded * folded).sum())
         self.fold_scale = float((folded * self.user_vectors[pick]).sum()) / denom if denom > 0 else 1.0
 
@@ -271,15 +315,27 @@ class MatrixFactorization(EmbeddingModel):
     # ------------------------------------------------------------ persistence
 
     def config(self) -> dict[str, Any]:
-        return {"dim": self.dim, "loss": self.loss, "epochs": self.epochs, "lr": self.lr,
-                "weight_decay": self.weight_decay, "negatives": self.negatives, "batch": self.batch,
-                "rating_range": list(self.rating_range), "init_scale": self.init_scale, "fold_in": self.fold_in,
-                "fold_in_reg": self.fold_in_reg, "seed": self.seed}
+        return {
+            "dim": self.dim,
+            "loss": self.loss,
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "negatives": self.negatives,
+            "batch": self.batch,
+            "rating_range": list(self.rating_range),
+            "init_scale": self.init_scale,
+            "fold_in": self.fold_in,
+            "fold_in_reg": self.fold_in_reg,
+            "seed": self.seed,
+        }
 
     def to_arrays(self) -> tuple[dict[str, Any], Arrays]:
-        return self.config(), {"item_vectors": self.item_vectors.astype(np.float32),
-                               "item_bias": self.item_bias.astype(np.float32),
-                               "fold_scale": np.array([self.fold_scale], np.float32)}
+        return self.config(), {
+            "item_vectors": self.item_vectors.astype(np.float32),
+            "item_bias": self.item_bias.astype(np.float32),
+            "fold_scale": np.array([self.fold_scale], np.float32),
+        }
 
     @classmethod
     def from_arrays(cls, config: dict[str, Any], arrays: Arrays, item_ids: list[str]) -> MatrixFactorization:

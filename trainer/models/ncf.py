@@ -60,8 +60,9 @@ class NeuMF(nn.Module):
     def __init__(self, tables: dict[str, FloatArray], layers: Sequence[int], variant: str) -> None:
         super().__init__()
         self.variant = variant
-        self.tables = nn.ParameterDict({name: nn.Parameter(torch.as_tensor(np.array(values, np.float32)))
-                                        for name, values in tables.items()})
+        self.tables = nn.ParameterDict(
+            {name: nn.Parameter(torch.as_tensor(np.array(values, np.float32))) for name, values in tables.items()}
+        )
         dim = tables["gmf_item"].shape[1] if "gmf_item" in tables else 0
         self.h_gmf = nn.Parameter(torch.ones(dim))
         self.frozen: torch.Tensor | None = None  # (n_items,) bool: rows used as negatives, never updated
@@ -98,9 +99,20 @@ class NCF(EmbeddingModel):
     kind: ClassVar[str] = "ncf"
 
     def __init__(
-        self, *, variant: str = "neumf", dim: int = 32, layers: Sequence[int] = (64, 32, 16), epochs: int = 15,
-        lr: float = 0.003, weight_decay: float = 0.0, negatives: int = 4, batch: int = 1024,
-        init_scale: float = 0.05, seed: int = 0, device: str = "auto", threads: int = 2,
+        self,
+        *,
+        variant: str = "neumf",
+        dim: int = 32,
+        layers: Sequence[int] = (64, 32, 16),
+        epochs: int = 15,
+        lr: float = 0.003,
+        weight_decay: float = 0.0,
+        negatives: int = 4,
+        batch: int = 1024,
+        init_scale: float = 0.05,
+        seed: int = 0,
+        device: str = "auto",
+        threads: int = 2,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -124,7 +136,11 @@ class NCF(EmbeddingModel):
     # ------------------------------------------------------------ training
 
     def fit(
-        self, data: Interactions, *, warm_from: EmbeddingModel | None = None, on_epoch: EpochCallback | None = None,
+        self,
+        data: Interactions,
+        *,
+        warm_from: EmbeddingModel | None = None,
+        on_epoch: EpochCallback | None = None,
     ) -> FitReport:
         prev = self._previous(warm_from)
         device = resolve_device(self.device)
@@ -149,8 +165,16 @@ class NCF(EmbeddingModel):
         net.frozen = None
         self.net, self.item_ids = net.cpu(), plan.item_ids
         seconds = time.perf_counter() - started
-        return FitReport(self.kind, str(device), self.epochs, seconds, samples, samples / max(seconds, 1e-9),
-                         losses, plan.n_new if prev else 0)
+        return FitReport(
+            self.kind,
+            str(device),
+            self.epochs,
+            seconds,
+            samples,
+            samples / max(seconds, 1e-9),
+            losses,
+            plan.n_new if prev else 0,
+        )
 
     def _previous(self, warm_from: EmbeddingModel | None) -> NCF | None:
         if warm_from is None or not warm_from.n_items:
@@ -178,8 +202,15 @@ class NCF(EmbeddingModel):
         return net
 
     def _step_fn(
-        self, net: NeuMF, csr: UserCsr, users: IntArray, rows: IntArray, weights: FloatArray, pool: IntArray,
-        rng: np.random.Generator, device: torch.device,
+        self,
+        net: NeuMF,
+        csr: UserCsr,
+        users: IntArray,
+        rows: IntArray,
+        weights: FloatArray,
+        pool: IntArray,
+        rng: np.random.Generator,
+        device: torch.device,
     ) -> Any:
         optim = torch.optim.Adam(net.parameters(), lr=self.lr)
         positives = PairSet.build(users, rows, len(net.table("item_bias")))
@@ -222,8 +253,10 @@ class NCF(EmbeddingModel):
             items, weights = pad_histories(histories[part])
             for tower in parts:
                 parts[tower].append(weighted_mean(net.table(f"{tower}_hist").detach(), items, weights))
-        return {tower: torch.cat(chunks) if chunks else torch.zeros(0, net.table(f"{tower}_hist").shape[1])
-                for tower, chunks in parts.items()}
+        return {
+            tower: torch.cat(chunks) if chunks else torch.zeros(0, net.table(f"{tower}_hist").shape[1])
+            for tower, chunks in parts.items()
+        }
 
     def query_vectors(self, histories: Sequence[History]) -> FloatArray:
         tower = "gmf" if self.variant != "mlp" else "mlp"
@@ -257,9 +290,18 @@ class NCF(EmbeddingModel):
     # ------------------------------------------------------------ persistence
 
     def to_arrays(self) -> tuple[dict[str, Any], Arrays]:
-        config = {"variant": self.variant, "dim": self.dim, "layers": list(self.layers), "epochs": self.epochs,
-                  "lr": self.lr, "weight_decay": self.weight_decay, "negatives": self.negatives,
-                  "batch": self.batch, "init_scale": self.init_scale, "seed": self.seed}
+        config = {
+            "variant": self.variant,
+            "dim": self.dim,
+            "layers": list(self.layers),
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "negatives": self.negatives,
+            "batch": self.batch,
+            "init_scale": self.init_scale,
+            "seed": self.seed,
+        }
         state = self._fitted().state_dict()
         return config, {name: _numpy(t) for name, t in state.items()}
 
@@ -276,7 +318,12 @@ class NCF(EmbeddingModel):
 
 
 def _left_out_context(
-    net: NeuMF, csr: UserCsr, totals: FloatArray, users: IntArray, items: IntArray, weights: FloatArray,
+    net: NeuMF,
+    csr: UserCsr,
+    totals: FloatArray,
+    users: IntArray,
+    items: IntArray,
+    weights: FloatArray,
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
     """Per tower, (N, d): each user's weighted mean history row with the positive ``items`` left out."""
@@ -288,7 +335,10 @@ def _left_out_context(
     for tower in net.towers():
         table = net.table(f"{tower}_hist")
         sums = nn.functional.embedding_bag(
-            torch.as_tensor(flat, device=device), table, torch.as_tensor(offsets, device=device), mode="sum",
+            torch.as_tensor(flat, device=device),
+            table,
+            torch.as_tensor(offsets, device=device),
+            mode="sum",
             per_sample_weights=torch.as_tensor(bag_w, device=device),
         )  # (U, d)
         own = table[torch.as_tensor(items, device=device)] * w  # (N, d)
@@ -308,8 +358,8 @@ def _mlp_scores(net: NeuMF, users: torch.Tensor) -> torch.Tensor:
     out = torch.empty(len(users), len(items))
     step = max(1, SCORE_BUDGET // max(1, len(items) * item_part.shape[1]))
     for start in range(0, len(users), step):
-        hidden = rest(user_part[start:start + step, None, :] + item_part[None, :, :])  # (b, n, h_last)
-        out[start:start + step] = net.h_mlp(hidden)[..., 0]
+        hidden = rest(user_part[start : start + step, None, :] + item_part[None, :, :])  # (b, n, h_last)
+        out[start : start + step] = net.h_mlp(hidden)[..., 0]
     return out
 
 

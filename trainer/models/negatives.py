@@ -44,7 +44,12 @@ class PairSet:
 
 
 def sample_negatives(
-    users: IntArray, pool: IntArray, k: int, positives: PairSet, rng: np.random.Generator, rounds: int = 4,
+    users: IntArray,
+    pool: IntArray,
+    k: int,
+    positives: PairSet,
+    rng: np.random.Generator,
+    rounds: int = 4,
 ) -> IntArray:
     """(len(users), k) items drawn uniformly from ``pool``, redrawn up to ``rounds`` times where a user's positive."""
     draws = pool[rng.integers(0, len(pool), (len(users), k), dtype=np.int64)]
@@ -61,7 +66,7 @@ def batches(n: int, size: int, rng: np.random.Generator) -> Iterator[IntArray]:
     """A seeded shuffle of ``range(n)`` in chunks of ``size``."""
     order = rng.permutation(n)
     for start in range(0, n, size):
-        yield order[start:start + size]
+        yield order[start : start + size]
 
 
 def pad_histories(histories: Sequence[History]) -> tuple[IntArray, FloatArray]:
@@ -70,8 +75,8 @@ def pad_histories(histories: Sequence[History]) -> tuple[IntArray, FloatArray]:
     items = np.zeros((len(histories), max(width, 1)), np.int64)
     weights = np.zeros((len(histories), max(width, 1)), np.float32)
     for row, h in enumerate(histories):
-        items[row, :len(h.items)] = h.items
-        weights[row, :len(h.items)] = h.weights
+        items[row, : len(h.items)] = h.items
+        weights[row, : len(h.items)] = h.weights
     return items, weights
 
 
@@ -130,8 +135,13 @@ StepFn = Callable[[IntArray], tuple[float, int]]  # batch of row indices -> (sum
 
 
 def run_epochs(
-    n_rows: int, epochs: int, batch: int, rng: np.random.Generator, step: StepFn,
-    on_epoch: Callable[[int, float], None] | None, name: str,
+    n_rows: int,
+    epochs: int,
+    batch: int,
+    rng: np.random.Generator,
+    step: StepFn,
+    on_epoch: Callable[[int, float], None] | None,
+    name: str,
 ) -> tuple[list[float], int]:
     """The shared epoch loop: seeded shuffles, NaN guard per epoch; returns (mean loss per epoch, examples)."""
     losses: list[float] = []

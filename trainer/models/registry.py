@@ -87,7 +87,12 @@ def preset_config(name: str) -> dict[str, Any]:
 
 
 def build_preset(
-    name: str, *, seed: int = 0, device: str = "auto", threads: int = 2, **overrides: Any,
+    name: str,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    threads: int = 2,
+    **overrides: Any,
 ) -> EmbeddingModel:
     """A fresh, unfitted model of preset ``name``; ``overrides`` replace or add constructor kwargs."""
     config = preset_config(name)

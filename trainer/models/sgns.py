@@ -107,8 +107,9 @@ def _sort_in_batches(batch_of: IntArray, rows: IntArray, n_rows: int) -> IntArra
     return np.argsort(batch_of * n_rows + rows)
 
 
-def plan_epoch(targets: IntArray, contexts: IntArray, negs: IntArray, sizes: StepSizes,
-               device: torch.device) -> EpochPlan:
+def plan_epoch(
+    targets: IntArray, contexts: IntArray, negs: IntArray, sizes: StepSizes, device: torch.device
+) -> EpochPlan:
     """Lay out one epoch for ``sgd_step``: batch-wise sorted targets, context order, collision factors."""
     n_t, n_c = contexts.shape
     bt = sizes.batch_targets
@@ -124,17 +125,30 @@ def plan_epoch(targets: IntArray, contexts: IntArray, negs: IntArray, sizes: Ste
     neg_batch = np.repeat(np.arange(len(negs), dtype=np.int64) * sizes.group // bt, negs.shape[1])
     n_order = _sort_in_batches(neg_batch, negs.reshape(-1), n_rows)
     n_scale = np.empty(negs.size, np.float32)
-    n_scale[n_order] = collision_scale(neg_batch[n_order], negs.reshape(-1)[n_order],
-                                       sizes.neg_cap * (bt // sizes.group))
+    n_scale[n_order] = collision_scale(
+        neg_batch[n_order], negs.reshape(-1)[n_order], sizes.neg_cap * (bt // sizes.group)
+    )
     t_scale = collision_scale(batch_of, targets, sizes.cap)
     c_scale = collision_scale(pair_batch[c_order], flat[c_order], sizes.cap)
-    arrays = (targets, np.repeat(targets, n_c), flat, flat[c_order], local, local // n_c, negs, n_scale,
-              t_scale, np.repeat(t_scale, n_c), c_scale)
+    arrays = (
+        targets,
+        np.repeat(targets, n_c),
+        flat,
+        flat[c_order],
+        local,
+        local // n_c,
+        negs,
+        n_scale,
+        t_scale,
+        np.repeat(t_scale, n_c),
+        c_scale,
+    )
     return EpochPlan(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays))
 
 
-def pad_to_groups(targets: IntArray, contexts: IntArray, group: int,
-                  rng: np.random.Generator) -> tuple[IntArray, IntArray]:
+def pad_to_groups(
+    targets: IntArray, contexts: IntArray, group: int, rng: np.random.Generator
+) -> tuple[IntArray, IntArray]:
     """Repeat a few random targets (with their contexts) so that whole groups cover the epoch.
 
     Groups must be equal-sized for the batched negative matmul; repeating
@@ -183,22 +197,43 @@ def batch_of(plan: EpochPlan, span: tuple[int, int], group: int) -> StepBatch:
     n_c = int(plan.contexts.shape[0]) // int(plan.targets.shape[0])
     n_n = int(plan.negs.shape[1])
     t, p, g = slice(lo, hi), slice(lo * n_c, hi * n_c), slice(lo // group, hi // group)
-    return StepBatch(plan.targets[t], plan.t_rep[p], plan.contexts[p], plan.ctx_sorted[p], plan.ctx_order[p],
-                     plan.ctx_target[p], plan.negs[g].reshape(-1), plan.n_scale[g.start * n_n:g.stop * n_n],
-                     plan.t_scale[t], plan.t_scale_rep[p], plan.c_scale[p])
+    return StepBatch(
+        plan.targets[t],
+        plan.t_rep[p],
+        plan.contexts[p],
+        plan.ctx_sorted[p],
+        plan.ctx_order[p],
+        plan.ctx_target[p],
+        plan.negs[g].reshape(-1),
+        plan.n_scale[g.start * n_n : g.stop * n_n],
+        plan.t_scale[t],
+        plan.t_scale_rep[p],
+        plan.c_scale[p],
+    )
 
 
 def sgd_step(
-    win: torch.Tensor, wout: torch.Tensor, plan: EpochPlan, span: tuple[int, int], lr: float,
-    sizes: StepSizes, ws: Workspace, loss_groups: int,
+    win: torch.Tensor,
+    wout: torch.Tensor,
+    plan: EpochPlan,
+    span: tuple[int, int],
+    lr: float,
+    sizes: StepSizes,
+    ws: Workspace,
+    loss_groups: int,
 ) -> torch.Tensor | None:
     """``apply_step`` on targets ``span[0]:span[1]`` (whole groups) of ``plan``."""
     return apply_step(win, wout, batch_of(plan, span, sizes.group), lr, sizes, ws, loss_groups)
 
 
 def apply_step(
-    win: torch.Tensor, wout: torch.Tensor, b: StepBatch, lr: float | torch.Tensor, sizes: StepSizes,
-    ws: Workspace, loss_groups: int,
+    win: torch.Tensor,
+    wout: torch.Tensor,
+    b: StepBatch,
+    lr: float | torch.Tensor,
+    sizes: StepSizes,
+    ws: Workspace,
+    loss_groups: int,
 ) -> torch.Tensor | None:
     """One batch; returns the loss sum of its first ``loss_groups`` groups (a 0-dim tensor, no sync; None at 0).
 
@@ -241,8 +276,13 @@ def _loss(pos: torch.Tensor, neg: torch.Tensor, weight: float) -> torch.Tensor:
 
 
 def train_epoch(
-    win: torch.Tensor, wout: torch.Tensor, plan: EpochPlan, lrs: tuple[float, float], sizes: StepSizes,
-    spaces: list[Workspace], loss_every: int = 4,
+    win: torch.Tensor,
+    wout: torch.Tensor,
+    plan: EpochPlan,
+    lrs: tuple[float, float],
+    sizes: StepSizes,
+    spaces: list[Workspace],
+    loss_every: int = 4,
 ) -> float:
     """SGD over one planned epoch; returns the mean loss per pair (sampled on the first group of every
     ``loss_every``-th batch).

@@ -44,8 +44,16 @@ CAPTURE_MODE = "thread_local"
 class StepGraph:
     """Replays ``apply_step`` over an epoch's full batches; see the module docstring."""
 
-    def __init__(self, win: torch.Tensor, wout: torch.Tensor, plan: EpochPlan, sizes: StepSizes,
-                 ws: Workspace, capture: bool, unroll: int = 4) -> None:
+    def __init__(
+        self,
+        win: torch.Tensor,
+        wout: torch.Tensor,
+        plan: EpochPlan,
+        sizes: StepSizes,
+        ws: Workspace,
+        capture: bool,
+        unroll: int = 4,
+    ) -> None:
         self.win, self.wout, self.sizes, self.ws, self.unroll = win, wout, sizes, ws, max(1, unroll)
         dev = win.device
         self.n_targets = int(plan.targets.shape[0])
@@ -56,8 +64,10 @@ class StepGraph:
         self.lrs = torch.zeros(max(self.n_full, 1), dtype=torch.float32, device=dev)
         self.loss = torch.zeros((), dtype=torch.float32, device=dev)
         n_int = sum(w for name, w in self.widths.items() if name not in FLOAT_FIELDS)
-        self.packed = (torch.zeros((self.n_full, n_int), dtype=torch.long, device=dev),
-                       torch.zeros((self.n_full, sum(self.widths.values()) - n_int), device=dev))
+        self.packed = (
+            torch.zeros((self.n_full, n_int), dtype=torch.long, device=dev),
+            torch.zeros((self.n_full, sum(self.widths.values()) - n_int), device=dev),
+        )
         self.row = (self.packed[0].new_zeros((1, n_int)), self.packed[1].new_zeros((1, self.packed[1].shape[1])))
         self.buffers = self._buffers()
         q, r = divmod(self.n_full, self.unroll)
@@ -76,7 +86,7 @@ class StepGraph:
         views, offsets = {}, [0, 0]
         for name in FIELDS:
             kind = int(name in FLOAT_FIELDS)
-            views[name] = self.row[kind][0, offsets[kind]:offsets[kind] + self.widths[name]]
+            views[name] = self.row[kind][0, offsets[kind] : offsets[kind] + self.widths[name]]
             offsets[kind] += self.widths[name]
         return StepBatch(**views)
 
@@ -142,8 +152,16 @@ class StepGraph:
                         self._steps(steps)
         total, sampled = self.loss.clone(), sum(replays for _, replays in self.runs)
         if n * bt < self.n_targets:
-            tail = sgd_step(self.win, self.wout, plan, (n * bt, self.n_targets), lrs[0] + slope * n,
-                            self.sizes, self.ws, int(n % self.unroll == 0))
+            tail = sgd_step(
+                self.win,
+                self.wout,
+                plan,
+                (n * bt, self.n_targets),
+                lrs[0] + slope * n,
+                self.sizes,
+                self.ws,
+                int(n % self.unroll == 0),
+            )
             if tail is not None:
                 total, sampled = total + tail, sampled + 1
         return total / max(sampled * self.sizes.group * self.n_c, 1)
