@@ -46,7 +46,7 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import python_loop_seconds
-from daemon.index import IndexSpec, build_index, search
+from daemon.serve.index import IndexSpec, build_index, search
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]

@@ -42,11 +42,12 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import drop_prefix, process_cpu_seconds, python_loop_seconds
-from daemon.config import Settings, load_settings
-from daemon.embedded import start_broker
-from daemon.keys import Keys
-from daemon.produce import SyntheticSpec, encode, synthetic_events
-from daemon.publish import ensure_topics, make_producer, publish_synthetic
+from daemon.dev.embedded import start_broker
+from daemon.dev.publish import make_producer, publish_synthetic
+from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events
+from daemon.ingest.topics import ensure_topics
+from daemon.runtime.keys import Keys
+from daemon.runtime.settings import Settings, load_settings
 
 
 def env_for(settings: Settings, model_dir: Path) -> dict[str, str]:
@@ -301,11 +302,11 @@ def run(settings: Settings, args: argparse.Namespace, model_dir: Path, broker_pi
     publish_warmup(settings, spec, tracer_users, args.warmup_events, now)
     env = env_for(settings, model_dir)
     roles = ["ingest,serve"] if args.one_process else ["ingest"] + ["serve"] * args.serve_workers
-    daemons = [subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--roles", r], env=env) for r in roles]
+    daemons = [subprocess.Popen([sys.executable, "-m", "daemon", "run", "--roles", r], env=env) for r in roles]
     try:
         wait("warm-up ingested", lambda: int(client.hget(keys.stats, "applied") or 0) >= args.warmup_events, 600)
         # the trainer runs apart (its own replica in production), once, before the measured phase
-        subprocess.run([sys.executable, "-m", "daemon.cli", "train"], env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "daemon", "train"], env=env, check=True, stdout=subprocess.DEVNULL)
         wait(
             "first model served",
             lambda: (

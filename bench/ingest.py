@@ -25,15 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import drop_prefix, process_cpu_seconds, python_loop_seconds
 from bench.groundtruth import replay
-from daemon.app import build_ingest
-from daemon.config import Settings, load_settings
-from daemon.embedded import LocalProcess, redis_answers, start_broker, start_redis
-from daemon.keys import Keys
-from daemon.metrics import Metrics
-from daemon.produce import SyntheticSpec, encode, synthetic_events, synthetic_profiles
-from daemon.publish import ensure_topics, make_producer
-from daemon.state import StateReader
-from daemon.store import RedisStore, StoreOptions, finest_segment
+from daemon.dev.embedded import LocalProcess, redis_answers, start_broker, start_redis
+from daemon.dev.publish import make_producer
+from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events, synthetic_profiles
+from daemon.ingest.store import RedisStore, StoreOptions, finest_segment
+from daemon.ingest.topics import ensure_topics
+from daemon.runtime.app import build_ingest
+from daemon.runtime.keys import Keys
+from daemon.runtime.metrics import Metrics
+from daemon.runtime.settings import Settings, load_settings
+from daemon.runtime.state import StateReader
 from schemas.events import InteractionEvent
 
 

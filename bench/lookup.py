@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prometheus_client import CollectorRegistry
 
 from bench.common import drop_prefix, python_loop_seconds
-from daemon.app import build_lookup
-from daemon.config import load_settings
-from daemon.http import Routes, start_http
-from daemon.keys import Keys
-from daemon.metrics import Metrics
+from daemon.api.http import Routes, start_http
+from daemon.runtime.app import build_lookup
+from daemon.runtime.keys import Keys
+from daemon.runtime.metrics import Metrics
+from daemon.runtime.settings import load_settings
 from schemas.records import RecommendationList, SimilarList
 
 

@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.quality --dataset ../shared/data/selfrec-amazon-beauty --models item2vec,als --no-tune
 
 Each model is fitted on the dataset's protocol split (given split, else
-leave-latest-out, else a seeded random holdout; see ``trainer.splits``) through
+leave-latest-out, else a seeded random holdout; see ``trainer.evaluation.splits``) through
 ``trainer.evaluate.run_evaluation``; baselines (ALS, BPR, gensim) and recd
 presets with a grid (``registry.TUNING_GRIDS``) are tuned on a validation split
 inside train unless ``--no-tune``. A model that fails is
@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.evaluate import run_evaluation
+from trainer.evaluation.report import run_evaluation
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_MODELS = (

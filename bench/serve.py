@@ -31,14 +31,14 @@ from prometheus_client import CollectorRegistry
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import drop_prefix, python_loop_seconds
-from daemon.app import build_server, build_watcher, store_options
-from daemon.config import Settings, load_settings
-from daemon.keys import Keys
-from daemon.metrics import Metrics
-from daemon.produce import SyntheticSpec, synthetic_events, synthetic_profiles
-from daemon.retrain import TrainRole
-from daemon.serving import Server
-from daemon.store import RedisStore
+from daemon.dev.synthetic import SyntheticSpec, synthetic_events, synthetic_profiles
+from daemon.ingest.store import RedisStore
+from daemon.runtime.app import build_server, build_watcher, store_options
+from daemon.runtime.keys import Keys
+from daemon.runtime.metrics import Metrics
+from daemon.runtime.settings import Settings, load_settings
+from daemon.serve.server import Server
+from daemon.train.scheduler import TrainRole
 from schemas.events import InteractionEvent, ProfileEvent
 
 

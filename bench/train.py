@@ -33,13 +33,13 @@ import numpy as np
 import torch
 
 from bench.common import python_loop_seconds
-from trainer.baselines import FactorScorer, _crc_hash
 from trainer.datasets import load_dataset
-from trainer.evaluate import EmbeddingScorer, evaluate
+from trainer.evaluation.baselines import FactorScorer, _crc_hash
+from trainer.evaluation.scoring import EmbeddingScorer, evaluate
+from trainer.evaluation.splits import protocol_split
 from trainer.fit import resolve_device
 from trainer.interactions import Interactions
 from trainer.models.item2vec import Item2Vec
-from trainer.splits import protocol_split
 
 
 def corpus(train: Interactions) -> tuple[list[np.ndarray], Interactions]:

@@ -20,12 +20,12 @@ from typing import Any
 
 from bench.quality import dataset_path
 from trainer.datasets import load_dataset
-from trainer.evaluate import Scorer, evaluate
+from trainer.evaluation.scoring import Scorer, evaluate
+from trainer.evaluation.splits import protocol_split
+from trainer.evaluation.tuning import preset_maker, tune
 from trainer.fit import resolve_device
 from trainer.interactions import Interactions
 from trainer.models import registry
-from trainer.splits import protocol_split
-from trainer.tuning import preset_maker, tune
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[Any]]:

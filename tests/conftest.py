@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from daemon.config import Settings, load_settings
-from daemon.embedded import LocalProcess, redis_answers, start_broker, start_redis
+from daemon.dev.embedded import LocalProcess, redis_answers, start_broker, start_redis
+from daemon.runtime.settings import Settings, load_settings
 
 
 @pytest.fixture(scope="session")

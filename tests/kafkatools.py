@@ -11,8 +11,8 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
-from daemon.config import Settings
-from daemon.publish import ensure_topics
+from daemon.ingest.topics import ensure_topics
+from daemon.runtime.settings import Settings
 
 
 def produce_raw(settings: Settings, topic: str, messages: Iterable[tuple[bytes, bytes]]) -> int:

@@ -1,4 +1,4 @@
-"""trainer.baselines on small clustered data: they find the clusters popularity cannot."""
+"""trainer.evaluation.baselines on small clustered data: they find the clusters popularity cannot."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.baselines import (
+from trainer.evaluation.baselines import (
     FactorScorer,
     PopularityScorer,
     make_baseline,
     tune_baseline,
     user_sentences,
 )
-from trainer.evaluate import evaluate, leave_latest_out
+from trainer.evaluation.scoring import evaluate
+from trainer.evaluation.splits import leave_latest_out
 from trainer.interactions import Interactions
 
 N_CLUSTERS = 4
@@ -94,7 +95,7 @@ def test_run_evaluation_tunes_a_preset_with_a_grid_on_validation_only(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from trainer.evaluate import run_evaluation
+    from trainer.evaluation.report import run_evaluation
     from trainer.models import registry
 
     data = clustered(n_users=60, n_items=30, per_user=6)
@@ -108,8 +109,8 @@ def test_run_evaluation_tunes_a_preset_with_a_grid_on_validation_only(
 
 
 def test_tail_preset_keeps_the_strongest_tilt_within_the_recall_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer.evaluation.tuning import tune_preset
     from trainer.models import registry
-    from trainer.tuning import tune_preset
 
     data = clustered(n_users=80, n_items=40, per_user=8)
     monkeypatch.setitem(registry.TUNING_GRIDS, "ials", {"dim": [4], "epochs": [3]})

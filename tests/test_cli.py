@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import _parser, main
-from daemon.config import unknown_variables
-from daemon.embedded import free_port
+from daemon.dev.embedded import free_port
+from daemon.runtime.cli import _parser, main
+from daemon.runtime.settings import unknown_variables
 
 
 def recd(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("RECD_")}
     full.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args],
+        [sys.executable, "-m", "daemon", *args],
         env=full,
         capture_output=True,
         text=True,
@@ -117,7 +117,7 @@ def test_without_a_broker_commands_say_so_in_recds_words() -> None:
 
 @pytest.mark.integration
 def test_topics_prints_each_topic(settings: object) -> None:
-    from daemon.config import Settings
+    from daemon.runtime.settings import Settings
 
     assert isinstance(settings, Settings)
     env = {
@@ -137,7 +137,7 @@ def test_dev_up_starts_a_broker_prints_the_environment_and_stops_on_ctrl_c(redis
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECD_")}
     env["RECD_REDIS_URL"] = redis_url
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "dev", "up"],
+        [sys.executable, "-m", "daemon", "dev", "up"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

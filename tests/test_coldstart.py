@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import redis
 
-from daemon.coldstart import ColdStart
-from daemon.keys import Keys
+from daemon.runtime.keys import Keys
+from daemon.serve.coldstart import ColdStart
 
 
 def _fill(client: redis.Redis, keys: Keys, segment: str, items: range) -> None:

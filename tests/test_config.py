@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from daemon.cli import _parser
-from daemon.config import ConfigError, Settings, describe, env_name, load_settings
+from daemon.runtime.cli import _parser
+from daemon.runtime.settings import ConfigError, Settings, describe, env_name, load_settings
 
 
 def test_defaults() -> None:
@@ -94,8 +94,8 @@ def test_model_params_override_the_preset_and_bad_ones_fail_at_start(tmp_path: P
     import redis
     from prometheus_client import CollectorRegistry
 
-    from daemon.metrics import Metrics
-    from daemon.retrain import TrainRole
+    from daemon.runtime.metrics import Metrics
+    from daemon.train.scheduler import TrainRole
 
     env = {"RECD_MODEL_PARAMS": "dim=128,unobserved=0.004", "RECD_MODEL_DIR": str(tmp_path / "models")}
     settings = load_settings(environ=env)

@@ -17,12 +17,12 @@ import pytest
 import redis
 
 from bench.groundtruth import replay
-from daemon.config import Settings, env_name
-from daemon.embedded import free_port
-from daemon.keys import Keys
-from daemon.produce import SyntheticSpec, encode, synthetic_events, synthetic_profiles
-from daemon.state import StateReader
-from daemon.store import finest_segment
+from daemon.dev.embedded import free_port
+from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events, synthetic_profiles
+from daemon.ingest.store import finest_segment
+from daemon.runtime.keys import Keys
+from daemon.runtime.settings import Settings, env_name
+from daemon.runtime.state import StateReader
 from tests.kafkatools import committed, produce_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,7 +35,7 @@ def spawn(settings: Settings, log: Path, port: int = 0) -> subprocess.Popen[byte
     env.update({"RECD_SESSION_TIMEOUT_MS": "6000", "RECD_METRICS_PORT": str(port), "RECD_POLL_MAX_RECORDS": "500"})
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "ingest"], env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "daemon", "ingest"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
 
 

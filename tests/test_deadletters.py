@@ -20,9 +20,8 @@ from kafka.record.default_records import DefaultRecordBatchBuilder
 from prometheus_client import CollectorRegistry
 
 from bench.groundtruth import replay
-from daemon.app import build_ingest
-from daemon.config import ConfigError, Settings, load_settings
-from daemon.consumer import (
+from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events
+from daemon.ingest.deadletters import (
     DETAIL,
     FAILED_AT_MS,
     ORIGINAL_BYTES,
@@ -34,13 +33,14 @@ from daemon.consumer import (
     TRUNCATED,
     DeadLetterError,
     DeadLetters,
-    Message,
     dlq_max_request_size,
 )
-from daemon.ingest import IngestWorker
-from daemon.keys import Keys
-from daemon.metrics import Metrics
-from daemon.produce import SyntheticSpec, encode, synthetic_events
+from daemon.ingest.source import Message
+from daemon.ingest.worker import IngestWorker
+from daemon.runtime.app import build_ingest
+from daemon.runtime.keys import Keys
+from daemon.runtime.metrics import Metrics
+from daemon.runtime.settings import ConfigError, Settings, load_settings
 from tests.kafkatools import committed, ensure_big_topics, produce_to_partitions, read_topic
 
 pytestmark = [pytest.mark.integration]

@@ -14,32 +14,26 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.test_refresh import write_dataset
+
 pytestmark = pytest.mark.integration
 
 
-def test_demo_runs_to_completion(broker: str, redis_url: str, tmp_path: Path) -> None:
-    env = {**os.environ, "RECD_KAFKA_BOOTSTRAP": broker, "RECD_REDIS_URL": redis_url, "RECD_LOG_LEVEL": "WARNING"}
-    out = tmp_path / "demo"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "daemon.cli",
-            "demo",
-            "--events",
-            "6000",
-            "--users",
-            "300",
-            "--items",
-            "150",
-            "--out",
-            str(out),
-        ],
+def demo(out: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", "demo", "--out", str(out), *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_demo_runs_to_completion(broker: str, redis_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "RECD_KAFKA_BOOTSTRAP": broker, "RECD_REDIS_URL": redis_url}
+    env.pop("RECD_LOG_LEVEL", None)
+    out = tmp_path / "demo"
+    proc = demo(out, "--events", "6000", "--users", "300", "--items", "150", env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout
     assert text.count("source ann") >= 3, text  # three warm users' lists
@@ -50,14 +44,20 @@ def test_demo_runs_to_completion(broker: str, redis_url: str, tmp_path: Path) ->
     versions = list((out / "models" / "versions").iterdir())
     assert len(versions) == 1 and (versions[0] / "manifest.json").exists()
     assert "Traceback" not in proc.stderr
+    # A dataset replay in the same folder afterwards: the first run's model must not gate (or warm-start) it.
+    again = demo(out, "--dataset", str(write_dataset(tmp_path / "replay")), env=env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("source ann") >= 3, again.stdout
+    assert len(list((out / "models" / "versions").iterdir())) == 1
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
 def test_an_interrupted_demo_stops_its_broker_and_removes_its_keys(redis_url: str, tmp_path: Path, sig: int) -> None:
     env = {k: v for k, v in os.environ.items() if k != "RECD_KAFKA_BOOTSTRAP"}  # the demo starts its own broker
-    env.update(RECD_REDIS_URL=redis_url, RECD_LOG_LEVEL="WARNING")
+    env.update(RECD_REDIS_URL=redis_url)
+    env.pop("RECD_LOG_LEVEL", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "demo", "--events", "200000", "--out", str(tmp_path / "demo")],
+        [sys.executable, "-m", "daemon", "demo", "--events", "200000", "--out", str(tmp_path / "demo")],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

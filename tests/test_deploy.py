@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.config import ENV_PREFIX, Settings, env_name
+from daemon.runtime.settings import ENV_PREFIX, Settings, env_name
 from tests.deployfiles import DASHBOARDS, DEPLOY, OPS_GUIDE, ROOT, load_yaml
 
 RULES = DEPLOY / "prometheus" / "rules.yml"
@@ -164,7 +164,7 @@ def running_daemon(settings: Settings, log: Path, roles: str = "ingest,serve", *
     """`recd run --roles ROLES` as a subprocess; yields its HTTP base URL; SIGTERM and wait on exit."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run", "--roles", roles],
+            [sys.executable, "-m", "daemon", "run", "--roles", roles],
             env=daemon_env(settings, **env),
             cwd=ROOT,
             stdout=out,

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from daemon.config import ENV_PREFIX, Settings, env_name
+from daemon.runtime.settings import ENV_PREFIX, Settings, env_name
 from tests.deployfiles import DASHBOARDS, DEPLOY, OPS_GUIDE, ROOT, load_yaml
 
 # ----- settings
@@ -27,7 +27,7 @@ def test_every_recd_variable_in_deploy_and_the_guide_is_a_setting() -> None:
                 used.setdefault(name, set()).add(str(path.relative_to(ROOT)))
     assert len(used) > 10
     unknown = {name: sorted(where) for name, where in used.items() if name not in settings}
-    assert not unknown, f"RECD_* variables that daemon/config.py does not read: {unknown}"
+    assert not unknown, f"RECD_* variables that daemon/runtime/settings.py does not read: {unknown}"
 
 
 # ----- docker compose

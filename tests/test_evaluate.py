@@ -1,4 +1,4 @@
-"""trainer.evaluate: protocols, the metrics loop, the model adapter and the gate's holdout metric."""
+"""trainer.evaluation.scoring: protocols, the metrics loop, the model adapter and the gate's holdout metric."""
 
 from __future__ import annotations
 
@@ -11,16 +11,8 @@ import numpy.typing as npt
 import pytest
 
 from trainer.datasets import Dataset
-from trainer.evaluate import (
-    EmbeddingScorer,
-    evaluate,
-    holdout_metrics,
-    holdout_split,
-    leave_latest_out,
-    pair_auc,
-    protocol_split,
-    random_holdout,
-)
+from trainer.evaluation.scoring import EmbeddingScorer, evaluate, holdout_metrics, pair_auc
+from trainer.evaluation.splits import holdout_split, leave_latest_out, protocol_split, random_holdout
 from trainer.interactions import FloatArray, Int32Array, Interactions
 from trainer.models.base import Arrays, EmbeddingModel, EpochCallback, FitReport, History
 
@@ -254,7 +246,7 @@ def _hand_made_result() -> dict[str, Any]:
 
 
 def test_format_table_renders_every_model_aligned_with_dashes_for_missing_figures() -> None:
-    from trainer.report_table import format_table
+    from trainer.evaluation.table import format_table
 
     text = format_table(_hand_made_result())
     lines = text.rstrip("\n").splitlines()
@@ -303,7 +295,7 @@ class LossModel(TableModel):
 def test_run_evaluation_labels_training_curves_by_model_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from matplotlib.figure import Figure
 
-    from trainer.evaluate import run_evaluation
+    from trainer.evaluation.report import run_evaluation
 
     data = clustered(n_users=40, n_items=20, per_user=5)
     rows = zip(data.users.tolist(), data.items.tolist(), strict=True)
@@ -327,7 +319,7 @@ def test_run_evaluation_labels_training_curves_by_model_name(tmp_path: Path, mon
     (curves,) = [fig for name, fig in saved.items() if name.endswith("_training_curves.png")]
     legend = curves.axes[0].get_legend()
     assert legend is not None and [t.get_text() for t in legend.get_texts()] == ["ials", "ials_tail"]
-    from trainer.report_table import format_table
+    from trainer.evaluation.table import format_table
 
     table = format_table(result)  # a real result renders too
     assert all(

@@ -1,4 +1,4 @@
-"""trainer.gate: the quality gate between a candidate model and the served one."""
+"""daemon.train.gate: the quality gate between a candidate model and the served one."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from trainer.gate import GateDecision, gate
+from daemon.train.gate import GateDecision, gate
 
 M = "recall@20"
 

@@ -7,9 +7,9 @@ import struct
 import numpy as np
 import pytest
 
-from daemon.histories import HistoryBatch, PositionMap, code_weights
-from daemon.keys import RATING_CODE
-from daemon.state import Entry, decode_history
+from daemon.runtime.keys import RATING_CODE
+from daemon.runtime.state import Entry, decode_history
+from daemon.serve.histories import HistoryBatch, PositionMap, code_weights
 
 WEIGHTS = {"view": 0.2, "click": 1.0, "purchase": 4.0, "rating": 3.0, "dislike": -2.0}
 PACK = struct.Struct(">IHBIB")

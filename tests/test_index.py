@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from daemon.index import FLAT_MAX_ITEMS, IndexSpec, ServingIndex, build_index, choose_kind, search
+from daemon.serve.index import FLAT_MAX_ITEMS, IndexSpec, ServingIndex, build_index, choose_kind, search
 from trainer.interactions import Interactions
 from trainer.models.base import EmbeddingModel, EpochCallback, FitReport, History
 
@@ -228,7 +228,7 @@ def test_exact_search_in_row_chunks_gives_what_one_chunk_gives(monkeypatch: pyte
     seen = [truth[r, : r % 7].copy() for r in range(70)]  # some rows have seen nothing
     excluded = truth[:5, 0].astype(np.int64)
     whole = index.top_unseen_batch(queries, seen, excluded, 10)
-    monkeypatch.setattr("daemon.index.SCORE_BUDGET", 2000 * 16)  # 16 rows a chunk: 5 chunks, the last short
+    monkeypatch.setattr("daemon.serve.index.SCORE_BUDGET", 2000 * 16)  # 16 rows a chunk: 5 chunks, the last short
     chunked = index.top_unseen_batch(queries, seen, excluded, 10)
     assert [p for p, _ in chunked] == [p for p, _ in whole]
     np.testing.assert_allclose([s for _, s in chunked], [s for _, s in whole], rtol=1e-6)

@@ -10,14 +10,14 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from bench.groundtruth import replay
-from daemon.app import build_ingest
-from daemon.config import Settings
-from daemon.ingest import IngestWorker
-from daemon.keys import Keys
-from daemon.metrics import Metrics
-from daemon.produce import SyntheticSpec, encode, synthetic_events, synthetic_profiles
-from daemon.state import StateReader
-from daemon.store import finest_segment
+from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events, synthetic_profiles
+from daemon.ingest.store import finest_segment
+from daemon.ingest.worker import IngestWorker
+from daemon.runtime.app import build_ingest
+from daemon.runtime.keys import Keys
+from daemon.runtime.metrics import Metrics
+from daemon.runtime.settings import Settings
+from daemon.runtime.state import StateReader
 from tests.corpus import BAD_EVENTS, BAD_PROFILES
 from tests.kafkatools import committed, produce_raw, read_topic
 

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from daemon.config import load_settings
-from daemon.consumer import Message, Offsets, Record
-from daemon.ingest import IngestWorker
-from daemon.metrics import Metrics
-from daemon.store import BatchResult, Prepared
+from daemon.ingest.source import Message, Offsets, Record
+from daemon.ingest.store import BatchResult, Prepared
+from daemon.ingest.worker import IngestWorker
+from daemon.runtime.metrics import Metrics
+from daemon.runtime.settings import load_settings
 from schemas.events import InteractionEvent, ProfileEvent
 
 NOW = 1_800_000_000.0

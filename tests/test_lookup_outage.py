@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.app import build_lookup
-from daemon.config import load_settings
-from daemon.embedded import free_port
-from daemon.http import Routes, start_http
-from daemon.metrics import Metrics
+from daemon.api.http import Routes, start_http
+from daemon.dev.embedded import free_port
+from daemon.runtime.app import build_lookup
+from daemon.runtime.metrics import Metrics
+from daemon.runtime.settings import load_settings
 
 pytestmark = pytest.mark.integration
 

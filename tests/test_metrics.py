@@ -1,4 +1,4 @@
-"""trainer.metrics against hand-computed cases and brute force."""
+"""trainer.evaluation.metrics against hand-computed cases and brute force."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer.metrics import (
+from trainer.evaluation.metrics import (
     ItemSets,
     auc,
     catalog_coverage,

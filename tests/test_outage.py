@@ -15,15 +15,15 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from bench.groundtruth import replay
-from daemon.app import App, broker_check, build_ingest, build_server, build_watcher
-from daemon.config import Settings
-from daemon.embedded import free_port, redis_answers, start_broker
-from daemon.keys import Keys
-from daemon.metrics import Metrics
-from daemon.produce import SyntheticSpec, encode, synthetic_events
-from daemon.redisconn import REDIS_OUTAGE
-from daemon.service import RoleLoop
-from daemon.state import StateReader
+from daemon.dev.embedded import free_port, redis_answers, start_broker
+from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events
+from daemon.runtime.app import App, broker_check, build_ingest, build_server, build_watcher
+from daemon.runtime.keys import Keys
+from daemon.runtime.metrics import Metrics
+from daemon.runtime.redisconn import REDIS_OUTAGE
+from daemon.runtime.service import RoleLoop
+from daemon.runtime.settings import Settings
+from daemon.runtime.state import StateReader
 from tests.kafkatools import committed, produce_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

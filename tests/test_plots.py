@@ -1,4 +1,4 @@
-"""trainer.plots: PCA and valid PNG files."""
+"""trainer.evaluation.plots: PCA and valid PNG files."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from trainer.evaluation.plots import pca_2d, plot_embedding_map, plot_training_curves
 from trainer.interactions import FloatArray, Interactions
 from trainer.models.base import Arrays, EmbeddingModel, EpochCallback, FitReport, History
-from trainer.plots import pca_2d, plot_embedding_map, plot_training_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

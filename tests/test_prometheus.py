@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
-from daemon.config import Settings
-from daemon.embedded import free_port
-from daemon.produce import SyntheticSpec
-from daemon.publish import ensure_topics, publish_synthetic
+from daemon.dev.embedded import free_port
+from daemon.dev.publish import publish_synthetic
+from daemon.dev.synthetic import SyntheticSpec
+from daemon.ingest.topics import ensure_topics
+from daemon.runtime.settings import Settings
 from tests.test_deploy import DEPLOY, http_get, load_yaml, running_daemon, stop
 
 pytestmark = pytest.mark.integration

@@ -17,13 +17,13 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from daemon.app import build_ingest, build_server, build_watcher
-from daemon.config import Settings
-from daemon.keys import Keys, text
-from daemon.metrics import Metrics
-from daemon.produce import SyntheticSpec
-from daemon.publish import publish_dataset, publish_synthetic
-from daemon.retrain import TrainRole
+from daemon.dev.publish import publish_dataset, publish_synthetic
+from daemon.dev.synthetic import SyntheticSpec
+from daemon.runtime.app import build_ingest, build_server, build_watcher
+from daemon.runtime.keys import Keys, text
+from daemon.runtime.metrics import Metrics
+from daemon.runtime.settings import Settings
+from daemon.train.scheduler import TrainRole
 from schemas.records import RecommendationList
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from daemon.config import Settings, env_name
-from daemon.keys import Keys
-from daemon.produce import SyntheticSpec, encode, synthetic_events
-from daemon.publish import ensure_topics
+from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events
+from daemon.ingest.topics import ensure_topics
+from daemon.runtime.keys import Keys
+from daemon.runtime.settings import Settings, env_name
 from tests.kafkatools import produce_raw
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def spawn(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env.update({"RECD_SESSION_TIMEOUT_MS": "6000", "RECD_METRICS_PORT": "0", "RECD_POLL_MAX_RECORDS": "200"})
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run", "--roles", "ingest,serve"],
+            [sys.executable, "-m", "daemon", "run", "--roles", "ingest,serve"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import threading
 
-from daemon.service import GC_YOUNG_OBJECTS, Service
+from daemon.runtime.service import GC_YOUNG_OBJECTS, Service
 
 
 class Counting:

@@ -21,15 +21,16 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from daemon.app import build_ingest, build_server, build_watcher
-from daemon.config import Settings
-from daemon.ingest import IngestWorker
-from daemon.keys import Keys
-from daemon.metrics import Metrics
-from daemon.produce import SyntheticSpec, encode, synthetic_events, synthetic_profiles
-from daemon.retrain import TrainRole, publish
-from daemon.serving import Server
-from daemon.state import Entry, StateReader
+from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events, synthetic_profiles
+from daemon.ingest.worker import IngestWorker
+from daemon.runtime.app import build_ingest, build_server, build_watcher
+from daemon.runtime.keys import Keys
+from daemon.runtime.metrics import Metrics
+from daemon.runtime.settings import Settings
+from daemon.runtime.state import Entry, StateReader
+from daemon.serve.server import Server
+from daemon.train.publish import publish
+from daemon.train.scheduler import TrainRole
 from schemas.records import RecommendationList
 from tests.kafkatools import produce_raw
 from trainer.models.base import History
@@ -324,8 +325,8 @@ def _get(url: str) -> tuple[int, Any]:
 
 
 def test_http_lookups(world: World, rclient: redis.Redis) -> None:
-    from daemon.app import build_lookup
-    from daemon.http import Routes, start_http
+    from daemon.api.http import Routes, start_http
+    from daemon.runtime.app import build_lookup
 
     version = _train(world)
     world.pump(lambda: world.server.watcher.current is not None and _queued(rclient, world.keys) == 0)

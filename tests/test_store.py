@@ -8,9 +8,9 @@ import pytest
 import redis
 
 from bench.groundtruth import replay
-from daemon.keys import Keys
-from daemon.state import StateReader
-from daemon.store import RedisStore, StoreOptions, event_weight, segment_chain
+from daemon.ingest.store import RedisStore, StoreOptions, event_weight, segment_chain
+from daemon.runtime.keys import Keys
+from daemon.runtime.state import StateReader
 from schemas.events import EVENT_TYPES, InteractionEvent, ProfileEvent
 from tests.redisdump import dump
 

@@ -10,9 +10,9 @@ import pytest
 import redis
 
 from bench.groundtruth import replay
-from daemon.keys import Keys
-from daemon.state import StateReader
-from daemon.store import RedisStore, StoreOptions, finest_segment
+from daemon.ingest.store import RedisStore, StoreOptions, finest_segment
+from daemon.runtime.keys import Keys
+from daemon.runtime.state import StateReader
 from schemas.events import EVENT_TYPES, InteractionEvent, ProfileEvent
 
 pytestmark = pytest.mark.integration

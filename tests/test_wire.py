@@ -1,4 +1,4 @@
-"""Hand-packed commands (daemon/wire.py) against a real Redis: what they write, replies, refusals, drops."""
+"""Hand-packed commands (daemon/serve/wire.py) against a real Redis: what they write, replies, refusals, drops."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from daemon.wire import Commands, send
+from daemon.serve.wire import Commands, send
 
 
 def test_set_many_writes_every_value_with_and_without_a_ttl(rclient: redis.Redis, prefix: str) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import redis
 
-from daemon.keys import Keys
-from daemon.wire import Commands, send
-from daemon.workqueue import WorkQueue
+from daemon.runtime.keys import Keys
+from daemon.serve.wire import Commands, send
+from daemon.serve.workqueue import WorkQueue
 
 
 def test_fresh_changes_come_oldest_first_before_swap_refreshes(rclient: redis.Redis, prefix: str) -> None:

@@ -1,0 +1,1 @@
+"""The HTTP face: lookups for applications, health, readiness, /metrics."""

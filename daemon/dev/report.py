@@ -1,0 +1,112 @@
+"""What the demo prints: a few users' lists, a cold user's list, similar items, where to look next."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from daemon.runtime.app import App
+from daemon.runtime.keys import Keys, text
+from daemon.runtime.settings import Settings
+from daemon.runtime.state import StateReader
+from schemas.records import RecommendationList, SimilarList
+
+RUN_PORT = Settings().metrics_port  # where `recd run` listens by default
+
+log = logging.getLogger(__name__)
+
+
+def _name(item: str, titles: dict[str, str]) -> str:
+    title = titles.get(item)
+    return f"{item} ({title})" if title else item
+
+
+def _print_list(header: str, items: list[str], scores: list[float], titles: dict[str, str]) -> None:
+    print(header)
+    for rank, (item, score) in enumerate(zip(items, scores, strict=True), 1):
+        print(f"   {rank:>2}. {_name(item, titles):<60} {score:8.4f}")
+
+
+def _warm_lists(client: redis.Redis, keys: Keys, n: int) -> list[RecommendationList]:
+    """The lists of the ``n`` most recently served users whom the model served (not cold start)."""
+    reply: Any = client.zrevrange(keys.active, 0, 20 * n - 1)
+    raw: Any = client.mget([keys.rec(text(u)) for u in reply]) if reply else []
+    lists = [RecommendationList.from_json(r) for r in raw if r]
+    return [rec for rec in lists if rec.source == "ann"][:n]
+
+
+def print_report(
+    settings: Settings,
+    app: App,
+    client: redis.Redis,
+    titles: dict[str, str],
+    cold_user: str,
+    out: Path,
+    metrics_url: str,
+    live: bool,
+) -> None:
+    keys = Keys(settings.redis_prefix)
+    reader = StateReader(client, keys, settings.segment_keys)
+    print()
+    for rec in _warm_lists(client, keys, 3):
+        recent = [item for item, _ in reader.histories_by_item_id([rec.user_id])[rec.user_id][-3:]]
+        _print_list(
+            f"user {rec.user_id} (recently: {', '.join(_name(i, titles) for i in recent)}) "
+            f"- source {rec.source}, model {rec.model_version}",
+            rec.items,
+            rec.scores,
+            titles,
+        )
+    raw_cold: Any = client.get(keys.rec(cold_user))
+    if raw_cold:
+        cold = RecommendationList.from_json(raw_cold)
+        _print_list(f"new user {cold_user} with only a profile - source {cold.source}", cold.items, cold.scores, titles)
+    top: Any = client.zrevrange(keys.popularity, 0, 0)
+    if top:
+        item = text(top[0])
+        raw_sim: Any = client.get(keys.sim(item))
+        if raw_sim:
+            sim = SimilarList.from_json(raw_sim)
+            _print_list(f"items like the most popular one, {_name(item, titles)}", sim.items, sim.scores, titles)
+    plots = write_plots(settings, app, titles, out)
+    if plots:
+        print(f"\nplots: {', '.join(str(p) for p in plots)}")
+    if live:
+        print(
+            f"\nserving until Ctrl-C (then the demo removes its keys and stops its servers):\n"
+            f"  metrics: {metrics_url}/metrics   lookups: {metrics_url}/recommendations/<user_id>  "
+            f"{metrics_url}/similar/<item_id>   API: {metrics_url}/openapi.json",
+            flush=True,
+        )
+    else:
+        routes = f"http://{settings.http_host}:{RUN_PORT}"
+        print(
+            f"\nThe demo stops now and removes its keys; `recd demo --keep-serving` keeps it answering until "
+            f"Ctrl-C.\n`recd run` serves the same routes on your own data, on RECD_METRICS_PORT:\n"
+            f"  metrics: {routes}/metrics   lookups: {routes}/recommendations/<user_id>  "
+            f"{routes}/similar/<item_id>   API: {routes}/openapi.json"
+        )
+
+
+def write_plots(settings: Settings, app: App, titles: dict[str, str], out: Path) -> list[Path]:
+    """Embedding map of the served model (matplotlib is optional)."""
+    try:
+        from trainer.evaluation.plots import plot_embedding_map
+    except ImportError:
+        return []
+    index = app.watcher.current if app.watcher is not None else None
+    if index is None:
+        return []
+    client = redis.Redis.from_url(settings.redis_url)
+    pop_reply: Any = client.zrange(Keys(settings.redis_prefix).popularity, 0, -1, withscores=True)
+    popularity = {text(m): float(s) for m, s in pop_reply}
+    path = out / "embedding_map.png"
+    try:
+        plot_embedding_map(index.model, titles, popularity, path)
+    except Exception:  # a plot must never fail the demo
+        log.exception("could not draw the embedding map")
+        return []
+    return [path]

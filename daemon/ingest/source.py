@@ -1,0 +1,125 @@
+"""The Kafka source of ingest (kafka-python), used by one thread only.
+
+Offsets are committed explicitly, after Redis holds a batch's effects. Lag is
+computed from ``consumer.highwater()`` (from fetch responses), never from
+``end_offsets`` (wrong on the dev broker, see the README).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from daemon.runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Record(Protocol):
+    """What ingest reads of a consumed message (kafka-python's ConsumerRecord has these)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A Record made by hand (tests, in-memory sources)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    value: bytes | None
+
+
+Offsets = dict[TopicPartition, int]  # next offset to read, per partition
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """What every Kafka client of recd is given: the bootstrap servers and the security settings."""
+    return {"bootstrap_servers": settings.kafka_bootstrap.split(","), **settings.kafka_security()}
+
+
+def _log_commit_failure(_offsets: object, response: object) -> None:
+    if isinstance(response, Exception):
+        log.warning("asynchronous commit failed (the batch will be redelivered): %s", response)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, on_revoked: Callable[[list[TopicPartition]], None]) -> None:
+        self.on_revoked = on_revoked
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.on_revoked(list(revoked))
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+
+class KafkaSource:
+    """A consumer-group member on the events and profiles topics."""
+
+    def __init__(self, settings: Settings, on_revoked: Callable[[list[TopicPartition]], None]) -> None:
+        self.settings = settings
+        self.consumer = KafkaConsumer(
+            **client_options(settings),
+            group_id=settings.consumer_group,
+            client_id=f"{settings.client_id}-ingest",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.poll_max_records,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 3),
+            # A larger message still comes, whole, as a fetch's first batch (fetch v3+, KIP-74): it is
+            # dead-lettered as oversized and never wedges the partition (tests/test_deadletters.py, 5 MB).
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_wait_ms=100,
+            metrics_enabled=False,
+        )
+        self.consumer.subscribe([settings.events_topic, settings.profiles_topic], listener=_Listener(on_revoked))
+
+    def poll(self, timeout_ms: int) -> dict[TopicPartition, list[Record]]:
+        """Records per partition, in offset order (empty after the timeout)."""
+        batches: dict[TopicPartition, list[Record]] = self.consumer.poll(timeout_ms=timeout_ms)
+        return batches
+
+    def commit(self, offsets: Offsets, wait: bool = True) -> None:
+        """Commit offsets; ``wait=False`` sends the commit without waiting for the answer (a lost
+        asynchronous commit only means a harmless redelivery)."""
+        if not offsets:
+            return
+        request = {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
+        if wait:
+            self.consumer.commit(request)
+        else:
+            self.consumer.commit_async(request, callback=_log_commit_failure)
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Per assigned partition: high watermark - position (unknown partitions left out)."""
+        out: dict[TopicPartition, int] = {}
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                out[tp] = max(0, high - self.consumer.position(tp, timeout_ms=100))
+            except Exception:  # position unknown right after a rebalance
+                continue
+        return out
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)

@@ -1,0 +1,185 @@
+"""Wiring: Settings -> clients, roles, HTTP routes. The only place parts meet."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry
+
+from daemon.api.http import HttpHandle, Routes, start_http
+from daemon.api.lookup import Lookup
+from daemon.ingest.deadletters import DeadLetters
+from daemon.ingest.source import KafkaSource
+from daemon.ingest.store import RedisStore, StoreOptions
+from daemon.ingest.worker import IngestWorker
+from daemon.runtime.errors import StartupError
+from daemon.runtime.keys import Keys
+from daemon.runtime.metrics import Metrics
+from daemon.runtime.redisconn import redis_check, redis_client
+from daemon.runtime.service import Service
+from daemon.runtime.settings import Settings
+from daemon.runtime.state import StateReader
+from daemon.serve.coldstart import ColdStart
+from daemon.serve.index import IndexSpec, ServingIndex
+from daemon.serve.lists import ServeOptions
+from daemon.serve.server import Server
+from daemon.train.modelwatch import ModelWatcher
+from trainer.models.base import EmbeddingModel
+
+log = logging.getLogger(__name__)
+
+
+def store_options(settings: Settings) -> StoreOptions:
+    return StoreOptions(
+        history_len=settings.history_len,
+        history_ttl_s=settings.history_ttl_s,
+        trending_half_life_s=settings.trending_half_life_s,
+        rating_threshold=settings.rating_threshold,
+        weights=settings.event_weights,
+        segment_keys=settings.segment_keys,
+    )
+
+
+def build_ingest(settings: Settings, metrics: Metrics) -> IngestWorker:
+    store = RedisStore(redis_client(settings), Keys(settings.redis_prefix), store_options(settings))
+    return IngestWorker(
+        settings,
+        lambda on_revoked: KafkaSource(settings, on_revoked),
+        DeadLetters(settings),
+        store,
+        metrics,
+    )
+
+
+def serve_options(settings: Settings) -> ServeOptions:
+    return ServeOptions(
+        top_k=settings.top_k,
+        batch=settings.serve_batch,
+        cold_min_history=settings.cold_min_history,
+        new_item_slots=settings.new_item_slots,
+        new_item_window_ms=settings.new_item_window_s * 1000,
+        recency_half_life_s=float(settings.recency_half_life_s),
+        list_ttl_s=settings.list_ttl_s,
+        weights=settings.event_weights,
+        rating_threshold=settings.rating_threshold,
+        refresh_window_ms=settings.refresh_window_s * 1000,
+    )
+
+
+def load_model(path: str) -> EmbeddingModel:
+    from trainer.snapshot import load_snapshot
+
+    model: EmbeddingModel = load_snapshot(Path(path))[0]
+    return model
+
+
+def build_watcher(settings: Settings, client: redis.Redis, metrics: Metrics) -> ModelWatcher:
+    spec = IndexSpec(kind=settings.index_kind, threads=1)
+    return ModelWatcher(client, Keys(settings.redis_prefix), spec, load_model, metrics, settings.model_poll_s)
+
+
+def build_server(settings: Settings, metrics: Metrics, watcher: ModelWatcher) -> Server:
+    client = redis_client(settings)
+    return Server(client, Keys(settings.redis_prefix), serve_options(settings), watcher, metrics, settings.segment_keys)
+
+
+def build_lookup(settings: Settings, current: Callable[[], ServingIndex | None]) -> Lookup:
+    client = redis_client(settings)
+    keys = Keys(settings.redis_prefix)
+    return Lookup(
+        client, keys, ColdStart(client, keys), StateReader(client, keys, settings.segment_keys), settings.top_k, current
+    )
+
+
+def broker_check(settings: Settings) -> tuple[bool, str]:
+    errors = []
+    for server in settings.kafka_bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+                return True, f"broker {server} reachable"
+        except (OSError, ValueError) as exc:
+            errors.append(f"{server}: {exc}")
+    return False, "no broker reachable: " + "; ".join(errors)
+
+
+def wait_for_broker(settings: Settings, wait_s: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Return once a broker answers, saying every few seconds that recd waits; StartupError after ``wait_s``
+    (at once for 0: a command that needs the broker says so instead of retrying in kafka-python)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        ok, detail = broker_check(settings)
+        if ok:
+            return
+        if time.monotonic() >= deadline:
+            waited = f" within {wait_s:g}s" if wait_s else ""
+            raise StartupError(
+                f"no Kafka broker answered at {settings.kafka_bootstrap}{waited} ({detail}): "
+                "start one, or `recd dev up` for a local one"
+            )
+        log.warning(
+            "waiting for the Kafka broker at %s (%s); start one, or `recd dev up` for a local one",
+            settings.kafka_bootstrap,
+            detail,
+        )
+        sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+
+
+class Sampler:
+    """Gauges sampled when /metrics is scraped (at most every ``every_s``): Redis memory, readiness."""
+
+    def __init__(self, settings: Settings, routes: Routes, metrics: Metrics, every_s: float = 5.0) -> None:
+        self.settings, self.routes, self.metrics, self.every_s = settings, routes, metrics, every_s
+        self._last = -every_s
+        self._client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+
+    def refresh(self) -> None:
+        if time.monotonic() - self._last < self.every_s:
+            return
+        self._last = time.monotonic()
+        status, _ = self.routes.health(self.routes.ready)
+        self.metrics.ready.set(1 if status == 200 else 0)
+        try:
+            info: Any = self._client.info("memory")
+            self.metrics.redis_memory.set(float(info["used_memory"]))
+        except redis.RedisError:
+            log.debug("redis memory sample failed")
+
+
+@dataclass
+class App:
+    """What a running daemon holds: settings, metrics, service, HTTP."""
+
+    settings: Settings
+    metrics: Metrics
+    service: Service
+    routes: Routes
+    http: HttpHandle | None = None
+    watcher: ModelWatcher | None = None  # set when the serve role runs
+
+    @classmethod
+    def create(cls, settings: Settings, registry: CollectorRegistry | None = None) -> App:
+        metrics = Metrics(registry or CollectorRegistry())
+        service = Service()
+        routes = Routes(metrics)
+        routes.live.append(("roles", service.liveness))
+        routes.ready.append(("redis", lambda: redis_check(settings)))
+        routes.ready.append(("kafka", lambda: broker_check(settings)))
+        routes.on_scrape.append(Sampler(settings, routes, metrics).refresh)
+        return cls(settings, metrics, service, routes)
+
+    def start_http(self) -> HttpHandle:
+        self.http = start_http(self.routes, self.settings.http_host, self.settings.metrics_port)
+        return self.http
+
+    def stop_http(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+            self.http = None

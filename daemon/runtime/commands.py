@@ -1,0 +1,168 @@
+"""What each ``recd`` subcommand does (the parser lives in cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from daemon.runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from daemon.api.lookup import Lookup
+
+Command = Callable[[Settings, argparse.Namespace], int]
+
+
+def _print(doc: object) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.runtime.roles import run_daemon
+
+    roles = tuple(r.strip() for r in args.roles.split(",")) if getattr(args, "roles", None) else settings.roles
+    return run_daemon(settings.replace(roles=roles))
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    return cmd_run(settings.replace(roles=("ingest",)), argparse.Namespace())
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    return cmd_run(settings.replace(roles=("serve",)), argparse.Namespace())
+
+
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    if args.watch:
+        return cmd_run(settings.replace(roles=("train",)), argparse.Namespace())
+    from prometheus_client import CollectorRegistry
+
+    from daemon.runtime.metrics import Metrics
+    from daemon.runtime.redisconn import redis_client
+    from daemon.train.scheduler import TrainRole
+
+    outcome = TrainRole(settings, redis_client(settings), Metrics(CollectorRegistry())).run_once()
+    _print(outcome.__dict__)
+    return 0 if outcome.status in ("published", "skipped") else 1
+
+
+def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.dev.publish import publish_dataset, publish_synthetic
+    from daemon.dev.synthetic import SyntheticSpec
+    from daemon.ingest.topics import ensure_topics
+    from daemon.runtime.app import wait_for_broker
+
+    wait_for_broker(settings, 0)
+    ensure_topics(settings)
+    if args.synthetic is not None:
+        n_prof, n_ev = publish_synthetic(
+            settings, SyntheticSpec(users=args.users, items=args.items, seed=args.seed), args.synthetic
+        )
+    else:
+        n_prof, n_ev = publish_dataset(settings, args.dataset, args.limit)
+    _print({"profiles": n_prof, "events": n_ev, "topic": settings.events_topic})
+    return 0
+
+
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.ingest.topics import ensure_topics
+    from daemon.runtime.app import wait_for_broker
+
+    wait_for_broker(settings, 0)
+    for name, created in ensure_topics(settings).items():
+        print(f"{name}: {'created' if created else 'exists'}")
+    return 0
+
+
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.dev.devup import run_dev_up
+
+    return run_dev_up(settings)
+
+
+def _lookup(settings: Settings) -> Lookup:
+    from prometheus_client import CollectorRegistry
+
+    from daemon.runtime.app import build_lookup, build_watcher
+    from daemon.runtime.metrics import Metrics
+    from daemon.runtime.redisconn import redis_client
+
+    watcher = build_watcher(settings, redis_client(settings), Metrics(CollectorRegistry()))
+    watcher.poll(wait=True)
+    return build_lookup(settings, lambda: watcher.current)
+
+
+def cmd_recommend(settings: Settings, args: argparse.Namespace) -> int:
+    lookup = _lookup(settings)
+    _print(json.loads(lookup.recommendations(args.user_id, settings.top_k).to_json()))
+    return 0
+
+
+def cmd_similar(settings: Settings, args: argparse.Namespace) -> int:
+    lookup = _lookup(settings)
+    sim = lookup.similar(args.item_id, settings.top_k)
+    if sim is None:
+        print(f"recd: item {args.item_id!r} is not known to the served model")
+        return 1
+    _print(json.loads(sim.to_json()))
+    return 0
+
+
+def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.runtime.keys import Keys
+    from daemon.runtime.redisconn import redis_client
+    from daemon.train.publish import publish
+    from trainer.snapshot import ModelStore
+
+    if args.action == "presets":
+        from trainer.models.registry import PRESETS
+
+        _print(PRESETS)
+        return 0
+    store = ModelStore(Path(settings.model_dir))
+    if args.action == "list":
+        current = store.current()
+        _print([{**json.loads(m.to_json()), "current": m.version == current} for m in store.list()])
+        return 0
+    version = store.rollback(args.to)
+    pointer = publish(redis_client(settings), Keys(settings.redis_prefix), store, version)
+    _print({"rolled_back_to": pointer.version, "path": pointer.path})
+    return 0
+
+
+def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    from trainer.evaluation.report import run_evaluation
+    from trainer.evaluation.table import format_table
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    result = run_evaluation(args.dataset, models=models, plots_dir=args.plots, seed=args.seed)
+    if args.json:
+        _print(result)
+    else:
+        print(format_table(result), end="")
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.dev.demo import run_demo
+
+    return run_demo(settings, args)
+
+
+COMMANDS: dict[str, Command] = {
+    "ingest": cmd_ingest,
+    "serve": cmd_serve,
+    "run": cmd_run,
+    "train": cmd_train,
+    "produce": cmd_produce,
+    "topics": cmd_topics,
+    "recommend": cmd_recommend,
+    "similar": cmd_similar,
+    "model": cmd_model,
+    "evaluate": cmd_evaluate,
+    "demo": cmd_demo,
+    "dev": cmd_dev,
+}

@@ -1,0 +1,159 @@
+"""The serve role: changed users -> lists in Redis, a batch per step.
+
+Each step claims a batch of changed users (fresh changes first, then refreshes
+after a model swap) and reads their histories in the same script call
+(workqueue.py), has their lists made (lists.py), and writes every list - with
+its model version and time - in one round trip (packed by hand: wire.py) that
+also acknowledges the claim, sent from a writer thread while the next step
+claims and computes. When idle after a swap it writes item-to-item lists.
+Large steps (up to ``serve_batch`` users) keep lists fresher on a busy Redis,
+where every round trip waits behind ingest's scripts (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import redis
+
+from daemon.runtime.keys import Keys, text
+from daemon.runtime.metrics import Metrics
+from daemon.runtime.state import StateReader
+from daemon.serve.coldstart import ColdStart
+from daemon.serve.histories import HistoryBatch
+from daemon.serve.lists import ListMaker, ServeOptions
+from daemon.serve.wire import Commands, send
+from daemon.serve.workqueue import Claim, WorkQueue
+from daemon.train.modelwatch import ModelWatcher
+from schemas.records import RecommendationList, SimilarList
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    """The serve role (``step()`` / ``shutdown()``)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        options: ServeOptions,
+        watcher: ModelWatcher,
+        metrics: Metrics,
+        segment_keys: tuple[str, ...],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.options = options
+        self.watcher = watcher
+        self.metrics = metrics
+        self.clock = clock
+        self.queue = WorkQueue(client, keys)
+        self.reader = StateReader(client, keys, segment_keys)
+        self.cold = ColdStart(client, keys)
+        self.maker = ListMaker(options, self.cold, self.reader.item_ids)
+        self._similar_todo: list[int] = []
+        self._exclusions: tuple[float, set[str]] | None = None  # (read at, items)
+        # A step's lists go out on this thread while the next step claims and computes (see step()).
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="recd-serve-write")
+        self._writing: Future[None] | None = None
+
+    def step(self) -> int:
+        now_ms = int(self.clock() * 1000)
+        swapped = self.watcher.poll()
+        if swapped is not None:
+            queued = self.queue.enqueue_refresh(swapped.version, now_ms - self.options.refresh_window_ms)
+            self._similar_todo = list(range(len(swapped.item_ids)))
+            log.info("model %s: refreshing %d active users' lists", swapped.version, queued)
+        claims = self.queue.claim(self.options.batch, now_ms, with_history=True)
+        if not claims:
+            self.flush()
+            self._write_similar()
+            self.metrics.dirty_users.set(self.queue.depth())
+            return 0
+        started = time.perf_counter()
+        lists = self.serve(claims, now_ms)
+        self.metrics.serve_seconds.observe(time.perf_counter() - started)
+        return len(lists)
+
+    def serve(self, claims: list[Claim], now_ms: int) -> list[RecommendationList]:
+        """Lists for the claimed users, handed to the writer thread (with the claims' acknowledgement) before
+        returning; ``flush()`` waits for them. The previous write is awaited first, so writes land in order and
+        its errors surface here; it overlapped this step's claim and compute, time that serving otherwise spent
+        waiting for Redis behind ingest's scripts. Users whose lists are still being written stay leased, so
+        no other claim takes them meanwhile."""
+        batch = HistoryBatch.decode([c.user_id for c in claims], [c.history for c in claims])
+        lists = self.maker.make(self.watcher.current, batch, self._segments, self._excluded(), now_ms)
+        self.flush()
+        self._writing = self._writer.submit(self._write, lists, batch, claims)
+        return lists
+
+    def flush(self) -> None:
+        """Wait until the lists handed to the writer are in Redis (raises what writing them raised)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+
+    def _segments(self, users: list[str]) -> dict[str, list[str]]:
+        return {u: p.segments for u, p in self.reader.profiles(users).items() if p is not None}
+
+    def _excluded(self) -> set[str]:
+        """Ops' exclusions, re-read at most every ``exclusions_refresh_s`` (a round trip saved per step)."""
+        now = time.monotonic()
+        if self._exclusions is None or now - self._exclusions[0] >= self.options.exclusions_refresh_s:
+            reply: Any = self.client.smembers(self.keys.exclusions)
+            self._exclusions = (now, {text(m) for m in reply})
+        return self._exclusions[1]
+
+    def _write(self, lists: list[RecommendationList], batch: HistoryBatch, claims: list[Claim]) -> None:
+        """The lists, when each changed user was served (for refreshes after a swap) and the claims' acks: one
+        round trip. ``active`` holds wall-clock times, never event times: a replay of last year's events is as
+        recent as today's for the refresh window."""
+        commands = Commands()  # packed by hand: a redis-py pipeline cost ~3x the Python (wire.py)
+        commands.set_many(
+            ((self.keys.rec(rec.user_id).encode(), rec.to_json()) for rec in lists), self.options.list_ttl_s or None
+        )
+        served_ms = int(self.clock() * 1000)
+        changed = [x for c in claims if not c.swap for x in (served_ms, c.user_id)]  # a refresh is no activity
+        if changed:
+            commands.add("ZADD", self.keys.active, *changed)
+        self.queue.ack(commands, [c.user_id for c in claims])
+        send(self.client, commands)
+        written = int(self.clock() * 1000)
+        for source, n in Counter(rec.source.split(":", 1)[0] for rec in lists).items():
+            self.metrics.lists.labels(source).inc(n)
+        for claim in claims:
+            if not claim.swap:
+                self.metrics.freshness.observe(max(0.0, (written - claim.score) / 1000))
+
+    def _write_similar(self) -> None:
+        """After a swap, when idle: item-to-item lists, a chunk per step."""
+        index = self.watcher.current
+        if index is None or not self._similar_todo:
+            return
+        chunk, self._similar_todo = (
+            self._similar_todo[: self.options.similar_chunk],
+            self._similar_todo[self.options.similar_chunk :],
+        )
+        now_ms = int(self.clock() * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        for pos, (items, scores) in zip(
+            chunk, index.similar_batch(np.asarray(chunk, np.int64), self.options.top_k), strict=True
+        ):
+            item = index.item_ids[pos]
+            pipe.set(self.keys.sim(item), SimilarList(item, items, scores, index.version, now_ms).to_json())
+        pipe.execute()
+
+    def shutdown(self) -> None:
+        """Finish the write in hand; claims not acknowledged expire and return to the queue."""
+        try:
+            self.flush()
+        finally:
+            self._writer.shutdown(wait=True)

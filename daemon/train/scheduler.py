@@ -1,0 +1,162 @@
+"""The train role: when to fine-tune, the quality gate, publishing.
+
+A run is due when ``train_min_events`` new events were applied since the last
+run, or ``train_interval_s`` passed and any new event arrived (the first model
+comes as soon as ``train_min_events`` events exist). One replica trains at a
+time (a Redis lock). The candidate warm-starts from the served model, is fitted
+on the data minus a held-out latest event of a sample of users, scored on those,
+and published only if the gate accepts it against the served model's recorded
+score. Publishing = snapshot folder, the store's CURRENT, then the Redis pointer
+every serving replica watches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from daemon.runtime.keys import Keys
+from daemon.runtime.metrics import Metrics
+from daemon.runtime.settings import ConfigError, Settings
+from daemon.train.gate import gate
+from daemon.train.publish import publish
+from daemon.train.source import Snapshot, read_snapshot
+from trainer.evaluation.scoring import holdout_metrics
+from trainer.evaluation.splits import holdout_split
+from trainer.models.base import EmbeddingModel
+from trainer.models.registry import build_preset
+from trainer.snapshot import ModelStore, load_snapshot, save_snapshot
+
+log = logging.getLogger(__name__)
+
+GATE_METRIC = "recall@20"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # published | refused | skipped | failed
+    version: str | None = None
+    reason: str = ""
+
+
+class TrainRole:
+    """``step()``: train when due; returns 1 after a run, 0 when idle."""
+
+    def __init__(
+        self, settings: Settings, client: redis.Redis, metrics: Metrics, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.keys = Keys(settings.redis_prefix)
+        self.metrics = metrics
+        self.clock = clock
+        self.store = ModelStore(Path(settings.model_dir))
+        self.holder = uuid.uuid4().hex
+        self._last_run = 0.0
+        self._new_model()  # a bad RECD_MODEL_KIND / RECD_MODEL_PARAMS fails at start, not at the first fit
+
+    def _new_model(self) -> EmbeddingModel:
+        params: dict[str, Any] = {
+            k: int(v) if float(v).is_integer() else v for k, v in self.settings.model_params.items()
+        }
+        try:
+            return build_preset(
+                self.settings.model_kind, device=self.settings.device, threads=self.settings.train_threads, **params
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"RECD_MODEL_KIND={self.settings.model_kind!r} with RECD_MODEL_PARAMS={params}: {exc}"
+            ) from None
+
+    def due(self) -> bool:
+        applied = int(self.client.hget(self.keys.stats, "applied") or 0)  # type: ignore[arg-type]
+        seen = int(self.client.get(self.keys.train_watermark) or 0)  # type: ignore[arg-type]
+        fresh = applied - seen
+        if fresh <= 0:
+            return False
+        interval_over = self.clock() - self._last_run >= self.settings.train_interval_s and seen > 0
+        return fresh >= self.settings.train_min_events or interval_over
+
+    def step(self) -> int:
+        if not self.due() or not self._lock():
+            return 0
+        try:
+            outcome = self.run_once()
+        finally:
+            self.client.delete(self.keys.train_lock)
+        self._last_run = self.clock()
+        log.info("training run: %s %s %s", outcome.status, outcome.version or "", outcome.reason)
+        return 1
+
+    def _lock(self) -> bool:
+        ttl_ms = max(60_000, self.settings.train_interval_s * 2000)
+        return bool(self.client.set(self.keys.train_lock, self.holder, nx=True, px=ttl_ms))
+
+    def _current(self) -> tuple[EmbeddingModel | None, dict[str, float], str | None]:
+        version = self.store.current()
+        if version is None:
+            return None, {}, None
+        model, manifest = load_snapshot(self.store.root / "versions" / version)
+        if model.kind != self.settings.model_kind.split("_")[0]:
+            return None, manifest.metrics, version  # another model kind: gate against it, start fresh
+        return model, manifest.metrics, version
+
+    def run_once(self) -> Outcome:
+        started = time.perf_counter()
+        try:
+            snap = read_snapshot(self.client, self.keys, self.settings.event_weights, self.settings.rating_threshold)
+            if len(snap.data.positives()) < 2:
+                self.metrics.train_runs.labels("skipped").inc()
+                return Outcome("skipped", reason="no positive events yet")
+            outcome = self._train(snap)
+        except Exception as exc:
+            log.exception("training failed")
+            self.metrics.train_runs.labels("failed").inc()
+            self.metrics.errors.labels("train").inc()
+            return Outcome("failed", reason=str(exc))
+        self.metrics.train_seconds.observe(time.perf_counter() - started)
+        self.metrics.train_runs.labels(outcome.status).inc()
+        return outcome
+
+    def _train(self, snap: Snapshot) -> Outcome:
+        current, current_metrics, current_version = self._current()
+        model = self._new_model()
+        train_part, _ = holdout_split(snap.data)
+        report = model.fit(train_part, warm_from=current)
+        scores = holdout_metrics(model, snap.data)
+        self.metrics.train_speed.set(report.samples_per_s)
+        if report.losses:
+            self.metrics.train_loss.set(report.losses[-1])
+        for name, value in scores.items():
+            self.metrics.model_quality.labels(name).set(value)
+        self.client.set(self.keys.train_watermark, snap.applied_events)
+        decision = gate(scores, current_metrics or None, metric=GATE_METRIC, tolerance=self.settings.quality_tolerance)
+        if not decision.accept:
+            return Outcome("refused", reason=decision.reason)
+        version = self.store.new_version(model.kind)
+        save_snapshot(
+            model,
+            self.store.root / "versions" / version,
+            version=version,
+            data_watermark={
+                "applied_events": snap.applied_events,
+                "last_event_s": snap.last_event_s,
+                "interactions": len(snap.data),
+                "users": snap.data.n_users,
+            },
+            metrics=scores,
+            parent_version=current_version,
+        )
+        publish(self.client, self.keys, self.store, version)
+        self.store.prune(self.settings.keep_versions)
+        return Outcome("published", version, decision.reason)
+
+    def shutdown(self) -> None:
+        """A run in progress finishes inside step(); nothing is held between steps."""

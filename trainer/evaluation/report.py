@@ -1,0 +1,132 @@
+"""``recd evaluate``: load a dataset, fit each named model or baseline on its train split, evaluate it,
+and optionally draw plots (the table is ``trainer.evaluation.table``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trainer.datasets import Dataset, load_dataset
+from trainer.evaluation.baselines import BASELINES, make_baseline, tune_baseline
+from trainer.evaluation.scoring import EmbeddingScorer, Scorer, evaluate
+from trainer.evaluation.splits import protocol_split
+from trainer.evaluation.tuning import tune_preset
+from trainer.interactions import Interactions
+from trainer.models.base import EmbeddingModel, FitReport
+
+ModelFactory = Callable[[], EmbeddingModel]
+
+log = logging.getLogger(__name__)
+
+
+def run_evaluation(
+    dataset_path: str | Path,
+    models: Sequence[str] = ("item2vec", "als", "popularity"),
+    k: int = 20,
+    plots_dir: str | Path | None = None,
+    seed: int = 0,
+    *,
+    tune: bool = False,
+    with_auc: bool = True,
+    factories: Mapping[str, ModelFactory] | None = None,
+) -> dict[str, Any]:
+    """Load a dataset, fit each named model on its train split and evaluate it (``recd evaluate``).
+
+    Names are baselines (``popularity``, ``als``, ``bpr``, ``gensim``), keys of
+    ``factories``, or presets of ``trainer.models.registry``. With ``tune``,
+    ALS/BPR/gensim and the presets in ``registry.TUNING_GRIDS`` pick their
+    parameters on a validation split inside train first. Returns a JSON-able
+    dict: dataset, protocol, sizes and ``models`` -> metrics plus ``fit_s`` /
+    ``eval_s``.
+    """
+    data = load_dataset(dataset_path)
+    train, test, protocol = protocol_split(data, seed)
+    log.info("%s: %s, %d train rows, %d test rows", data.name, protocol, len(train), len(test))
+    results: dict[str, dict[str, Any]] = {}
+    fitted: dict[str, EmbeddingModel] = {}
+    curves: dict[str, FitReport] = {}  # model name -> its fit's report (loss curve)
+    for name in models:
+        started = time.perf_counter()
+        scorer, extra = _fit_named(name, train, seed, tune, factories or {})
+        fit_s = time.perf_counter() - started
+        if isinstance(scorer, EmbeddingScorer):
+            fitted[name], curves[name] = scorer.model, extra.pop("report")  # _fit_named: every fitted model has one
+        started = time.perf_counter()
+        metrics = evaluate(scorer, train, test, ks=sorted({10, k}), seed=seed, with_auc=with_auc)
+        results[name] = {
+            **metrics,
+            "fit_s": round(fit_s, 3),
+            "eval_s": round(time.perf_counter() - started, 3),
+            **extra,
+        }
+        log.info("%s: %s", name, {key: round(v, 4) for key, v in metrics.items()})
+    out: dict[str, Any] = {
+        "dataset": data.name,
+        "path": str(dataset_path),
+        "protocol": protocol,
+        "n_users": train.n_users,
+        "n_items": train.n_items,
+        "n_train": len(train),
+        "n_test": len(test),
+        "k": k,
+        "models": results,
+    }
+    if plots_dir is not None:
+        out["plots"] = _plots(data, train, fitted, curves, Path(plots_dir))
+    return out
+
+
+def _fit_named(
+    name: str,
+    train: Interactions,
+    seed: int,
+    tune: bool,
+    factories: Mapping[str, ModelFactory],
+) -> tuple[Scorer, dict[str, Any]]:
+    """(scorer, extra result fields) for one model name."""
+    if name in factories or name not in BASELINES:
+        tuned = tune_preset(name, train, seed) if tune and name not in factories else {}
+        model = factories[name]() if name in factories else _registry_model(name, seed, **tuned)
+        report = model.fit(train)
+        extra: dict[str, Any] = {"report": report, "device": report.device}
+        if tuned:
+            extra["params"] = tuned
+        return EmbeddingScorer(model, train, name=name), extra
+    params: dict[str, Any] = {}
+    if tune and name != "popularity":
+        params, trials = tune_baseline(name, train, seed=seed)
+        log.info("%s tuning: %s", name, trials)
+    return make_baseline(name, train, seed=seed, **params), ({"params": params} if params else {})
+
+
+def _registry_model(name: str, seed: int, **overrides: Any) -> EmbeddingModel:
+    from trainer.models import registry
+
+    try:
+        return registry.build_preset(name, seed=seed, **overrides)
+    except KeyError:
+        known = sorted([*BASELINES, *registry.PRESETS])
+        raise ValueError(f"unknown model {name!r}; choose from {known}") from None
+
+
+def _plots(
+    data: Dataset,
+    train: Interactions,
+    fitted: Mapping[str, EmbeddingModel],
+    curves: Mapping[str, FitReport],
+    root: Path,
+) -> list[str]:
+    from trainer.evaluation.plots import plot_embedding_map, plot_training_curves
+
+    counts = train.positives().item_counts()
+    popularity = {item: float(c) for item, c in zip(train.item_ids, counts.tolist(), strict=True)}
+    paths = [
+        plot_embedding_map(model, data.item_titles, popularity, root / f"{data.name}_{name}_map.png", name=name)
+        for name, model in fitted.items()
+    ]
+    if curves:  # labelled by the name each model was asked for (two presets of one kind stay apart)
+        paths.append(plot_training_curves(curves, root / f"{data.name}_training_curves.png"))
+    return [str(p) for p in paths]
