@@ -16,7 +16,7 @@ uniform nor full-rank:
   cluster size) with, for half of the users, the newest item from anywhere.
 
 The metric is inner product, as the serving index uses. Each index kind is built
-with ``daemon.index.build_index`` and queried with ``daemon.index.search`` (what
+with ``daemon.serve.index.build_index`` and queried with ``daemon.serve.index.search`` (what
 recd serves), one query per call, on one thread. Besides wall-clock QPS, each
 setting reports ``cpu_qps`` (queries per CPU-second of the searching thread,
 less sensitive to other jobs on a shared machine), ``ndis`` (distance
@@ -31,6 +31,7 @@ wall-clock QPS over ``--repeats`` passes) meeting recall@10 >= 0.97.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -46,7 +47,11 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import python_loop_seconds
-from daemon.serve.index import IndexSpec, build_index, search
+from daemon.runtime.options import index_spec
+from daemon.runtime.settings import load_settings
+from daemon.serve.index import build_index, search
+
+DEFAULTS = load_settings(environ={})
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -146,13 +151,53 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--latent", type=int, default=16)
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--kinds", default="hnsw")
-    ap.add_argument("--hnsw-m", type=int, default=IndexSpec.hnsw_m)
-    ap.add_argument("--ef-construction", type=int, default=IndexSpec.ef_construction)
+    ap.add_argument("--hnsw-m", type=int, default=DEFAULTS.index_hnsw_m)
+    ap.add_argument("--ef-construction", type=int, default=DEFAULTS.index_ef_construction)
     ap.add_argument("--ef-search", default="32,48,64,80,96,128")
     ap.add_argument("--nprobe", default="8,16,32,48,64")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per setting")
     ap.add_argument("--build-threads", type=int, default=2)
     return ap.parse_args()
+
+
+def build_and_sweep(kind: str, items: F32, queries: F32, truth: I64, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Build one index kind with recd's settings and sweep its search grid; each row carries the build time."""
+    spec = dataclasses.replace(
+        index_spec(DEFAULTS),
+        kind=kind,
+        hnsw_m=args.hnsw_m,
+        ef_construction=args.ef_construction,
+        threads=args.build_threads,
+    )
+    faiss.omp_set_num_threads(args.build_threads)
+    started = time.perf_counter()
+    index = build_index(items, spec)
+    built = time.perf_counter() - started
+    print(f"{kind}: built in {built:.1f}s on {args.build_threads} threads", flush=True)
+    grid = {"hnsw": args.ef_search, "ivf": args.nprobe}.get(kind, "1")
+    settings = [int(v) for v in grid.split(",")]
+    return [{**row, "build_s": round(built, 1)} for row in sweep(kind, index, queries, truth, settings, args.repeats)]
+
+
+def report(args: argparse.Namespace, rows: list[dict[str, Any]], loop_before: float) -> dict[str, Any]:
+    """The last line's JSON: the run's settings, every setting's figures and the fastest meeting the recall target."""
+    ok = [r for r in rows if r["recall@10"] >= TARGET_RECALL]
+    best = max(ok, key=lambda r: r["qps"]) if ok else None
+    return {
+        "items": args.items,
+        "dim": args.dim,
+        "latent": args.latent,
+        "clusters": args.clusters,
+        "hnsw_m": args.hnsw_m,
+        "ef_construction": args.ef_construction,
+        "threads": 1,
+        "target_recall": TARGET_RECALL,
+        "best": best,
+        f"meets_{TARGET_QPS}_qps": bool(best and best["qps"] >= TARGET_QPS),
+        "loadavg": [round(v, 2) for v in os.getloadavg()],
+        "configs": rows,
+        "python_loop_s": [loop_before, python_loop_seconds()],
+    }
 
 
 def main() -> None:
@@ -164,40 +209,8 @@ def main() -> None:
     truth = exact(items, queries, 10, args.build_threads)
     rows: list[dict[str, Any]] = []
     for kind in args.kinds.split(","):
-        spec = IndexSpec(
-            kind=kind, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, threads=args.build_threads
-        )
-        faiss.omp_set_num_threads(args.build_threads)
-        started = time.perf_counter()
-        index = build_index(items, spec)
-        built = time.perf_counter() - started
-        print(f"{kind}: built in {built:.1f}s on {args.build_threads} threads", flush=True)
-        grid = {"hnsw": args.ef_search, "ivf": args.nprobe}.get(kind, "1")
-        settings = [int(v) for v in grid.split(",")]
-        for row in sweep(kind, index, queries, truth, settings, args.repeats):
-            rows.append({**row, "build_s": round(built, 1)})
-        del index
-    ok = [r for r in rows if r["recall@10"] >= TARGET_RECALL]
-    best = max(ok, key=lambda r: r["qps"]) if ok else None
-    print(
-        json.dumps(
-            {
-                "items": args.items,
-                "dim": args.dim,
-                "latent": args.latent,
-                "clusters": args.clusters,
-                "hnsw_m": args.hnsw_m,
-                "ef_construction": args.ef_construction,
-                "threads": 1,
-                "target_recall": TARGET_RECALL,
-                "best": best,
-                f"meets_{TARGET_QPS}_qps": bool(best and best["qps"] >= TARGET_QPS),
-                "loadavg": [round(v, 2) for v in os.getloadavg()],
-                "configs": rows,
-                "python_loop_s": [loop_before, python_loop_seconds()],
-            }
-        )
-    )
+        rows.extend(build_and_sweep(kind, items, queries, truth, args))
+    print(json.dumps(report(args, rows, loop_before)))
 
 
 if __name__ == "__main__":

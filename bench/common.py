@@ -35,9 +35,8 @@ def process_cpu_seconds(pid: int | str) -> float | None:
 def python_loop_seconds(n: int = 10_000_000) -> float:
     """Seconds a plain Python loop of ``n`` additions takes now: a gauge of how fast this machine runs at
     the moment, printed with the benchmarks' figures (``python_loop_s``, before and after the run) so runs on
-    different days compare. On the 2-core dev box, quiet: ~0.2 s. (Earlier sessions timed the same loop at
-    module level with ``python -c``, where globals make it slower: ~0.52 s quiet, 0.9-1.6 s on the days the box
-    was shared, when serving's CPU per user was ~3x the quiet box's.)"""
+    different days compare. On the 2-core dev machine: ~0.2 s when it runs fast (docs/benchmarks.md, "The
+    machine")."""
     started = time.perf_counter()
     total = 0
     for i in range(n):

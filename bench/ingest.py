@@ -28,11 +28,12 @@ from bench.groundtruth import replay
 from daemon.dev.embedded import LocalProcess, redis_answers, start_broker, start_redis
 from daemon.dev.publish import make_producer
 from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events, synthetic_profiles
-from daemon.ingest.store import RedisStore, StoreOptions, finest_segment
-from daemon.ingest.topics import ensure_topics
-from daemon.runtime.app import build_ingest
+from daemon.ingest.store import RedisStore
+from daemon.runtime.app import build_ingest, create_topics
 from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
+from daemon.runtime.options import store_options
+from daemon.runtime.profiles import finest_segment
 from daemon.runtime.settings import Settings, load_settings
 from daemon.runtime.state import StateReader
 from schemas.events import InteractionEvent
@@ -99,9 +100,8 @@ def verify(
 def bytes_per_user(client: redis.Redis, history_len: int, users: int = 2000) -> float:
     """Redis memory added per user holding a full history and a profile (all per-user structures)."""
     prefix = f"bench-mem-{uuid.uuid4().hex[:6]}:"
-    store = RedisStore(
-        client, Keys(prefix), StoreOptions(history_len=history_len, weights={"view": 1.0}, history_ttl_s=86400)
-    )
+    settings = load_settings(environ={}, history_len=history_len, event_weights={"view": 1.0}, history_ttl_s=86400)
+    store = RedisStore(client, Keys(prefix), store_options(settings))
     from schemas.events import ProfileEvent
 
     t0 = 1_700_000_000_000
@@ -158,17 +158,20 @@ def start_servers() -> tuple[list[LocalProcess], str, str]:
     return servers, bootstrap, url
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line: events, users, items and partitions of the run."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=4)
-    args = parser.parse_args()
-    loop_before = python_loop_seconds()
-    servers, bootstrap, url = start_servers()
+    return parser.parse_args()
+
+
+def run_settings(bootstrap: str, url: str) -> Settings:
+    """Settings for one run on these servers: topics, consumer group and Redis prefix of its own."""
     tag = uuid.uuid4().hex[:8]
-    settings = load_settings(
+    return load_settings(
         kafka_bootstrap=bootstrap,
         redis_url=url,
         redis_prefix=f"bench-{tag}:",
@@ -177,44 +180,63 @@ def main() -> None:
         consumer_group=f"bench-{tag}",
         session_timeout_ms=6000,
     )
-    client = redis.Redis.from_url(url)
-    try:
-        ensure_topics(settings, args.partitions)
-        spec = SyntheticSpec(
-            users=args.users, items=args.items, seed=1, start_ms=int(time.time() * 1000) - 86_400_000, step_ms=50
-        )
-        print(f"producing {args.events} events ...", flush=True)
-        produce_rate = produce(settings, spec, args.events)
-        print(f"produced at {produce_rate:,.0f}/s; ingesting ...", flush=True)
-        cpu_before = cpu_seconds()
-        seconds, metrics = ingest(settings, args.events, client)
-        cpu = {name: round((after - cpu_before.get(name, 0.0)) / seconds, 2) for name, after in cpu_seconds().items()}
-        profiles = {
-            p["user_id"]: finest_segment(p["attributes"], settings.segment_keys) for p in synthetic_profiles(spec, 0)
-        }
-        print("verifying against the ground truth ...", flush=True)
-        result = verify(settings, client, list(synthetic_events(spec, args.events)), profiles)
-        dlq = sum(
+
+
+def dead_letters(metrics: Metrics) -> int:
+    """Events the ingest role counted as invalid (sent to the dead-letter topic)."""
+    return int(
+        sum(
             s.value
             for m in metrics.registry.collect()
             if m.name == "recd_events_invalid"
             for s in m.samples
             if s.name.endswith("_total")
         )
-        result.update(
-            {
-                "events": args.events,
-                "events_per_s": round(args.events / seconds),
-                "seconds": round(seconds, 2),
-                "produce_per_s": round(produce_rate),
-                "dlq": int(dlq),
-                "redis_bytes_per_user": round(bytes_per_user(client, settings.history_len)),
-                "history_len": settings.history_len,
-                "partitions": args.partitions,
-                "cpu_cores_used": cpu,
-                "python_loop_s": [loop_before, python_loop_seconds()],
-            }
-        )
+    )
+
+
+def measure(settings: Settings, client: redis.Redis, args: argparse.Namespace) -> dict[str, object]:
+    """Produce, ingest and verify ``args.events`` events: the result, all but ``python_loop_s``."""
+    create_topics(settings, args.partitions)
+    spec = SyntheticSpec(
+        users=args.users, items=args.items, seed=1, start_ms=int(time.time() * 1000) - 86_400_000, step_ms=50
+    )
+    print(f"producing {args.events} events ...", flush=True)
+    produce_rate = produce(settings, spec, args.events)
+    print(f"produced at {produce_rate:,.0f}/s; ingesting ...", flush=True)
+    cpu_before = cpu_seconds()
+    seconds, metrics = ingest(settings, args.events, client)
+    cpu = {name: round((after - cpu_before.get(name, 0.0)) / seconds, 2) for name, after in cpu_seconds().items()}
+    profiles = {
+        p["user_id"]: finest_segment(p["attributes"], settings.segment_keys) for p in synthetic_profiles(spec, 0)
+    }
+    print("verifying against the ground truth ...", flush=True)
+    result = verify(settings, client, list(synthetic_events(spec, args.events)), profiles)
+    result.update(
+        {
+            "events": args.events,
+            "events_per_s": round(args.events / seconds),
+            "seconds": round(seconds, 2),
+            "produce_per_s": round(produce_rate),
+            "dlq": dead_letters(metrics),
+            "redis_bytes_per_user": round(bytes_per_user(client, settings.history_len)),
+            "history_len": settings.history_len,
+            "partitions": args.partitions,
+            "cpu_cores_used": cpu,
+        }
+    )
+    return result
+
+
+def main() -> None:
+    args = parse_args()
+    loop_before = python_loop_seconds()
+    servers, bootstrap, url = start_servers()
+    settings = run_settings(bootstrap, url)
+    client = redis.Redis.from_url(url)
+    try:
+        result = measure(settings, client, args)
+        result["python_loop_s"] = [loop_before, python_loop_seconds()]
         drop_prefix(client, settings.redis_prefix)
     finally:
         for server in servers:

@@ -91,14 +91,19 @@ def serve_forever(prefix: str) -> None:
     server.stop()
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (``--serve-prefix``, hidden, makes this process the server child)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--users", type=int, default=5000)
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--serve-prefix", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.serve_prefix:
         serve_forever(args.serve_prefix)
         return
@@ -120,6 +125,13 @@ def main() -> None:
             child.stdin.close()
         child.wait(10)
         drop_prefix(client, settings.redis_prefix)
+    print(json.dumps(summary(lat, errors, args, loop_before)))
+
+
+def summary(
+    lat: dict[str, list[float]], errors: list[int], args: argparse.Namespace, loop_before: float
+) -> dict[str, Any]:
+    """The last line's JSON: requests/s, errors and each route's latency percentiles."""
     total = sum(len(v) for v in lat.values())
     report: dict[str, Any] = {
         "clients": args.clients,
@@ -131,7 +143,7 @@ def main() -> None:
     for route, values in lat.items():
         ms = np.asarray(values) * 1000
         report[route] = {"n": len(ms), **{f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)}}
-    print(json.dumps(report))
+    return report
 
 
 def load(port: int, args: argparse.Namespace) -> tuple[dict[str, list[float]], list[int]]:

@@ -5,7 +5,7 @@
 
 Each model is fitted on the dataset's protocol split (given split, else
 leave-latest-out, else a seeded random holdout; see ``trainer.evaluation.splits``) through
-``trainer.evaluate.run_evaluation``; baselines (ALS, BPR, gensim) and recd
+``trainer.evaluation.report.run_evaluation``; baselines (ALS, BPR, gensim) and recd
 presets with a grid (``registry.TUNING_GRIDS``) are tuned on a validation split
 inside train unless ``--no-tune``. A model that fails is
 reported with its error and the others still run. Progress goes to stderr, a

@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import drop_prefix, python_loop_seconds
 from daemon.dev.synthetic import SyntheticSpec, synthetic_events, synthetic_profiles
 from daemon.ingest.store import RedisStore
-from daemon.runtime.app import build_server, build_watcher, store_options
+from daemon.runtime.app import build_server, build_trainer, build_watcher
 from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
+from daemon.runtime.options import store_options
 from daemon.runtime.settings import Settings, load_settings
 from daemon.serve.server import Server
-from daemon.train.scheduler import TrainRole
 from schemas.events import InteractionEvent, ProfileEvent
 
 
@@ -81,13 +81,39 @@ def drain(server: Server, client: redis.Redis, keys: Keys) -> tuple[float, int, 
     return time.perf_counter() - started, served, steps, time.process_time() - cpu
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line: the synthetic world's size and the timed repeats."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--items", type=int, default=5_000)
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def report(
+    args: argparse.Namespace,
+    settings: Settings,
+    model: str | None,
+    runs: list[tuple[float, int, int, float]],
+    loop_before: float,
+) -> dict[str, Any]:
+    """The last line's JSON: the run's sizes, the model served and each repeat's figures."""
+    return {
+        "users": args.users,
+        "items": args.items,
+        "events": args.events,
+        "model": model,
+        "batch": settings.serve_batch,
+        "users_per_s": [round(n / s) for s, n, _, _ in runs],
+        "ms_per_step": [round(1000 * s / max(1, k), 2) for s, _, k, _ in runs],
+        "cpu_us_per_user": [round(1e6 * c / max(1, n), 1) for _, n, _, c in runs],
+        "python_loop_s": [loop_before, python_loop_seconds()],
+    }
+
+
+def main() -> None:
+    args = parse_args()
     loop_before = python_loop_seconds()
     tag = uuid.uuid4().hex[:8]
     settings = load_settings(
@@ -97,7 +123,7 @@ def main() -> None:
     spec = SyntheticSpec(users=args.users, items=args.items, seed=1, start_ms=int(time.time() * 1000) - 3_600_000)
     try:
         fill(settings, client, spec, args.events)
-        outcome = TrainRole(settings, client, Metrics(CollectorRegistry())).run_once()
+        outcome = build_trainer(settings, Metrics(CollectorRegistry()), client).run_once()
         metrics = Metrics(CollectorRegistry())
         server = build_server(settings, metrics, build_watcher(settings, client, metrics))
         while server.watcher.current is None:
@@ -108,21 +134,7 @@ def main() -> None:
     finally:
         drop_prefix(client, settings.redis_prefix)
         shutil.rmtree(Path(settings.model_dir).parent, ignore_errors=True)
-    print(
-        json.dumps(
-            {
-                "users": args.users,
-                "items": args.items,
-                "events": args.events,
-                "model": outcome.version,
-                "batch": settings.serve_batch,
-                "users_per_s": [round(n / s) for s, n, _, _ in runs],
-                "ms_per_step": [round(1000 * s / max(1, k), 2) for s, _, k, _ in runs],
-                "cpu_us_per_user": [round(1e6 * c / max(1, n), 1) for _, n, _, c in runs],
-                "python_loop_s": [loop_before, python_loop_seconds()],
-            }
-        )
-    )
+    print(json.dumps(report(args, settings, outcome.version, runs, loop_before)))
 
 
 if __name__ == "__main__":

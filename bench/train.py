@@ -1,7 +1,7 @@
 """Training-speed and quality benchmark: recd's item2vec against gensim Word2Vec on one corpus.
 
 Both models train on the same corpus, each user's train positives in time
-order (``trainer.baselines.user_sentences``): gensim as sentences, item2vec as
+order (``trainer.evaluation.baselines.user_sentences``): gensim as sentences, item2vec as
 the same (user, item) rows. Same dim, window = context, negatives, epochs;
 gensim runs skip-gram with ``workers=2, min_count=1, sample=0``.
 
@@ -140,17 +140,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    loop_before = python_loop_seconds()
-    data = load_dataset(args.dataset)
-    train, test, protocol = protocol_split(data, args.seed)
-    sentences, rows = corpus(train)
-    g_pairs, g_upper = gensim_pairs(np.array([len(s) for s in sentences]), args.window)
-    g_pairs, g_upper = g_pairs * args.epochs, g_upper * args.epochs
-    print(f"{data.name}: {protocol}; {len(sentences)} sentences, {len(rows)} positives, {train.n_items} items")
-    ours: list[tuple[float, float]] = []
-    theirs: list[tuple[float, float]] = []
+Rates = list[tuple[float, float]]  # (pairs per wall second, pairs per CPU second) of each run
+
+
+def race(
+    rows: Interactions, sentences: list[np.ndarray], args: argparse.Namespace, g_pairs: float, g_upper: float
+) -> tuple[Item2Vec, Any, int, Rates, Rates]:
+    """``args.repeats`` interleaved fits of item2vec and gensim, each printed: (the last models, item2vec's pairs
+    per fit, item2vec's rates, gensim's rates)."""
+    ours: Rates = []
+    theirs: Rates = []
     model = gensim = None
     for rep in range(args.repeats):
         model, pairs, wall, cpu = run_item2vec(rows, args)
@@ -168,6 +167,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             flush=True,
         )
     assert model is not None and gensim is not None
+    return model, gensim, pairs, ours, theirs
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    loop_before = python_loop_seconds()
+    data = load_dataset(args.dataset)
+    train, test, protocol = protocol_split(data, args.seed)
+    sentences, rows = corpus(train)
+    g_pairs, g_upper = gensim_pairs(np.array([len(s) for s in sentences]), args.window)
+    g_pairs, g_upper = g_pairs * args.epochs, g_upper * args.epochs
+    print(f"{data.name}: {protocol}; {len(sentences)} sentences, {len(rows)} positives, {train.n_items} items")
+    model, gensim, pairs, ours, theirs = race(rows, sentences, args, g_pairs, g_upper)
     mine = evaluate(EmbeddingScorer(model, train), train, test, ks=(20,), seed=args.seed)
     base = evaluate(gensim_scorer(gensim, rows), train, test, ks=(20,), seed=args.seed)
     rate = statistics.median(r[0] for r in ours)

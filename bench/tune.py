@@ -4,7 +4,7 @@
         --grid dim=64,128 --grid unobserved=0.02,0.06,0.2
 
 The same protocol ``bench.quality`` gives the ALS/BPR/gensim baselines
-(``trainer.tuning.tune``: validation Recall@20 inside train, the test
+(``trainer.evaluation.tuning.tune``: validation Recall@20 inside train, the test
 split never looked at while choosing), so a tuned preset and a tuned
 baseline are compared on equal terms. Each trial's validation recall and fit
 seconds go to stdout; the LAST line is one JSON object with the grid, the

@@ -35,10 +35,7 @@ def _ts() -> dict[str, Any]:
     return {
         "description": "epoch milliseconds, or an RFC 3339 date-time with a zone; "
         "not before 1990-01-01, not more than the configured skew in the future",
-        "oneOf": [
-            {"type": "integer", "minimum": MIN_TS_MS},
-            {"type": "string", "format": "date-time"},
-        ],
+        "oneOf": [{"type": "integer", "minimum": MIN_TS_MS}, {"type": "string", "format": "date-time"}],
     }
 
 

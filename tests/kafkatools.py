@@ -11,13 +11,13 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
-from daemon.ingest.topics import ensure_topics
+from daemon.runtime.app import create_topics
 from daemon.runtime.settings import Settings
 
 
 def produce_raw(settings: Settings, topic: str, messages: Iterable[tuple[bytes, bytes]]) -> int:
     """(key, value) pairs, in order; returns the count."""
-    ensure_topics(settings)
+    create_topics(settings)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
     n = 0
     for key, value in messages:
@@ -68,14 +68,11 @@ def ensure_big_topics(settings: Settings, max_message_bytes: int, partitions: in
                 admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
     finally:
         admin.close()
-    ensure_topics(settings, partitions)
+    create_topics(settings, partitions)
 
 
 def produce_to_partitions(
-    settings: Settings,
-    topic: str,
-    messages: Iterable[tuple[int, bytes]],
-    max_request_size: int,
+    settings: Settings, topic: str, messages: Iterable[tuple[int, bytes]], max_request_size: int
 ) -> list[tuple[int, int]]:
     """(partition, value) pairs, in order, by a producer allowed ``max_request_size``; returns each
     message's (partition, offset)."""

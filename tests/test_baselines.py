@@ -7,13 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.evaluation.baselines import (
-    FactorScorer,
-    PopularityScorer,
-    make_baseline,
-    tune_baseline,
-    user_sentences,
-)
+from trainer.evaluation.baselines import FactorScorer, PopularityScorer, make_baseline, tune_baseline, user_sentences
 from trainer.evaluation.scoring import evaluate
 from trainer.evaluation.splits import leave_latest_out
 from trainer.interactions import Interactions
@@ -92,8 +86,7 @@ def test_unknown_baseline() -> None:
 
 
 def test_run_evaluation_tunes_a_preset_with_a_grid_on_validation_only(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from trainer.evaluation.report import run_evaluation
     from trainer.models import registry

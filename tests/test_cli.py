@@ -23,12 +23,7 @@ def recd(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> 
     full = {k: v for k, v in os.environ.items() if not k.startswith("RECD_")}
     full.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+        [sys.executable, "-m", "daemon", *args], env=full, capture_output=True, text=True, timeout=timeout, check=False
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from daemon.runtime.cli import _parser
+from daemon.runtime.options import kafka_security
 from daemon.runtime.settings import ConfigError, Settings, describe, env_name, load_settings
 
 
@@ -81,7 +82,7 @@ def test_kafka_security_passthrough() -> None:
             "RECD_KAFKA_SSL_CAFILE": "/ca.pem",
         }
     )
-    assert s.kafka_security() == {
+    assert kafka_security(s) == {
         "security_protocol": "SASL_SSL",
         "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_plain_username": "svc",
@@ -94,17 +95,17 @@ def test_model_params_override_the_preset_and_bad_ones_fail_at_start(tmp_path: P
     import redis
     from prometheus_client import CollectorRegistry
 
+    from daemon.runtime.app import build_trainer
     from daemon.runtime.metrics import Metrics
-    from daemon.train.scheduler import TrainRole
 
     env = {"RECD_MODEL_PARAMS": "dim=128,unobserved=0.004", "RECD_MODEL_DIR": str(tmp_path / "models")}
     settings = load_settings(environ=env)
     assert dict(settings.model_params) == {"dim": 128.0, "unobserved": 0.004}
     client = redis.Redis()  # never contacted by the constructor
-    model: Any = TrainRole(settings, client, Metrics(CollectorRegistry()))._new_model()
+    model: Any = build_trainer(settings, Metrics(CollectorRegistry()), client)._new_model()
     assert model.config.dim == 128 and isinstance(model.config.dim, int) and model.config.unobserved == 0.004
     bad = load_settings(environ={**env, "RECD_MODEL_PARAMS": "dimension=128"})
     with pytest.raises(ConfigError, match=r"RECD_MODEL_PARAMS.*dimension"):
-        TrainRole(bad, client, Metrics(CollectorRegistry()))
+        build_trainer(bad, Metrics(CollectorRegistry()), client)
     with pytest.raises(ConfigError, match="RECD_MODEL_PARAMS"):
         load_settings(environ={"RECD_MODEL_PARAMS": "dim=big"})

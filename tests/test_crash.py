@@ -19,8 +19,8 @@ import redis
 from bench.groundtruth import replay
 from daemon.dev.embedded import free_port
 from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events, synthetic_profiles
-from daemon.ingest.store import finest_segment
 from daemon.runtime.keys import Keys
+from daemon.runtime.profiles import finest_segment
 from daemon.runtime.settings import Settings, env_name
 from daemon.runtime.state import StateReader
 from tests.kafkatools import committed, produce_raw

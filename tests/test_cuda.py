@@ -1,7 +1,7 @@
 """The CUDA training path: every model fits on the GPU, learns the planted structure, and its snapshot loads.
 
 CI has no GPU, so these are skipped there; they run where torch sees a CUDA
-device (the lent H100/H200, see README "Measured figures").
+device (the lent H100/H200, see docs/benchmarks.md).
 """
 
 from __future__ import annotations

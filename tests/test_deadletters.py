@@ -33,13 +33,13 @@ from daemon.ingest.deadletters import (
     TRUNCATED,
     DeadLetterError,
     DeadLetters,
-    dlq_max_request_size,
 )
 from daemon.ingest.source import Message
 from daemon.ingest.worker import IngestWorker
 from daemon.runtime.app import build_ingest
 from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
+from daemon.runtime.options import dead_letter_options
 from daemon.runtime.settings import ConfigError, Settings, load_settings
 from tests.kafkatools import committed, ensure_big_topics, produce_to_partitions, read_topic
 
@@ -78,10 +78,7 @@ def run_until_applied(worker: IngestWorker, rclient: redis.Redis, keys: Keys, ev
     ids=["2MB", "5MB"],
 )
 def test_an_oversized_message_is_dead_lettered_cut_and_committed_past(
-    settings: Settings,
-    rclient: redis.Redis,
-    size: int,
-    max_payload: int,
+    settings: Settings, rclient: redis.Redis, size: int, max_payload: int
 ) -> None:
     settings = settings.replace(dlq_max_payload_bytes=max_payload)
     now = int(time.time() * 1000)
@@ -146,7 +143,9 @@ class Producer:
 
 
 def dead_letters(producer: Producer, max_payload: int = 100) -> DeadLetters:
-    return DeadLetters(load_settings(environ={}, dlq_max_payload_bytes=max_payload), lambda: producer)
+    return DeadLetters(
+        dead_letter_options(load_settings(environ={}, dlq_max_payload_bytes=max_payload)), lambda: producer
+    )
 
 
 def source(value: bytes) -> Message:
@@ -221,11 +220,14 @@ def test_the_largest_dead_letter_fits_the_producer_and_a_default_topic(settings:
         (SHA256, b"f" * 64),
     ]
     value = bytes(settings.dlq_max_payload_bytes)
-    assert DefaultRecordBatchBuilder.estimate_size_in_bytes(None, value, headers) <= dlq_max_request_size(settings)
-    assert dlq_max_request_size(settings) <= KAFKA_DEFAULT_MAX_MESSAGE_BYTES
-    dlq = DeadLetters(settings)
+    assert (
+        DefaultRecordBatchBuilder.estimate_size_in_bytes(None, value, headers)
+        <= dead_letter_options(settings).max_request_size
+    )
+    assert dead_letter_options(settings).max_request_size <= KAFKA_DEFAULT_MAX_MESSAGE_BYTES
+    dlq = DeadLetters(dead_letter_options(settings))
     try:
-        assert dlq.producer.config["max_request_size"] == dlq_max_request_size(settings)
+        assert dlq.producer.config["max_request_size"] == dead_letter_options(settings).max_request_size
     finally:
         dlq.close()
 

@@ -7,9 +7,9 @@ import struct
 import numpy as np
 import pytest
 
-from daemon.runtime.keys import RATING_CODE
-from daemon.runtime.state import Entry, decode_history
-from daemon.serve.histories import HistoryBatch, PositionMap, code_weights
+from daemon.runtime.history import RATING_CODE, Entry, positive_weight_table
+from daemon.runtime.history import entries as decode_history
+from daemon.serve.histories import HistoryBatch, PositionMap
 
 WEIGHTS = {"view": 0.2, "click": 1.0, "purchase": 4.0, "rating": 3.0, "dislike": -2.0}
 PACK = struct.Struct(">IHBIB")
@@ -51,13 +51,14 @@ def test_a_batch_decodes_like_the_per_entry_decoder() -> None:
 
 
 def test_weights_follow_the_per_entry_rule_for_every_code() -> None:
-    table = code_weights(WEIGHTS, 4.0)
+    table = positive_weight_table(WEIGHTS, 4.0)
     assert table[RATING_CODE + 8] == 3.0 and table[RATING_CODE + 7] == 0.0  # rating 4.0 counts, 3.5 does not
     records = b"".join(PACK.pack(1_700_000_000 + code * 977, 0, 0, code, code) for code in range(256))
     batch = HistoryBatch.decode(["u"], [records])
-    now_s, half_life = 1_700_200_000.0, 86_400.0
-    got = batch.decayed_weights(table, now_s, half_life)
-    want = [weight_of(e, now_s, half_life) for e in decode_history(records)]
+    half_life = 86_400.0
+    got = batch.decayed_weights(table, half_life)
+    newest = max(e.ts for e in decode_history(records))  # ages count from the user's newest event
+    want = [weight_of(e, newest, half_life) for e in decode_history(records)]
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
 

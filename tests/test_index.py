@@ -8,6 +8,7 @@ missing results (-1) never turn into items, similar() leaves the item out.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -15,12 +16,21 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from daemon.runtime.options import index_spec
+from daemon.runtime.settings import load_settings
 from daemon.serve.index import FLAT_MAX_ITEMS, IndexSpec, ServingIndex, build_index, choose_kind, search
 from trainer.interactions import Interactions
 from trainer.models.base import EmbeddingModel, EpochCallback, FitReport, History
 
 F32 = npt.NDArray[np.float32]
 KINDS = ["flat", "hnsw", "ivf"]
+
+DEFAULT_SPEC = index_spec(load_settings(environ={}))
+
+
+def spec(**changes: Any) -> IndexSpec:
+    """The default index spec (from Settings) with ``changes``."""
+    return dataclasses.replace(DEFAULT_SPEC, **changes)
 
 
 def clustered(n: int, dim: int = 16, seed: int = 0) -> F32:
@@ -75,14 +85,14 @@ class FixedModel(EmbeddingModel):
         return cls(arrays["vectors"])
 
 
-def serving(vectors: F32, kind: str, nprobe: int = IndexSpec.ivf_nprobe) -> ServingIndex:
-    return ServingIndex.build("v1", FixedModel(vectors), 0, IndexSpec(kind=kind, ivf_nprobe=nprobe))
+def serving(vectors: F32, kind: str, nprobe: int = DEFAULT_SPEC.ivf_nprobe) -> ServingIndex:
+    return ServingIndex.build("v1", FixedModel(vectors), 0, spec(kind=kind, ivf_nprobe=nprobe))
 
 
 @pytest.mark.parametrize(("kind", "min_recall"), [("flat", 1.0), ("hnsw", 0.9), ("ivf", 0.9)])
 def test_top_k_matches_brute_force(kind: str, min_recall: float) -> None:
     items, queries = clustered(3000), queries_for(clustered(3000), 100)
-    _, found = search(build_index(items, IndexSpec(kind=kind)), queries, 10)
+    _, found = search(build_index(items, spec(kind=kind)), queries, 10)
     truth = true_top(items, queries, 10)
     recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found.tolist(), truth.tolist(), strict=True)])
     assert recall >= min_recall, f"{kind}: recall@10 {recall:.3f}"
@@ -103,8 +113,8 @@ def test_scores_are_the_true_inner_products_best_first(kind: str) -> None:
 def test_deep_search_beyond_ef_search_still_fills_k(kind: str) -> None:
     """Serving asks for up to k + 210 rows; an HNSW efSearch of 16 must not cap that."""
     items = clustered(3000)
-    spec = IndexSpec(kind=kind, ef_search=16, ivf_nprobe=64)
-    _, found = search(build_index(items, spec), queries_for(items, 5), 220)
+    shallow = spec(kind=kind, ef_search=16, ivf_nprobe=64)
+    _, found = search(build_index(items, shallow), queries_for(items, 5), 220)
     assert found.shape == (5, 220)
     assert (found >= 0).all()
     assert all(len(set(row)) == 220 for row in found.tolist())
@@ -113,7 +123,7 @@ def test_deep_search_beyond_ef_search_still_fills_k(kind: str) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_missing_results_are_minus_one_with_zero_score(kind: str) -> None:
     items = clustered(40)
-    scores, found = search(build_index(items, IndexSpec(kind=kind)), queries_for(items, 3), 50)
+    scores, found = search(build_index(items, spec(kind=kind)), queries_for(items, 3), 50)
     assert ((found >= 0).sum(axis=1) <= 40).all()
     assert (found[:, 40:] == -1).all()
     assert (scores[found < 0] == 0.0).all()
@@ -164,15 +174,15 @@ def test_similar_excludes_the_item_and_ranks_by_cosine(kind: str) -> None:
 
 
 def test_choose_kind_by_size() -> None:
-    assert choose_kind(IndexSpec(), 10) == "flat"
-    assert choose_kind(IndexSpec(), FLAT_MAX_ITEMS) == "flat"
-    assert choose_kind(IndexSpec(), FLAT_MAX_ITEMS + 1) == "hnsw"
-    assert choose_kind(IndexSpec(kind="ivf"), 10) == "ivf"
-    assert choose_kind(IndexSpec(kind="flat"), 10 * FLAT_MAX_ITEMS) == "flat"
+    assert choose_kind(spec(), 10) == "flat"
+    assert choose_kind(spec(), FLAT_MAX_ITEMS) == "flat"
+    assert choose_kind(spec(), FLAT_MAX_ITEMS + 1) == "hnsw"
+    assert choose_kind(spec(kind="ivf"), 10) == "ivf"
+    assert choose_kind(spec(kind="flat"), 10 * FLAT_MAX_ITEMS) == "flat"
 
 
 def test_hnsw_takes_its_parameters_from_the_spec() -> None:
-    index = build_index(clustered(500), IndexSpec(kind="hnsw", hnsw_m=12, ef_search=40, ef_construction=60))
+    index = build_index(clustered(500), spec(kind="hnsw", hnsw_m=12, ef_search=40, ef_construction=60))
     assert index.hnsw.efSearch == 40
     assert index.hnsw.efConstruction == 60
     assert index.hnsw.nb_neighbors(1) == 12
@@ -181,9 +191,9 @@ def test_hnsw_takes_its_parameters_from_the_spec() -> None:
 @pytest.mark.parametrize("kind", ["annoy", "HNSW", ""])
 def test_unknown_kind_is_a_clear_value_error(kind: str) -> None:
     with pytest.raises(ValueError, match=r"unknown index kind .*auto, flat, hnsw, ivf"):
-        build_index(clustered(20), IndexSpec(kind=kind))
+        build_index(clustered(20), spec(kind=kind))
     with pytest.raises(ValueError, match="RECD_INDEX_KIND"):
-        choose_kind(IndexSpec(kind=kind), 10)
+        choose_kind(spec(kind=kind), 10)
 
 
 @pytest.mark.parametrize(("kind", "min_recall"), [("flat", 1.0), ("hnsw", 0.9), ("ivf", 0.9)])

@@ -11,11 +11,11 @@ from prometheus_client import CollectorRegistry
 
 from bench.groundtruth import replay
 from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events, synthetic_profiles
-from daemon.ingest.store import finest_segment
 from daemon.ingest.worker import IngestWorker
 from daemon.runtime.app import build_ingest
 from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
+from daemon.runtime.profiles import finest_segment
 from daemon.runtime.settings import Settings
 from daemon.runtime.state import StateReader
 from tests.corpus import BAD_EVENTS, BAD_PROFILES

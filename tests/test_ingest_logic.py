@@ -15,6 +15,7 @@ from daemon.ingest.source import Message, Offsets, Record
 from daemon.ingest.store import BatchResult, Prepared
 from daemon.ingest.worker import IngestWorker
 from daemon.runtime.metrics import Metrics
+from daemon.runtime.options import ingest_options
 from daemon.runtime.settings import load_settings
 from schemas.events import InteractionEvent, ProfileEvent
 
@@ -88,7 +89,7 @@ class Store:
 def worker(source: Source, store: Store, dead: Dead) -> IngestWorker:
     settings = load_settings(environ={})
     factory: Callable[[Callable[[list[TopicPartition]], None]], Source] = lambda _revoked: source  # noqa: E731
-    return IngestWorker(settings, factory, dead, store, Metrics(CollectorRegistry()), clock=lambda: NOW)
+    return IngestWorker(ingest_options(settings), factory, dead, store, Metrics(CollectorRegistry()), clock=lambda: NOW)
 
 
 def test_nothing_is_committed_before_redis_holds_it() -> None:

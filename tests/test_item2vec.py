@@ -250,9 +250,7 @@ def test_divergence_raises_instead_of_publishing_nan() -> None:
         model.fit(planted(n_users=60))
 
 
-def test_warm_start_adds_new_items_and_keeps_untouched_neighbourhoods(
-    fitted: tuple[Item2Vec, Interactions],
-) -> None:
+def test_warm_start_adds_new_items_and_keeps_untouched_neighbourhoods(fitted: tuple[Item2Vec, Interactions]) -> None:
     old, _ = fitted
     # New data: fresh users of two new clusters plus fresh users of old cluster 0 only.
     fresh = planted(n_users=120, clusters=range(5, 7), seed=5)

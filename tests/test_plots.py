@@ -101,8 +101,7 @@ def _saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 def test_training_curves_keep_given_names_and_coinciding_curves_visible(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     saved = _saved_figures(monkeypatch)
     same = [0.9, 0.5, 0.4]

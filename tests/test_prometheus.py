@@ -21,7 +21,7 @@ import yaml
 from daemon.dev.embedded import free_port
 from daemon.dev.publish import publish_synthetic
 from daemon.dev.synthetic import SyntheticSpec
-from daemon.ingest.topics import ensure_topics
+from daemon.runtime.app import create_topics
 from daemon.runtime.settings import Settings
 from tests.test_deploy import DEPLOY, http_get, load_yaml, running_daemon, stop
 
@@ -125,7 +125,7 @@ def watch_catch_up(base: str, settings: Settings) -> dict[str, float]:
 
 @pytest.mark.timeout(60)
 def test_prometheus_sees_ingest_rate_and_lag_rise_and_fall(settings: Settings, tmp_path: Path) -> None:
-    ensure_topics(settings)  # 4 partitions
+    create_topics(settings)  # 4 partitions
     publish(settings)  # before recd starts, so it has a backlog to catch up on, as after a deploy or an outage
     port = free_port()
     config = write_config(tmp_path, f"127.0.0.1:{port}")

@@ -19,11 +19,10 @@ from prometheus_client import CollectorRegistry
 
 from daemon.dev.publish import publish_dataset, publish_synthetic
 from daemon.dev.synthetic import SyntheticSpec
-from daemon.runtime.app import build_ingest, build_server, build_watcher
+from daemon.runtime.app import build_ingest, build_server, build_trainer, build_watcher
 from daemon.runtime.keys import Keys, text
 from daemon.runtime.metrics import Metrics
 from daemon.runtime.settings import Settings
-from daemon.train.scheduler import TrainRole
 from schemas.records import RecommendationList
 
 pytestmark = pytest.mark.integration
@@ -57,11 +56,16 @@ def _handled(client: redis.Redis, keys: Keys) -> int:
     return sum(int(x or 0) for x in stats)
 
 
-def _versions(client: redis.Redis, keys: Keys) -> dict[str, str]:
-    """Every user with a list -> the model version of that list."""
+def _lists(client: redis.Redis, keys: Keys) -> dict[str, RecommendationList]:
+    """Every user with a list -> that list."""
     users = [text(k)[len(keys.rec("")) :] for k in client.scan_iter(match=keys.rec("*"), count=1000)]
     raw: Any = client.mget([keys.rec(u) for u in users]) if users else []
-    return {u: RecommendationList.from_json(r).model_version for u, r in zip(users, raw, strict=True) if r}
+    return {u: RecommendationList.from_json(r) for u, r in zip(users, raw, strict=True) if r}
+
+
+def _versions(client: redis.Redis, keys: Keys) -> dict[str, str]:
+    """Every user with a list -> the model version of that list."""
+    return {u: rec.model_version for u, rec in _lists(client, keys).items()}
 
 
 @pytest.mark.parametrize("produce", [publish_synthetic_2023, publish_dataset_1998], ids=["synthetic", "dataset"])
@@ -82,14 +86,17 @@ def test_first_model_rewrites_every_list_whatever_the_event_times(
         server.flush()
         before = _versions(rclient, keys)
         assert len(before) >= 40 and set(before.values()) == {"none"}
-        outcome = TrainRole(settings, rclient, metrics).run_once()
+        outcome = build_trainer(settings, metrics, rclient).run_once()
         assert outcome.status == "published", outcome
         deadline = time.monotonic() + 30
         while set(_versions(rclient, keys).values()) != {outcome.version}:
             assert time.monotonic() < deadline, f"lists still of models {Counter(_versions(rclient, keys).values())}"
             server.step()
             server.flush()
-        assert set(_versions(rclient, keys)) == set(before)
+        after = _lists(rclient, keys)
+        assert set(after) == set(before)
+        # the model's own lists: old event times weigh as a live stream's would (ages from each user's newest)
+        assert Counter(rec.source for rec in after.values()) == {"ann": len(after)}
     finally:
         ingest.shutdown()
         server.shutdown()

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events
-from daemon.ingest.topics import ensure_topics
+from daemon.runtime.app import create_topics
 from daemon.runtime.keys import Keys
 from daemon.runtime.settings import Settings, env_name
 from tests.kafkatools import produce_raw
@@ -54,7 +54,7 @@ def assignments(log: Path, topic: str) -> set[int]:
 def test_replicas_split_partitions_and_apply_each_event_once(
     settings: Settings, rclient: redis.Redis, tmp_path: Path
 ) -> None:
-    ensure_topics(settings, partitions=4)
+    create_topics(settings, partitions=4)
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     procs = [spawn(settings, logs[0])]
     time.sleep(2)

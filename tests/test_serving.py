@@ -23,11 +23,12 @@ from prometheus_client import CollectorRegistry
 
 from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events, synthetic_profiles
 from daemon.ingest.worker import IngestWorker
-from daemon.runtime.app import build_ingest, build_server, build_watcher
+from daemon.runtime.app import build_ingest, build_server, build_trainer, build_watcher
+from daemon.runtime.history import Entry
 from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
 from daemon.runtime.settings import Settings
-from daemon.runtime.state import Entry, StateReader
+from daemon.runtime.state import StateReader
 from daemon.serve.server import Server
 from daemon.train.publish import publish
 from daemon.train.scheduler import TrainRole
@@ -90,7 +91,7 @@ def world(settings: Settings, rclient: redis.Redis) -> Iterator[World]:
         keys,
         metrics,
         build_ingest(settings, metrics),
-        TrainRole(settings, rclient, metrics),
+        build_trainer(settings, metrics, rclient),
         build_server(settings, metrics, watcher),
         events,
     )
@@ -110,7 +111,8 @@ def entry_weight(
     entry: Entry, weights: Mapping[str, float], threshold: float, now_s: float, half_life_s: float
 ) -> float:
     """The test's oracle, one entry at a time: the type's weight (a rating's only at or above the
-    threshold; none when not positive), halved every half-life of age."""
+    threshold; none when not positive), halved every half-life it is older than ``now_s`` (the user's
+    newest event)."""
     base = weights.get(entry.type, 0.0)
     if entry.type == "rating" and entry.value < threshold:
         base = 0.0
@@ -137,9 +139,10 @@ def _warm_users(w: World, client: redis.Redis) -> dict[str, set[str]]:
     users = sorted({e["user_id"] for e in w.events})
     out = {}
     for user, entries in reader.histories_by_item_id(users).items():
+        newest = max((e.ts for _, e in entries), default=0)
         weights = [
             entry_weight(
-                e, w.settings.event_weights, w.settings.rating_threshold, time.time(), w.settings.recency_half_life_s
+                e, w.settings.event_weights, w.settings.rating_threshold, newest, w.settings.recency_half_life_s
             )
             for _, e in entries
         ]
@@ -223,7 +226,7 @@ def _expected_scores(w: World, client: redis.Redis, rec: RecommendationList, ind
     """Scores the named version gives the listed items for this user's history (as served)."""
     reader = StateReader(client, w.keys)
     entries = reader.histories_by_item_id([rec.user_id])[rec.user_id]
-    now_s = rec.updated_at / 1000
+    now_s = max(e.ts for _, e in entries)  # ages count from the user's newest event
     pos, weights = [], []
     for item, entry in entries:
         weight = entry_weight(

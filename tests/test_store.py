@@ -8,8 +8,12 @@ import pytest
 import redis
 
 from bench.groundtruth import replay
-from daemon.ingest.store import RedisStore, StoreOptions, event_weight, segment_chain
+from daemon.ingest.store import RedisStore
+from daemon.runtime.history import event_weight
 from daemon.runtime.keys import Keys
+from daemon.runtime.options import store_options
+from daemon.runtime.profiles import segment_chain
+from daemon.runtime.settings import load_settings
 from daemon.runtime.state import StateReader
 from schemas.events import EVENT_TYPES, InteractionEvent, ProfileEvent
 from tests.redisdump import dump
@@ -21,8 +25,15 @@ WEIGHTS = {"view": 1.0, "click": 2.0, "purchase": 5.0, "rating": 4.0, "dislike":
 
 
 def make_store(client: redis.Redis, prefix: str, **opts: object) -> RedisStore:
-    options = StoreOptions(**{"history_len": 5, "weights": WEIGHTS, "segment_keys": ("country", "age"), **opts})
-    return RedisStore(client, Keys(prefix), options)  # type: ignore[arg-type]
+    settings = {
+        "history_len": 5,
+        "history_ttl_s": 0,
+        "event_weights": WEIGHTS,
+        "segment_keys": ("country", "age"),
+        **opts,
+    }
+    options = store_options(load_settings(environ={}, **settings))
+    return RedisStore(client, Keys(prefix), options)
 
 
 def ev(
@@ -195,9 +206,8 @@ def test_matches_reference_model_under_random_replays(rclient: redis.Redis, pref
 
 
 def test_event_weight_and_segment_chain() -> None:
-    rating = InteractionEvent("e", "u", "i", "rating", T0, 4.0)
-    assert event_weight(rating, WEIGHTS, 4.0) == 4.0
-    assert event_weight(rating, WEIGHTS, 4.5) == 0.0
+    assert event_weight("rating", 4.0, WEIGHTS, 4.0) == 4.0
+    assert event_weight("rating", 4.0, WEIGHTS, 4.5) == 0.0
     assert segment_chain({"country": "US", "gender": "F"}, ("country", "age", "gender")) == ["country=US"]
     assert segment_chain({"age": "25"}, ("country", "age")) == []
 

@@ -10,8 +10,11 @@ import pytest
 import redis
 
 from bench.groundtruth import replay
-from daemon.ingest.store import RedisStore, StoreOptions, finest_segment
+from daemon.ingest.store import RedisStore
 from daemon.runtime.keys import Keys
+from daemon.runtime.options import store_options
+from daemon.runtime.profiles import finest_segment
+from daemon.runtime.settings import load_settings
 from daemon.runtime.state import StateReader
 from schemas.events import EVENT_TYPES, InteractionEvent, ProfileEvent
 
@@ -32,8 +35,9 @@ SEGS = ("country", "age")
 
 
 def make_store(client: redis.Redis, prefix: str, **opts: object) -> RedisStore:
-    options = StoreOptions(**{"history_len": 5, "weights": WEIGHTS, "segment_keys": SEGS, **opts})
-    return RedisStore(client, Keys(prefix), options)  # type: ignore[arg-type]
+    settings = {"history_len": 5, "history_ttl_s": 0, "event_weights": WEIGHTS, "segment_keys": SEGS, **opts}
+    options = store_options(load_settings(environ={}, **settings))
+    return RedisStore(client, Keys(prefix), options)
 
 
 def ev(eid: str, sec: int, user: str = "u1", item: str = "i", etype: str = "view") -> tuple[InteractionEvent, int]:

@@ -88,11 +88,7 @@ def concat_interactions(*parts: Interactions) -> Interactions:
 
 
 def load_dataset(
-    path: str | Path,
-    *,
-    rating_threshold: float = 4.0,
-    fmt: str | None = None,
-    value_kind: str | None = None,
+    path: str | Path, *, rating_threshold: float = 4.0, fmt: str | None = None, value_kind: str | None = None
 ) -> Dataset:
     """Read a dataset file or folder (see the module docstring for formats).
 

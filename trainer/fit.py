@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from trainer.interactions import FloatArray, IntArray, Interactions
+from trainer.interactions import FloatArray, IntArray
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -112,8 +112,3 @@ def grow_table(
             raise ValueError(f"warm start: previous model has dim {old.shape[1]}, this one {dim}")
         out[: len(old)] = old
     return out
-
-
-def remap(data: Interactions, plan: WarmPlan) -> tuple[IntArray, IntArray]:
-    """(user rows, item rows in the new table) for every row of ``data``."""
-    return data.users.astype(np.int64), plan.data_to_model[data.items]

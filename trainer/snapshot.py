@@ -199,8 +199,7 @@ def _read_item_ids(path: Path, expected: int) -> list[str]:
 
 
 def load_snapshot(
-    folder: Path,
-    classes: Mapping[str, type[EmbeddingModel]] | None = None,
+    folder: Path, classes: Mapping[str, type[EmbeddingModel]] | None = None
 ) -> tuple[EmbeddingModel, ModelManifest]:
     """Rebuild the model saved in ``folder``; ``classes`` (kind -> class) replaces the registry lookup."""
     folder = Path(folder)
@@ -291,7 +290,7 @@ class ModelStore:
         _check_name("model kind", kind)
         while True:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-            version = f"{stamp}-{kind}-{secrets.token_hex(2)}"
+            version = f"{stamp}-{kind}-{secrets.token_hex(4)}"
             if not self.path(version).exists():
                 return version
 

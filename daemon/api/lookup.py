@@ -128,52 +128,44 @@ class Lookup:
         return 200, sim.to_json()
 
 
-def openapi(top_k: int) -> dict[str, Any]:
-    """OpenAPI 3.1 description of the lookup API."""
+ERROR_BODY: dict[str, Any] = {
+    "description": "bad input",
+    "content": {
+        "application/json": {
+            "schema": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+        }
+    },
+}
+UNAVAILABLE = {"503": {**ERROR_BODY, "description": "Redis unavailable (retry later)"}}
+
+
+def _lookup_path(name: str, summary: str, schema: dict[str, Any], top_k: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """One GET route: the id in the path, ``k`` in the query, the list or an error back."""
+    id_param = {"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": MAX_ID_LEN}}
     k_param = {
         "name": "k",
         "in": "query",
         "required": False,
         "schema": {"type": "integer", "minimum": 1, "maximum": top_k, "default": top_k},
     }
-    error = {
-        "description": "bad input",
-        "content": {
-            "application/json": {
-                "schema": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
-            }
-        },
-    }
+    ok = {"description": "the list", "content": {"application/json": {"schema": schema}}}
+    responses = {"200": ok, "400": ERROR_BODY, **extra}
+    return {"get": {"summary": summary, "parameters": [id_param, k_param], "responses": responses}}
 
-    def path(name: str, summary: str, schema: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-        ok = {"description": "the list", "content": {"application/json": {"schema": schema}}}
-        return {
-            "get": {
-                "summary": summary,
-                "parameters": [
-                    {
-                        "name": name,
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "maxLength": MAX_ID_LEN},
-                    },
-                    k_param,
-                ],
-                "responses": {"200": ok, "400": error, **extra},
-            }
-        }
 
-    unavailable = {"503": {**error, "description": "Redis unavailable (retry later)"}}
+def openapi(top_k: int) -> dict[str, Any]:
+    """OpenAPI 3.1 description of the lookup API."""
     rec, sim = recommendation_list(), similar_list()
     for doc in (rec, sim):
         doc.pop("$schema", None)
+    summary = "A user's top-K (cold-start answer when unknown)"
     return {
         "openapi": "3.1.0",
         "info": {"title": "recd lookups", "version": "1"},
         "paths": {
-            "/recommendations/{user_id}": path(
-                "user_id", "A user's top-K (cold-start answer when unknown)", rec, unavailable
+            "/recommendations/{user_id}": _lookup_path("user_id", summary, rec, top_k, UNAVAILABLE),
+            "/similar/{item_id}": _lookup_path(
+                "item_id", "Items most like an item", sim, top_k, {"404": ERROR_BODY, **UNAVAILABLE}
             ),
-            "/similar/{item_id}": path("item_id", "Items most like an item", sim, {"404": error, **unavailable}),
         },
     }

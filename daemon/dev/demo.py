@@ -27,8 +27,7 @@ import redis
 from daemon.dev.embedded import EmbeddedError, LocalProcess, redis_answers, start_broker, start_redis
 from daemon.dev.publish import make_producer, publish, publish_dataset, publish_synthetic
 from daemon.dev.synthetic import SyntheticSpec
-from daemon.ingest.topics import ensure_topics
-from daemon.runtime.app import App
+from daemon.runtime.app import App, create_topics
 from daemon.runtime.keys import Keys, text
 from daemon.runtime.redisconn import redis_client
 from daemon.runtime.roles import add_roles
@@ -106,7 +105,7 @@ def start_services(settings: Settings, out: Path) -> tuple[Settings, list[LocalP
 
 def produce(settings: Settings, args: argparse.Namespace, stop: Stop) -> tuple[int, dict[str, str]]:
     """Publish the demo's events; returns (events published, item titles)."""
-    ensure_topics(settings)
+    create_topics(settings)
     if args.dataset is not None:
         from trainer.datasets import load_dataset
 

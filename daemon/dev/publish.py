@@ -10,7 +10,7 @@ from typing import Any
 from kafka import KafkaProducer
 
 from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events, synthetic_profiles
-from daemon.ingest.source import client_options
+from daemon.runtime.options import kafka_options
 from daemon.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -20,8 +20,7 @@ Progress = Callable[[int], None]
 
 def make_producer(settings: Settings) -> KafkaProducer:
     return KafkaProducer(
-        **client_options(settings),
-        client_id=f"{settings.client_id}-producer",
+        **kafka_options(settings).client("producer"),
         acks="all",
         linger_ms=20,
         batch_size=512 * 1024,
@@ -31,10 +30,7 @@ def make_producer(settings: Settings) -> KafkaProducer:
 
 
 def publish(
-    producer: KafkaProducer,
-    topic: str,
-    docs: Iterable[dict[str, Any]],
-    progress: Progress | None = None,
+    producer: KafkaProducer, topic: str, docs: Iterable[dict[str, Any]], progress: Progress | None = None
 ) -> int:
     """Send each document keyed by its user_id; flushes before returning the count."""
     sent = 0
@@ -50,11 +46,7 @@ def publish(
 
 
 def publish_synthetic(
-    settings: Settings,
-    spec: SyntheticSpec,
-    n: int,
-    progress: Progress | None = None,
-    profiles: bool = True,
+    settings: Settings, spec: SyntheticSpec, n: int, progress: Progress | None = None, profiles: bool = True
 ) -> tuple[int, int]:
     """Profiles for every synthetic user, then n events. Returns (profiles, events) sent."""
     producer = make_producer(settings)
@@ -78,10 +70,7 @@ def dataset_events(path: Path, limit: int | None = None) -> Iterator[dict[str, A
 
 
 def publish_dataset(
-    settings: Settings,
-    path: Path,
-    limit: int | None = None,
-    progress: Progress | None = None,
+    settings: Settings, path: Path, limit: int | None = None, progress: Progress | None = None
 ) -> tuple[int, int]:
     """Replay a dataset (formats of trainer.datasets) in time order; profiles first where it has them."""
     from trainer.datasets import iter_profiles

@@ -48,32 +48,38 @@ def print_report(
     metrics_url: str,
     live: bool,
 ) -> None:
+    """Three warm users' lists, the cold user's, the most popular item's neighbours, plots, where to look next."""
     keys = Keys(settings.redis_prefix)
-    reader = StateReader(client, keys, settings.segment_keys)
     print()
-    for rec in _warm_lists(client, keys, 3):
-        recent = [item for item, _ in reader.histories_by_item_id([rec.user_id])[rec.user_id][-3:]]
-        _print_list(
-            f"user {rec.user_id} (recently: {', '.join(_name(i, titles) for i in recent)}) "
-            f"- source {rec.source}, model {rec.model_version}",
-            rec.items,
-            rec.scores,
-            titles,
-        )
+    _print_warm(client, keys, StateReader(client, keys, settings.segment_keys), titles)
     raw_cold: Any = client.get(keys.rec(cold_user))
     if raw_cold:
         cold = RecommendationList.from_json(raw_cold)
         _print_list(f"new user {cold_user} with only a profile - source {cold.source}", cold.items, cold.scores, titles)
     top: Any = client.zrevrange(keys.popularity, 0, 0)
-    if top:
-        item = text(top[0])
-        raw_sim: Any = client.get(keys.sim(item))
-        if raw_sim:
-            sim = SimilarList.from_json(raw_sim)
-            _print_list(f"items like the most popular one, {_name(item, titles)}", sim.items, sim.scores, titles)
+    raw_sim: Any = client.get(keys.sim(text(top[0]))) if top else None
+    if raw_sim:
+        sim = SimilarList.from_json(raw_sim)
+        _print_list(f"items like the most popular one, {_name(sim.item_id, titles)}", sim.items, sim.scores, titles)
     plots = write_plots(settings, app, titles, out)
     if plots:
         print(f"\nplots: {', '.join(str(p) for p in plots)}")
+    _print_routes(settings, metrics_url, live)
+
+
+def _print_warm(client: redis.Redis, keys: Keys, reader: StateReader, titles: dict[str, str]) -> None:
+    """The most recently served warm users' lists, each with what they did last."""
+    for rec in _warm_lists(client, keys, 3):
+        recent = [item for item, _ in reader.histories_by_item_id([rec.user_id])[rec.user_id][-3:]]
+        header = (
+            f"user {rec.user_id} (recently: {', '.join(_name(i, titles) for i in recent)}) "
+            f"- source {rec.source}, model {rec.model_version}"
+        )
+        _print_list(header, rec.items, rec.scores, titles)
+
+
+def _print_routes(settings: Settings, metrics_url: str, live: bool) -> None:
+    """Where the lookups and metrics are: the demo's own server while it keeps serving, else `recd run`'s."""
     if live:
         print(
             f"\nserving until Ctrl-C (then the demo removes its keys and stops its servers):\n"
@@ -81,14 +87,14 @@ def print_report(
             f"{metrics_url}/similar/<item_id>   API: {metrics_url}/openapi.json",
             flush=True,
         )
-    else:
-        routes = f"http://{settings.http_host}:{RUN_PORT}"
-        print(
-            f"\nThe demo stops now and removes its keys; `recd demo --keep-serving` keeps it answering until "
-            f"Ctrl-C.\n`recd run` serves the same routes on your own data, on RECD_METRICS_PORT:\n"
-            f"  metrics: {routes}/metrics   lookups: {routes}/recommendations/<user_id>  "
-            f"{routes}/similar/<item_id>   API: {routes}/openapi.json"
-        )
+        return
+    routes = f"http://{settings.http_host}:{RUN_PORT}"
+    print(
+        f"\nThe demo stops now and removes its keys; `recd demo --keep-serving` keeps it answering until "
+        f"Ctrl-C.\n`recd run` serves the same routes on your own data, on RECD_METRICS_PORT:\n"
+        f"  metrics: {routes}/metrics   lookups: {routes}/recommendations/<user_id>  "
+        f"{routes}/similar/<item_id>   API: {routes}/openapi.json"
+    )
 
 
 def write_plots(settings: Settings, app: App, titles: dict[str, str], out: Path) -> list[Path]:

@@ -7,13 +7,13 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
-from daemon.ingest.source import Record, client_options
-from daemon.runtime.settings import Settings
+from daemon.ingest.source import KafkaOptions, Record
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,16 @@ def cut_payload(payload: bytes, max_bytes: int) -> tuple[bytes, Headers]:
     return payload[:max_bytes], marks
 
 
-def dlq_max_request_size(settings: Settings) -> int:
-    """The dead-letter producer's max_request_size: the largest payload kept plus its headers."""
-    return settings.dlq_max_payload_bytes + HEADER_ROOM
+@dataclass(frozen=True)
+class DeadLetterOptions:
+    kafka: KafkaOptions
+    suffix: str  # dead-letter topic = source topic + suffix
+    max_payload_bytes: int  # longer payloads are cut (0: headers only)
+
+    @property
+    def max_request_size(self) -> int:
+        """The dead-letter producer's max_request_size: the largest payload kept plus its headers."""
+        return self.max_payload_bytes + HEADER_ROOM
 
 
 class _Letter(NamedTuple):
@@ -75,24 +82,23 @@ class _Letter(NamedTuple):
 
 class DeadLetters:
     """Sends refused messages to ``<topic><dlq_suffix>`` with the reason in headers: byte for byte
-    up to ``dlq_max_payload_bytes``, cut beyond; a letter still too large goes out as headers only."""
+    up to ``max_payload_bytes``, cut beyond; a letter still too large goes out as headers only."""
 
-    def __init__(self, settings: Settings, producer_factory: Callable[[], Any] | None = None) -> None:
-        self.settings = settings
-        self.suffix = settings.dlq_suffix
-        self.max_bytes = settings.dlq_max_payload_bytes
+    def __init__(self, options: DeadLetterOptions, producer_factory: Callable[[], Any] | None = None) -> None:
+        self.options = options
+        self.suffix = options.suffix
+        self.max_bytes = options.max_payload_bytes
         self._factory = producer_factory or self._make_producer
         self._producer: Any = None  # made on the first dead letter
         self.pending: list[_Letter] = []
 
     def _make_producer(self) -> KafkaProducer:
         return KafkaProducer(
-            **client_options(self.settings),
-            client_id=f"{self.settings.client_id}-dlq",
+            **self.options.kafka.client("dlq"),
             acks="all",
             linger_ms=5,
             retries=5,
-            max_request_size=dlq_max_request_size(self.settings),
+            max_request_size=self.options.max_request_size,
             metrics_enabled=False,
         )
 

@@ -1,15 +1,16 @@
 -- recd: apply one batch of interaction events, atomically, in one round trip.
 -- KEYS: 1 items, 2 items:ids, 3 items:seq, 4 items:first, 5 pop, 6 trend,
 --       7 trend:epoch, 8 items:gen, 9 dirty, 10 stats, 11 segs
--- ARGV: 1 key prefix, 2 JSON {now, ttl, hl, n, seg = [attribute names], gen, token,
+-- ARGV: 1 key prefix, 2 JSON {rec = {record, key, key_item, size}, now, ttl, hl, n,
+--       seg = [attribute names], gen, token,
 --       items = [[item id, item number or 0], ...],
 --       max_sec, u = [[user, sec, crc24, item index (1-based), code, w, msg_ms, sec, ...], ...]}
 --       (each user's events flat, six fields apiece, in arrival order)
 -- Returns {applied, duplicates, stale, new items, gen, {item index, number, ...}} or, when the
 -- caller's item numbers belong to another generation of the items hash, {-1, gen}.
 --
--- History records (see daemon/keys.py): >II3IB = sec, crc24, item number, code byte,
--- sorted by (sec, crc). An event whose (sec, crc, item) is in the history is a duplicate; one
+-- History records (layout in daemon/runtime/history.py, passed in b.rec): sec, crc24, item number,
+-- code byte, sorted by (sec, crc). An event whose (sec, crc, item) is in the history is a duplicate; one
 -- older than the oldest record of a full history is stale (it would be trimmed at once, and a
 -- replay of an event that was trimmed is exactly this case). Neither changes anything.
 -- Popularity increments are summed per (key, item) and written once per batch; segment
@@ -23,7 +24,8 @@
 local call, unpack_rec, pack_rec, sub = redis.call, struct.unpack, struct.pack, string.sub
 local P = ARGV[1]
 local b = cjson.decode(ARGV[2])
-local R, FMT, KEY = 12, '>II3IB', '>II3'
+-- the record layout, given by daemon/runtime/history.py (its one owner)
+local R, FMT, KEY, KEY_ITEM = b.rec.size, b.rec.record, b.rec.key, b.rec.key_item
 local CHUNK = 1000  -- values per multi-member call (Lua's unpack() gives at most 8000)
 local now, ttl, hl, n, seg_names = b.now, b.ttl, b.hl, b.n, b.seg
 local items, incr, assigned = b.items, {}, {}
@@ -76,7 +78,7 @@ local function find_slot(blob, count, sec, crc, inum)
     if less(mt, mf, sec, crc) then lo = mid + 1 else hi = mid end
   end
   while lo < count do
-    local mt, mf, mi = unpack_rec('>II3I', blob, lo * R + 1)
+    local mt, mf, mi = unpack_rec(KEY_ITEM, blob, lo * R + 1)
     if mt ~= sec or mf ~= crc then break end
     if mi == inum then return -1 end
     lo = lo + 1

@@ -8,14 +8,12 @@ computed from ``consumer.highwater()`` (from fetch responses), never from
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.structs import OffsetAndMetadata, TopicPartition
-
-from daemon.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +47,26 @@ class Message:
 Offsets = dict[TopicPartition, int]  # next offset to read, per partition
 
 
-def client_options(settings: Settings) -> dict[str, Any]:
-    """What every Kafka client of recd is given: the bootstrap servers and the security settings."""
-    return {"bootstrap_servers": settings.kafka_bootstrap.split(","), **settings.kafka_security()}
+@dataclass(frozen=True)
+class KafkaOptions:
+    """What every Kafka client of recd is given: the brokers, the security settings, a client id prefix."""
+
+    bootstrap: tuple[str, ...]
+    security: Mapping[str, Any]  # kafka-python keyword arguments (security_protocol, sasl_*, ssl_*)
+    client_id: str
+
+    def client(self, role: str) -> dict[str, Any]:
+        """kafka-python keyword arguments for a client of ``role`` (ingest, dlq, admin, producer)."""
+        return {"bootstrap_servers": list(self.bootstrap), "client_id": f"{self.client_id}-{role}", **self.security}
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    kafka: KafkaOptions
+    topics: tuple[str, ...]  # events, profiles
+    group: str
+    poll_max_records: int
+    session_timeout_ms: int
 
 
 def _log_commit_failure(_offsets: object, response: object) -> None:
@@ -73,24 +88,22 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class KafkaSource:
     """A consumer-group member on the events and profiles topics."""
 
-    def __init__(self, settings: Settings, on_revoked: Callable[[list[TopicPartition]], None]) -> None:
-        self.settings = settings
+    def __init__(self, options: SourceOptions, on_revoked: Callable[[list[TopicPartition]], None]) -> None:
         self.consumer = KafkaConsumer(
-            **client_options(settings),
-            group_id=settings.consumer_group,
-            client_id=f"{settings.client_id}-ingest",
+            **options.kafka.client("ingest"),
+            group_id=options.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=settings.poll_max_records,
-            session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 3),
+            max_poll_records=options.poll_max_records,
+            session_timeout_ms=options.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, options.session_timeout_ms // 3),
             # A larger message still comes, whole, as a fetch's first batch (fetch v3+, KIP-74): it is
             # dead-lettered as oversized and never wedges the partition (tests/test_deadletters.py, 5 MB).
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_wait_ms=100,
             metrics_enabled=False,
         )
-        self.consumer.subscribe([settings.events_topic, settings.profiles_topic], listener=_Listener(on_revoked))
+        self.consumer.subscribe(list(options.topics), listener=_Listener(on_revoked))
 
     def poll(self, timeout_ms: int) -> dict[TopicPartition, list[Record]]:
         """Records per partition, in offset order (empty after the timeout)."""

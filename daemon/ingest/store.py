@@ -19,22 +19,21 @@ from typing import Any
 import orjson
 import redis
 
-from daemon.runtime.keys import CRC_MASK, Keys, code_of, text
-from schemas.events import EVENT_TYPES, InteractionEvent, ProfileEvent
-
-TYPE_CODES = {name: code for code, name in enumerate(EVENT_TYPES)}
+from daemon.runtime.history import CRC_MASK, LUA_FORMATS, TYPE_CODES, code_of, weight_table
+from daemon.runtime.keys import Keys, text
+from schemas.events import InteractionEvent, ProfileEvent
 
 
 @dataclass(frozen=True)
 class StoreOptions:
-    """The ingest knobs the scripts need (taken from Settings)."""
+    """The ingest knobs the scripts need."""
 
-    history_len: int = 100
-    history_ttl_s: int = 0
-    trending_half_life_s: int = 86400
-    rating_threshold: float = 4.0
-    weights: Mapping[str, float] | None = None
-    segment_keys: tuple[str, ...] = ("country", "age_band", "gender")
+    history_len: int
+    history_ttl_s: int  # 0: never expires
+    trending_half_life_s: int
+    rating_threshold: float
+    weights: Mapping[str, float]  # by event type (history.event_weight)
+    segment_keys: tuple[str, ...]  # profile attributes forming segments, coarsest first
 
 
 @dataclass(frozen=True)
@@ -51,36 +50,6 @@ class BatchResult:
     duplicates: int = 0
     stale: int = 0
     new_items: int = 0
-
-
-def event_weight(event: InteractionEvent, weights: Mapping[str, float], rating_threshold: float) -> float:
-    """Implicit weight of one event: a rating is positive only at or above the threshold."""
-    weight = weights.get(event.type, 0.0)
-    if event.type == "rating":
-        return weight if event.value is not None and event.value >= rating_threshold else 0.0
-    return weight
-
-
-def segment_chain(attributes: Mapping[str, str], keys: tuple[str, ...]) -> list[str]:
-    """Cold-start segments of a profile, coarsest first: 'country=US', 'country=US|age_band=25-34', ...
-
-    The chain stops at the first attribute the profile lacks. ingest.lua builds the same
-    chain from the stored profile when it counts segment popularity."""
-    chain: list[str] = []
-    parts: list[str] = []
-    for key in keys:
-        val = attributes.get(key)
-        if not val:
-            break
-        parts.append(f"{key}={val.replace('|', '/').replace(chr(10), ' ')}")
-        chain.append("|".join(parts))
-    return chain
-
-
-def finest_segment(attributes: Mapping[str, str], keys: tuple[str, ...]) -> str:
-    """The most specific segment of a profile ('' when it has none): where ingest counts its events."""
-    chain = segment_chain(attributes, keys)
-    return chain[-1] if chain else ""
 
 
 class ItemNumbers:
@@ -109,7 +78,7 @@ class RedisStore:
         self.client = client
         self.keys = keys
         self.options = options
-        self.weights = dict(options.weights or {})
+        self._weight_of_code = weight_table(options.weights, options.rating_threshold).tolist()
         self.item_numbers = ItemNumbers()
         folder = resources.files("daemon.ingest")
         self._ingest = client.register_script(folder.joinpath("ingest.lua").read_text())
@@ -138,23 +107,19 @@ class RedisStore:
         index: dict[str, int] = {}
         items: list[list[object]] = []
         known = self.item_numbers.numbers
-        weights, threshold = self.weights, self.options.rating_threshold
-        crc32, codes, max_sec = zlib.crc32, TYPE_CODES, 0
+        weight_of, crc32, codes, max_sec = self._weight_of_code, zlib.crc32, TYPE_CODES, 0
         for event, msg_ms in events:  # the ingest hot path: kept flat on purpose
             pos = index.get(event.item_id)
             if pos is None:
                 items.append([event.item_id, known.get(event.item_id, 0)])
                 pos = index[event.item_id] = len(items)
-            if event.type == "rating":
-                code, weight = code_of(0, True, event.value), event_weight(event, weights, threshold)
-            else:
-                code, weight = codes[event.type], weights.get(event.type, 0.0)
+            code = code_of("rating", event.value) if event.type == "rating" else codes[event.type]
             sec = event.ts // 1000
             max_sec = max(max_sec, sec)
             user = by_user.get(event.user_id)
             if user is None:
                 user = by_user[event.user_id] = [event.user_id]
-            user.extend((sec, crc32(event.event_id.encode()) & CRC_MASK, pos, code, weight, msg_ms))
+            user.extend((sec, crc32(event.event_id.encode()) & CRC_MASK, pos, code, weight_of[code], msg_ms))
         return self._document(now_ms, max_sec, items, list(by_user.values()))
 
     def _document(
@@ -162,6 +127,7 @@ class RedisStore:
     ) -> dict[str, Any]:
         opts = self.options
         return {
+            "rec": LUA_FORMATS,
             "now": now_ms,
             "ttl": opts.history_ttl_s,
             "hl": opts.trending_half_life_s,

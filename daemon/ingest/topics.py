@@ -1,31 +1,23 @@
-"""The topics recd reads and writes, created when missing (``recd topics``, and the ingest role at start)."""
+"""Creating the topics recd reads and writes when they are missing (``recd topics``, and the ingest role at
+start); which topics those are is ``options.topic_names``."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from daemon.ingest.source import client_options
-from daemon.runtime.settings import Settings
+from daemon.ingest.source import KafkaOptions
 
 
-def topic_names(settings: Settings) -> list[str]:
-    """The topics recd reads and writes: events, profiles and their dead-letter topics."""
-    return [
-        settings.events_topic,
-        settings.profiles_topic,
-        settings.dlq_topic,
-        settings.profiles_topic + settings.dlq_suffix,
-    ]
-
-
-def ensure_topics(settings: Settings, partitions: int = 4) -> dict[str, bool]:
-    """Create the topics recd uses if they are missing; each name -> whether it was created now."""
-    admin = KafkaAdminClient(**client_options(settings), client_id=f"{settings.client_id}-admin")
+def ensure_topics(kafka: KafkaOptions, names: Iterable[str], partitions: int = 4) -> dict[str, bool]:
+    """Create each topic of ``names`` that is missing; each name -> whether it was created now."""
+    admin = KafkaAdminClient(**kafka.client("admin"))
     created: dict[str, bool] = {}
     try:
-        for name in topic_names(settings):
+        for name in names:
             try:
                 admin.create_topics([NewTopic(name, partitions, 1)])
                 created[name] = True

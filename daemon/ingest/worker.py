@@ -24,8 +24,7 @@ from daemon.ingest.source import Offsets, Record
 from daemon.ingest.store import BatchResult, Prepared
 from daemon.runtime.metrics import Metrics
 from daemon.runtime.service import backoff_delays
-from daemon.runtime.settings import Settings
-from schemas.events import InteractionEvent, InvalidEvent, ProfileEvent, decode_interaction, decode_profile
+from schemas.events import InteractionEvent, InvalidEvent, Limits, ProfileEvent, decode_interaction, decode_profile
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +62,27 @@ class Batch:
     started: float = 0.0
 
 
+@dataclass(frozen=True)
+class IngestOptions:
+    poll_timeout_ms: int  # the loop never blocks longer on the broker
+    profiles_topic: str  # records of this topic are profiles; all others interaction events
+    limits: Limits  # what a valid event may be
+
+
 class IngestWorker:
     """The ingest role: call ``step()`` in a loop, then ``shutdown()``."""
 
     def __init__(
         self,
-        settings: Settings,
+        options: IngestOptions,
         source_factory: Callable[[Callable[[list[TopicPartition]], None]], Source],
         dead_letters: DeadLetterSink,
         store: Store,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
-        self.limits = settings.limits()
+        self.options = options
+        self.limits = options.limits
         self.dead_letters = dead_letters
         self.store = store
         self.metrics = metrics
@@ -97,12 +103,12 @@ class IngestWorker:
         self._reap(wait_s=0.0)
         polled = 0
         if self._ready is None:
-            polled_batches = self.source.poll(self.settings.poll_timeout_ms)
+            polled_batches = self.source.poll(self.options.poll_timeout_ms)
             polled = sum(len(records) for records in polled_batches.values())
             if polled:
                 self._ready = self._decode(polled_batches, polled)
         elif len(self._inflight) >= MAX_IN_FLIGHT:
-            self._reap(wait_s=self.settings.poll_timeout_ms / 1000)
+            self._reap(wait_s=self.options.poll_timeout_ms / 1000)
         self._submit_ready()
         self._commit()
         self._report_lag()
@@ -114,7 +120,7 @@ class IngestWorker:
         types: collections.Counter[str] = collections.Counter()
         for tp, records in polled.items():
             batch.offsets[tp] = records[-1].offset + 1
-            if tp.topic == self.settings.profiles_topic:
+            if tp.topic == self.options.profiles_topic:
                 self._decode_profiles(records, batch, now_ms)
                 continue
             for msg in records:

@@ -17,59 +17,45 @@ from daemon.api.http import HttpHandle, Routes, start_http
 from daemon.api.lookup import Lookup
 from daemon.ingest.deadletters import DeadLetters
 from daemon.ingest.source import KafkaSource
-from daemon.ingest.store import RedisStore, StoreOptions
+from daemon.ingest.store import RedisStore
+from daemon.ingest.topics import ensure_topics
 from daemon.ingest.worker import IngestWorker
 from daemon.runtime.errors import StartupError
 from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
+from daemon.runtime.options import (
+    dead_letter_options,
+    index_spec,
+    ingest_options,
+    kafka_options,
+    serve_options,
+    source_options,
+    store_options,
+    topic_names,
+    train_options,
+)
 from daemon.runtime.redisconn import redis_check, redis_client
 from daemon.runtime.service import Service
 from daemon.runtime.settings import Settings
 from daemon.runtime.state import StateReader
 from daemon.serve.coldstart import ColdStart
-from daemon.serve.index import IndexSpec, ServingIndex
-from daemon.serve.lists import ServeOptions
+from daemon.serve.index import ServingIndex
 from daemon.serve.server import Server
 from daemon.train.modelwatch import ModelWatcher
+from daemon.train.scheduler import TrainRole
 from trainer.models.base import EmbeddingModel
 
 log = logging.getLogger(__name__)
 
 
-def store_options(settings: Settings) -> StoreOptions:
-    return StoreOptions(
-        history_len=settings.history_len,
-        history_ttl_s=settings.history_ttl_s,
-        trending_half_life_s=settings.trending_half_life_s,
-        rating_threshold=settings.rating_threshold,
-        weights=settings.event_weights,
-        segment_keys=settings.segment_keys,
-    )
-
-
 def build_ingest(settings: Settings, metrics: Metrics) -> IngestWorker:
     store = RedisStore(redis_client(settings), Keys(settings.redis_prefix), store_options(settings))
     return IngestWorker(
-        settings,
-        lambda on_revoked: KafkaSource(settings, on_revoked),
-        DeadLetters(settings),
+        ingest_options(settings),
+        lambda on_revoked: KafkaSource(source_options(settings), on_revoked),
+        DeadLetters(dead_letter_options(settings)),
         store,
         metrics,
-    )
-
-
-def serve_options(settings: Settings) -> ServeOptions:
-    return ServeOptions(
-        top_k=settings.top_k,
-        batch=settings.serve_batch,
-        cold_min_history=settings.cold_min_history,
-        new_item_slots=settings.new_item_slots,
-        new_item_window_ms=settings.new_item_window_s * 1000,
-        recency_half_life_s=float(settings.recency_half_life_s),
-        list_ttl_s=settings.list_ttl_s,
-        weights=settings.event_weights,
-        rating_threshold=settings.rating_threshold,
-        refresh_window_ms=settings.refresh_window_s * 1000,
     )
 
 
@@ -81,13 +67,14 @@ def load_model(path: str) -> EmbeddingModel:
 
 
 def build_watcher(settings: Settings, client: redis.Redis, metrics: Metrics) -> ModelWatcher:
-    spec = IndexSpec(kind=settings.index_kind, threads=1)
-    return ModelWatcher(client, Keys(settings.redis_prefix), spec, load_model, metrics, settings.model_poll_s)
+    return ModelWatcher(
+        client, Keys(settings.redis_prefix), index_spec(settings), load_model, metrics, settings.model_poll_s
+    )
 
 
 def build_server(settings: Settings, metrics: Metrics, watcher: ModelWatcher) -> Server:
     client = redis_client(settings)
-    return Server(client, Keys(settings.redis_prefix), serve_options(settings), watcher, metrics, settings.segment_keys)
+    return Server(client, Keys(settings.redis_prefix), serve_options(settings), watcher, metrics)
 
 
 def build_lookup(settings: Settings, current: Callable[[], ServingIndex | None]) -> Lookup:
@@ -96,6 +83,15 @@ def build_lookup(settings: Settings, current: Callable[[], ServingIndex | None])
     return Lookup(
         client, keys, ColdStart(client, keys), StateReader(client, keys, settings.segment_keys), settings.top_k, current
     )
+
+
+def create_topics(settings: Settings, partitions: int = 4) -> dict[str, bool]:
+    """Create recd's topics where missing; each name -> whether it was created now."""
+    return ensure_topics(kafka_options(settings), topic_names(settings), partitions)
+
+
+def build_trainer(settings: Settings, metrics: Metrics, client: redis.Redis | None = None) -> TrainRole:
+    return TrainRole(train_options(settings), client or redis_client(settings), Keys(settings.redis_prefix), metrics)
 
 
 def broker_check(settings: Settings) -> tuple[bool, str]:

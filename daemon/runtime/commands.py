@@ -40,11 +40,10 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
         return cmd_run(settings.replace(roles=("train",)), argparse.Namespace())
     from prometheus_client import CollectorRegistry
 
+    from daemon.runtime.app import build_trainer
     from daemon.runtime.metrics import Metrics
-    from daemon.runtime.redisconn import redis_client
-    from daemon.train.scheduler import TrainRole
 
-    outcome = TrainRole(settings, redis_client(settings), Metrics(CollectorRegistry())).run_once()
+    outcome = build_trainer(settings, Metrics(CollectorRegistry())).run_once()
     _print(outcome.__dict__)
     return 0 if outcome.status in ("published", "skipped") else 1
 
@@ -52,11 +51,10 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.dev.publish import publish_dataset, publish_synthetic
     from daemon.dev.synthetic import SyntheticSpec
-    from daemon.ingest.topics import ensure_topics
-    from daemon.runtime.app import wait_for_broker
+    from daemon.runtime.app import create_topics, wait_for_broker
 
     wait_for_broker(settings, 0)
-    ensure_topics(settings)
+    create_topics(settings)
     if args.synthetic is not None:
         n_prof, n_ev = publish_synthetic(
             settings, SyntheticSpec(users=args.users, items=args.items, seed=args.seed), args.synthetic
@@ -68,11 +66,10 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.ingest.topics import ensure_topics
-    from daemon.runtime.app import wait_for_broker
+    from daemon.runtime.app import create_topics, wait_for_broker
 
     wait_for_broker(settings, 0)
-    for name, created in ensure_topics(settings).items():
+    for name, created in create_topics(settings).items():
         print(f"{name}: {'created' if created else 'exists'}")
     return 0
 

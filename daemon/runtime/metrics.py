@@ -57,10 +57,7 @@ class Metrics:
             "recd_serve_batch_seconds", "Time to serve one batch of changed users", buckets=FAST_BUCKETS, registry=r
         )
         self.freshness = Histogram(
-            "recd_freshness_seconds",
-            "Event message time to the user's list written",
-            buckets=FRESH_BUCKETS,
-            registry=r,
+            "recd_freshness_seconds", "Event message time to the user's list written", buckets=FRESH_BUCKETS, registry=r
         )
         self.dirty_users = Gauge("recd_dirty_users", "Users waiting for a fresh list", registry=r)
         self.index_items = Gauge("recd_index_items", "Items in the served ANN index", registry=r)

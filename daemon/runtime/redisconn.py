@@ -13,10 +13,7 @@ REDIS_OUTAGE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.Timeou
 
 def redis_client(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=5,
-        socket_timeout=30,
-        health_check_interval=30,
+        settings.redis_url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30
     )
 
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from daemon.ingest.topics import ensure_topics
-from daemon.runtime.app import App, build_ingest, build_lookup, build_server, build_watcher, wait_for_broker
+from daemon.runtime.app import (
+    App,
+    build_ingest,
+    build_lookup,
+    build_server,
+    build_watcher,
+    create_topics,
+    wait_for_broker,
+)
 from daemon.runtime.redisconn import REDIS_OUTAGE, redis_client
 from daemon.runtime.settings import ConfigError, Settings
 
@@ -22,7 +29,7 @@ def add_roles(app: App) -> None:
         raise ConfigError(f"RECD_ROLES: unknown roles {sorted(unknown)}; choose from {', '.join(KNOWN_ROLES)}")
     if "ingest" in settings.roles:
         wait_for_broker(settings, settings.startup_wait_s)
-        ensure_topics(settings)
+        create_topics(settings)
         app.service.add("ingest", build_ingest(settings, app.metrics))
     # A Redis outage: the serve and train roles retry their step with backoff instead of stopping the service
     # (ingest retries its own writes). A serve step cut short leaves its users leased; the leases expire and
@@ -38,11 +45,11 @@ def add_roles(app: App) -> None:
         )
         build_lookup(settings, lambda: watcher.current).add_routes(app.routes)
     if "train" in settings.roles:
-        from daemon.train.scheduler import TrainRole
+        from daemon.runtime.app import build_trainer
 
         app.service.add(
             "train",
-            TrainRole(settings, redis_client(settings), app.metrics),
+            build_trainer(settings, app.metrics),
             idle_wait_s=1.0,
             transient=REDIS_OUTAGE,
             on_retry=lambda _: app.metrics.errors.labels("train").inc(),

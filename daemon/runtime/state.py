@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from daemon.ingest.store import segment_chain
-from daemon.runtime.keys import HISTORY_RECORD_SIZE, Keys, decode_code, text
-from schemas.events import EVENT_TYPES
-
-_RECORD = struct.Struct(">IHBIB")  # second, crc high 16 bits, crc low 8 bits, item, code
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One history record, decoded."""
-
-    ts: int  # epoch seconds
-    crc: int
-    item: int  # dense item number (see keys.items)
-    type: str
-    value: float
+from daemon.runtime.history import Entry, entries
+from daemon.runtime.keys import Keys, text
+from daemon.runtime.profiles import segment_chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,19 +18,6 @@ class Profile:
     attributes: dict[str, str]
     ts: int
     segments: list[str]  # coarsest first
-
-
-def decode_history(blob: bytes | None) -> list[Entry]:
-    """Packed records -> entries, oldest first."""
-    if not blob:
-        return []
-    if len(blob) % HISTORY_RECORD_SIZE:
-        raise ValueError(f"history blob of {len(blob)} bytes is not a whole number of records")
-    out = []
-    for ts, crc_hi, crc_lo, item, code in _RECORD.iter_unpack(blob):
-        index, value = decode_code(code)
-        out.append(Entry(ts, crc_hi << 8 | crc_lo, item, "rating" if index < 0 else EVENT_TYPES[index], value))
-    return out
 
 
 class StateReader:
@@ -80,7 +53,7 @@ class StateReader:
         pipe = self.client.pipeline(transaction=False)
         for user in user_ids:
             pipe.get(self.keys.history(user))
-        return {user: decode_history(blob) for user, blob in zip(user_ids, pipe.execute(), strict=True)}
+        return {user: entries(blob) for user, blob in zip(user_ids, pipe.execute(), strict=True)}
 
     def histories_by_item_id(self, user_ids: Sequence[str]) -> dict[str, list[tuple[str, Entry]]]:
         hist = self.histories(user_ids)
@@ -104,13 +77,3 @@ class StateReader:
     def top(self, key: str, n: int) -> list[tuple[str, float]]:
         reply: Any = self.client.zrevrange(key, 0, n - 1, withscores=True)
         return [(text(m), float(s)) for m, s in reply]
-
-    def active_users(self, since_ms: int = 0, batch: int = 10_000) -> Iterator[list[str]]:
-        """Users with an event since ``since_ms``, newest first, in batches."""
-        start = 0
-        while True:
-            chunk: Any = self.client.zrevrangebyscore(self.keys.active, "+inf", since_ms, start=start, num=batch)
-            if not chunk:
-                return
-            yield [text(u) for u in chunk]
-            start += len(chunk)

@@ -1,6 +1,6 @@
 """A batch of users' histories as flat numpy arrays: serving's hot path.
 
-Ingest packs each history as 12-byte records (keys.HISTORY_RECORD_SIZE).
+Ingest packs each history as 12-byte records (daemon.runtime.history).
 Serving reads a few hundred of them per step; decoding them into a Python
 object per entry, then mapping item numbers to ids and ids to model
 positions, was a fifth of its time. Here a batch is decoded with one
@@ -16,28 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from daemon.runtime.keys import HISTORY_RECORD_SIZE, decode_code
-from schemas.events import EVENT_TYPES
-
-RECORD = np.dtype([("ts", ">u4"), ("crc_hi", ">u2"), ("crc_lo", "u1"), ("item", ">u4"), ("code", "u1")])
-assert RECORD.itemsize == HISTORY_RECORD_SIZE
+from daemon.runtime.history import RECORD, check_blob
 
 IntArray = npt.NDArray[np.int64]
 UNRESOLVED = -2  # in PositionMap: not asked yet (-1: not in the model)
-
-
-def code_weights(weights: Mapping[str, float], rating_threshold: float) -> npt.NDArray[np.float64]:
-    """Implicit weight of each history code byte (256 entries): the event type's weight, a rating's
-    only at or above the threshold; negative weights count as 0 (not positive)."""
-    table = np.zeros(256, np.float64)
-    for code in range(256):
-        index, value = decode_code(code)
-        if index >= len(EVENT_TYPES):
-            continue  # no such type: never written
-        kind = "rating" if index < 0 else EVENT_TYPES[index]
-        if kind != "rating" or value >= rating_threshold:
-            table[code] = weights.get(kind, 0.0)
-    return np.maximum(table, 0.0)
 
 
 @dataclass(frozen=True)
@@ -54,9 +36,7 @@ class HistoryBatch:
     def decode(cls, users: Sequence[str], blobs: Sequence[bytes | None]) -> HistoryBatch:
         sizes = np.zeros(len(users) + 1, np.int64)
         for k, (user, blob) in enumerate(zip(users, blobs, strict=True)):
-            if blob and len(blob) % HISTORY_RECORD_SIZE:
-                raise ValueError(f"history of {user!r}: {len(blob)} bytes is not a whole number of records")
-            sizes[k + 1] = len(blob) // HISTORY_RECORD_SIZE if blob else 0
+            sizes[k + 1] = check_blob(user, blob)
         records = np.frombuffer(b"".join(b for b in blobs if b), RECORD)
         return cls(
             list(users),
@@ -70,11 +50,14 @@ class HistoryBatch:
         """The user row of every record."""
         return np.repeat(np.arange(len(self.users)), np.diff(self.bounds))
 
-    def decayed_weights(
-        self, table: npt.NDArray[np.float64], now_s: float, half_life_s: float
-    ) -> npt.NDArray[np.float64]:
-        """Each record's implicit weight (``table`` by code) halved every ``half_life_s`` of age."""
-        age = np.maximum(0.0, now_s - self.ts)
+    def decayed_weights(self, table: npt.NDArray[np.float64], half_life_s: float) -> npt.NDArray[np.float64]:
+        """Each record's implicit weight (``table`` by code) halved every ``half_life_s`` it is older than its
+        user's newest record: event time against event time, never against the wall clock, so a replay of
+        last year's events weighs them as a live stream would (and as offline evaluation does)."""
+        owner = self.owner()
+        newest = np.zeros(len(self.users), np.int64)
+        np.maximum.at(newest, owner, self.ts)
+        age = newest[owner] - self.ts
         return np.asarray(table[self.code] * np.exp2(-age / half_life_s), np.float64)
 
 

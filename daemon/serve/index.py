@@ -29,28 +29,22 @@ Ranked = tuple[list[int], list[float]]  # positions, best first, and their score
 FLAT_MAX_ITEMS = 50_000  # up to this many items exact search is fast enough
 SCORE_BUDGET = 1 << 23  # scores (float32: 32 MB) exact search holds at once: a serve batch goes in row chunks
 KINDS = ("auto", "flat", "hnsw", "ivf")
-# Defaults from bench/ann.py (1M clustered items x 64 dims, inner product, one query per
-# call): HNSW M 24, efConstruction 100 reaches recall@10 0.968 / 0.973 / 0.977 / 0.982 at
-# efSearch 64 / 80 / 96 / 128 (1.3k / 1.5k / 1.7k / 2.2k distances per query); 80 is the
-# cheapest setting over the 0.97 target (96 if a margin matters more than ~15% QPS).
-# HNSW over inner product directly: the MIPS -> L2 reduction (extra coordinate
-# sqrt(max_norm^2 - |x|^2), L2 graph) measured far worse (200k items, M 32: recall@10
-# 0.85 vs 0.99 at efSearch 128), and so did IVF (see _ivf).
-HNSW_M = 24
-HNSW_EF_CONSTRUCTION = 100
-HNSW_EF_SEARCH = 80
-IVF_NPROBE = 32
 IVF_MAX_LISTS = 16_384
 
 
 @dataclass(frozen=True)
 class IndexSpec:
-    kind: str = "auto"  # auto | flat | hnsw | ivf
-    hnsw_m: int = HNSW_M
-    ef_search: int = HNSW_EF_SEARCH
-    ivf_nprobe: int = IVF_NPROBE
-    threads: int = 1
-    ef_construction: int = HNSW_EF_CONSTRUCTION
+    """The ANN index to build (the defaults, in Settings, come from bench/ann.py: docs/benchmarks.md). HNSW
+    searches inner product directly: the MIPS -> L2 reduction (an extra coordinate sqrt(max_norm^2 - |x|^2),
+    L2 graph) measured far worse (200k items, M 32: recall@10 0.85 against 0.99 at efSearch 128), and so did
+    IVF (see _ivf)."""
+
+    kind: str  # auto | flat | hnsw | ivf
+    hnsw_m: int
+    ef_search: int
+    ivf_nprobe: int
+    threads: int  # faiss threads while building
+    ef_construction: int
 
 
 def choose_kind(spec: IndexSpec, n_items: int) -> str:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from daemon.runtime.history import positive_weight_table
 from daemon.serve.coldstart import ColdStart, pick_new_item
-from daemon.serve.histories import HistoryBatch, PositionMap, code_weights
+from daemon.serve.histories import HistoryBatch, PositionMap
 from daemon.serve.index import ServingIndex
 from schemas.records import RecommendationList
 from trainer.models.base import History
@@ -22,18 +23,17 @@ from trainer.models.base import History
 
 @dataclass(frozen=True)
 class ServeOptions:
-    top_k: int = 10
-    batch: int = 1024
-    cold_min_history: int = 1
-    new_item_slots: int = 1
-    new_item_window_ms: int = 86_400_000
-    recency_half_life_s: float = 7 * 86_400.0
-    list_ttl_s: int = 0
-    refresh_window_ms: int = 30 * 86_400_000
-    weights: Mapping[str, float] | None = None
-    rating_threshold: float = 4.0
-    similar_chunk: int = 500
-    exclusions_refresh_s: float = 1.0
+    top_k: int  # items per list
+    batch: int  # most changed users a step takes
+    cold_min_history: int  # fewer positive history items the model knows: a cold-start list
+    new_item_slots: int  # slots per list for new items the model lacks
+    new_item_window_ms: int  # items first seen this recently are new
+    recency_half_life_s: float  # an event's weight in the user vector halves per this much older than the newest
+    list_ttl_s: int  # 0: lists never expire
+    refresh_window_ms: int  # after a swap, refresh users served this recently (wall time)
+    weights: Mapping[str, float]  # by event type (history.event_weight)
+    rating_threshold: float
+    segment_keys: tuple[str, ...]  # profile attributes forming cold-start segments, coarsest first
 
 
 class ListMaker:
@@ -45,7 +45,7 @@ class ListMaker:
         self.options = options
         self.cold = cold
         self.names = names  # item number -> item id (cached by the reader)
-        self.code_weight = code_weights(options.weights or {}, options.rating_threshold)
+        self.code_weight = positive_weight_table(options.weights, options.rating_threshold)
         self._positions: PositionMap | None = None
 
     def make(
@@ -58,7 +58,7 @@ class ListMaker:
     ) -> list[RecommendationList]:
         """Lists for every user of ``batch``: ANN for users with enough positive history the model knows,
         cold start (profile segments, read only for those users) for the rest."""
-        weight = batch.decayed_weights(self.code_weight, now_ms / 1000, self.options.recency_half_life_s)
+        weight = batch.decayed_weights(self.code_weight, self.options.recency_half_life_s)
         pos = self._position_map(index).lookup(batch.item, self.names) if index else np.full(len(weight), -1)
         useful = (pos >= 0) & (weight > 0)
         counts = np.bincount(batch.owner()[useful], minlength=len(batch.users))

@@ -35,6 +35,9 @@ from schemas.records import RecommendationList, SimilarList
 
 log = logging.getLogger(__name__)
 
+EXCLUSIONS_REFRESH_S = 1.0  # ops' exclusions are re-read at most this often (a round trip saved per step)
+SIMILAR_CHUNK = 500  # item-to-item lists written per idle step after a swap
+
 
 class Server:
     """The serve role (``step()`` / ``shutdown()``)."""
@@ -46,7 +49,6 @@ class Server:
         options: ServeOptions,
         watcher: ModelWatcher,
         metrics: Metrics,
-        segment_keys: tuple[str, ...],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
@@ -56,7 +58,7 @@ class Server:
         self.metrics = metrics
         self.clock = clock
         self.queue = WorkQueue(client, keys)
-        self.reader = StateReader(client, keys, segment_keys)
+        self.reader = StateReader(client, keys, options.segment_keys)
         self.cold = ColdStart(client, keys)
         self.maker = ListMaker(options, self.cold, self.reader.item_ids)
         self._similar_todo: list[int] = []
@@ -105,9 +107,9 @@ class Server:
         return {u: p.segments for u, p in self.reader.profiles(users).items() if p is not None}
 
     def _excluded(self) -> set[str]:
-        """Ops' exclusions, re-read at most every ``exclusions_refresh_s`` (a round trip saved per step)."""
+        """Ops' exclusions, re-read at most every ``EXCLUSIONS_REFRESH_S`` (a round trip saved per step)."""
         now = time.monotonic()
-        if self._exclusions is None or now - self._exclusions[0] >= self.options.exclusions_refresh_s:
+        if self._exclusions is None or now - self._exclusions[0] >= EXCLUSIONS_REFRESH_S:
             reply: Any = self.client.smembers(self.keys.exclusions)
             self._exclusions = (now, {text(m) for m in reply})
         return self._exclusions[1]
@@ -138,10 +140,7 @@ class Server:
         index = self.watcher.current
         if index is None or not self._similar_todo:
             return
-        chunk, self._similar_todo = (
-            self._similar_todo[: self.options.similar_chunk],
-            self._similar_todo[self.options.similar_chunk :],
-        )
+        chunk, self._similar_todo = (self._similar_todo[:SIMILAR_CHUNK], self._similar_todo[SIMILAR_CHUNK:])
         now_ms = int(self.clock() * 1000)
         pipe = self.client.pipeline(transaction=False)
         for pos, (items, scores) in zip(

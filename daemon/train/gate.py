@@ -30,11 +30,7 @@ def _figure(metrics: Mapping[str, float] | None, metric: str) -> float | None:
 
 
 def gate(
-    candidate: Mapping[str, float],
-    current: Mapping[str, float] | None,
-    *,
-    metric: str,
-    tolerance: float,
+    candidate: Mapping[str, float], current: Mapping[str, float] | None, *, metric: str, tolerance: float
 ) -> GateDecision:
     """Decide whether ``candidate`` (held-out metrics) may replace the model scored ``current``."""
     if not 0.0 <= tolerance < 1.0:

@@ -35,7 +35,7 @@ class ModelWatcher:
         spec: IndexSpec,
         loader: Callable[[str], EmbeddingModel],
         metrics: Metrics,
-        poll_s: float = 2.0,
+        poll_s: float,
     ) -> None:
         self.client = client
         self.keys = keys

@@ -15,16 +15,17 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from daemon.runtime.history import weight_table
 from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
-from daemon.runtime.settings import ConfigError, Settings
+from daemon.runtime.settings import ConfigError
 from daemon.train.gate import gate
 from daemon.train.publish import publish
 from daemon.train.source import Snapshot, read_snapshot
@@ -46,33 +47,54 @@ class Outcome:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    model_dir: Path  # versioned snapshots
+    model_kind: str  # the preset trained
+    model_params: Mapping[str, float]  # numeric overrides of the preset
+    device: str  # auto | cpu | cuda
+    threads: int  # CPU threads for training
+    interval_s: int  # fine-tune at least this often when new events arrived...
+    min_events: int  # ...or as soon as this many did
+    tolerance: float  # the gate: publish only if held-out recall >= current * (1 - tolerance)
+    keep_versions: int  # snapshots kept for rollback
+    weights: Mapping[str, float]  # by event type (history.event_weight)
+    rating_threshold: float
+
+
 class TrainRole:
     """``step()``: train when due; returns 1 after a run, 0 when idle."""
 
     def __init__(
-        self, settings: Settings, client: redis.Redis, metrics: Metrics, clock: Callable[[], float] = time.time
+        self,
+        options: TrainOptions,
+        client: redis.Redis,
+        keys: Keys,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
+        self.options = options
         self.client = client
-        self.keys = Keys(settings.redis_prefix)
+        self.keys = keys
         self.metrics = metrics
         self.clock = clock
-        self.store = ModelStore(Path(settings.model_dir))
+        self.store = ModelStore(options.model_dir)
+        self.weights = weight_table(options.weights, options.rating_threshold)
         self.holder = uuid.uuid4().hex
         self._last_run = 0.0
         self._new_model()  # a bad RECD_MODEL_KIND / RECD_MODEL_PARAMS fails at start, not at the first fit
 
     def _new_model(self) -> EmbeddingModel:
         params: dict[str, Any] = {
-            k: int(v) if float(v).is_integer() else v for k, v in self.settings.model_params.items()
+            k: int(v) if float(v).is_integer() else v for k, v in self.options.model_params.items()
         }
         try:
             return build_preset(
-                self.settings.model_kind, device=self.settings.device, threads=self.settings.train_threads, **params
+                self.options.model_kind, device=self.options.device, threads=self.options.threads, **params
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(
-                f"RECD_MODEL_KIND={self.settings.model_kind!r} with RECD_MODEL_PARAMS={params}: {exc}"
+                f"RECD_MODEL_KIND={self.options.model_kind!r} with RECD_MODEL_PARAMS={params}: {exc}"
             ) from None
 
     def due(self) -> bool:
@@ -81,8 +103,8 @@ class TrainRole:
         fresh = applied - seen
         if fresh <= 0:
             return False
-        interval_over = self.clock() - self._last_run >= self.settings.train_interval_s and seen > 0
-        return fresh >= self.settings.train_min_events or interval_over
+        interval_over = self.clock() - self._last_run >= self.options.interval_s and seen > 0
+        return fresh >= self.options.min_events or interval_over
 
     def step(self) -> int:
         if not self.due() or not self._lock():
@@ -96,7 +118,7 @@ class TrainRole:
         return 1
 
     def _lock(self) -> bool:
-        ttl_ms = max(60_000, self.settings.train_interval_s * 2000)
+        ttl_ms = max(60_000, self.options.interval_s * 2000)
         return bool(self.client.set(self.keys.train_lock, self.holder, nx=True, px=ttl_ms))
 
     def _current(self) -> tuple[EmbeddingModel | None, dict[str, float], str | None]:
@@ -104,14 +126,14 @@ class TrainRole:
         if version is None:
             return None, {}, None
         model, manifest = load_snapshot(self.store.root / "versions" / version)
-        if model.kind != self.settings.model_kind.split("_")[0]:
+        if model.kind != self.options.model_kind.split("_")[0]:
             return None, manifest.metrics, version  # another model kind: gate against it, start fresh
         return model, manifest.metrics, version
 
     def run_once(self) -> Outcome:
         started = time.perf_counter()
         try:
-            snap = read_snapshot(self.client, self.keys, self.settings.event_weights, self.settings.rating_threshold)
+            snap = read_snapshot(self.client, self.keys, self.weights)
             if len(snap.data.positives()) < 2:
                 self.metrics.train_runs.labels("skipped").inc()
                 return Outcome("skipped", reason="no positive events yet")
@@ -137,7 +159,7 @@ class TrainRole:
         for name, value in scores.items():
             self.metrics.model_quality.labels(name).set(value)
         self.client.set(self.keys.train_watermark, snap.applied_events)
-        decision = gate(scores, current_metrics or None, metric=GATE_METRIC, tolerance=self.settings.quality_tolerance)
+        decision = gate(scores, current_metrics or None, metric=GATE_METRIC, tolerance=self.options.tolerance)
         if not decision.accept:
             return Outcome("refused", reason=decision.reason)
         version = self.store.new_version(model.kind)
@@ -155,7 +177,7 @@ class TrainRole:
             parent_version=current_version,
         )
         publish(self.client, self.keys, self.store, version)
-        self.store.prune(self.settings.keep_versions)
+        self.store.prune(self.options.keep_versions)
         return Outcome("published", version, decision.reason)
 
     def shutdown(self) -> None:

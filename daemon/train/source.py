@@ -1,21 +1,24 @@
 """Training data from Redis: every user's stored history as one ``Interactions``.
 
 Histories are read with SCAN + MGET in chunks; each user's history is read
-whole and atomically (one key), so the snapshot is consistent per user. The
-watermark (events applied before the scan started) says what the model saw.
+whole and atomically (one key), so the snapshot is consistent per user. A
+chunk's records are decoded with one ``np.frombuffer`` (no object per record)
+and weighed by the history module's rule. The watermark (events applied
+before the scan started) says what the model saw.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import redis
 
+from daemon.runtime.history import RATING_CODE, RECORD, check_blob
 from daemon.runtime.keys import Keys, text
-from daemon.runtime.state import StateReader, decode_history
+from daemon.runtime.state import StateReader
 from trainer.interactions import Interactions
 
 
@@ -26,67 +29,69 @@ class Snapshot:
     last_event_s: int
 
 
-def history_weight(kind: str, value: float, weights: Mapping[str, float], threshold: float) -> float:
-    if kind == "rating":
-        return weights.get("rating", 0.0) if value >= threshold else 0.0
-    return weights.get(kind, 0.0)
+@dataclass
+class _Columns:
+    """Decoded chunks, concatenated at the end: record owner (user row), item number, code, second."""
+
+    users: list[str] = field(default_factory=list)
+    parts: list[npt.NDArray[np.void]] = field(default_factory=list)
+    owners: list[npt.NDArray[np.int32]] = field(default_factory=list)
+
+    def add(self, keys: list[Any], blobs: list[bytes | None]) -> None:
+        kept, counts = [], []
+        for key, blob in zip(keys, blobs, strict=True):
+            name = text(key)
+            user = name[name.index("{") + 1 : name.rindex("}")]
+            count = check_blob(user, blob)
+            if count:
+                self.users.append(user)
+                kept.append(blob)
+                counts.append(count)
+        if kept:
+            first = len(self.users) - len(kept)
+            self.parts.append(np.frombuffer(b"".join(b for b in kept if b), RECORD))
+            self.owners.append(np.repeat(np.arange(first, len(self.users), dtype=np.int32), counts))
 
 
-def read_snapshot(
-    client: redis.Redis, keys: Keys, weights: Mapping[str, float], threshold: float, chunk: int = 2000
-) -> Snapshot:
-    """Scan all histories into aligned arrays (users and items in first-seen order)."""
+def read_snapshot(client: redis.Redis, keys: Keys, weights: npt.NDArray[np.float64], chunk: int = 2000) -> Snapshot:
+    """Scan all histories into aligned arrays (users in scan order, items sorted by id); ``weights`` is
+    ``history.weight_table``: an event's weight by its code byte."""
     stats: Any = client.hmget(keys.stats, "applied", "last_ts")
     applied, last = int(stats[0] or 0), int(stats[1] or 0)
-    users: list[str] = []
-    cols: dict[str, list[Any]] = {"u": [], "i": [], "w": [], "v": [], "t": []}
-    reader = StateReader(client, keys)
+    cols = _Columns()
     batch: list[Any] = []
     for key in client.scan_iter(match=keys.user_prefix() + "*:hist", count=chunk):
         batch.append(key)
         if len(batch) >= chunk:
-            _add_chunk(client, batch, users, cols, weights, threshold)
+            cols.add(batch, client.mget(batch))  # type: ignore[arg-type]
             batch = []
     if batch:
-        _add_chunk(client, batch, users, cols, weights, threshold)
-    numbers = np.asarray(cols["i"], np.int64)
-    names = reader.item_ids(int(n) for n in np.unique(numbers))
-    order = sorted(set(names[int(n)] for n in np.unique(numbers) if int(n) in names))
-    pos = {item: k for k, item in enumerate(order)}
-    known = np.asarray([int(n) in names for n in numbers], bool)
-    items = np.asarray([pos[names[int(n)]] if ok else 0 for n, ok in zip(numbers, known, strict=True)], np.int32)
+        cols.add(batch, client.mget(batch))  # type: ignore[arg-type]
+    records = np.concatenate(cols.parts) if cols.parts else np.zeros(0, RECORD)
+    owner = np.concatenate(cols.owners) if cols.owners else np.zeros(0, np.int32)
+    items, item_ids, known = _item_positions(StateReader(client, keys), records["item"].astype(np.int64))
+    code = records["code"][known]
     data = Interactions(
-        np.asarray(cols["u"], np.int32)[known],
+        owner[known],
         items[known],
-        np.asarray(cols["w"], np.float32)[known],
-        np.asarray(cols["v"], np.float32)[known],
-        np.asarray(cols["t"], np.int64)[known],
-        users,
-        order,
+        weights[code].astype(np.float32),
+        np.where(code >= RATING_CODE, (code.astype(np.float32) - RATING_CODE) / 2, np.nan).astype(np.float32),
+        records["ts"][known].astype(np.int64) * 1000,
+        cols.users,
+        item_ids,
     )
     return Snapshot(data, applied, last)
 
 
-def _add_chunk(
-    client: redis.Redis,
-    keys: list[Any],
-    users: list[str],
-    cols: dict[str, list[Any]],
-    weights: Mapping[str, float],
-    threshold: float,
-) -> None:
-    blobs: Any = client.mget(keys)
-    for key, blob in zip(keys, blobs, strict=True):
-        entries = decode_history(blob)
-        if not entries:
-            continue
-        name = text(key)
-        user = name[name.index("{") + 1 : name.rindex("}")]
-        u = len(users)
-        users.append(user)
-        for e in entries:
-            cols["u"].append(u)
-            cols["i"].append(e.item)
-            cols["w"].append(history_weight(e.type, e.value, weights, threshold))
-            cols["v"].append(e.value if e.type == "rating" else np.nan)
-            cols["t"].append(e.ts * 1000)
+def _item_positions(
+    reader: StateReader, numbers: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int32], list[str], npt.NDArray[np.bool_]]:
+    """(each record's item position, item ids sorted, which records name an item the dictionary knows)."""
+    uniq, inverse = np.unique(numbers, return_inverse=True)
+    names = reader.item_ids(uniq.tolist())
+    uniq_names = [names.get(n) for n in uniq.tolist()]
+    item_ids = sorted({n for n in uniq_names if n is not None})
+    pos = {item: k for k, item in enumerate(item_ids)}
+    uniq_pos = np.asarray([pos[n] if n is not None else -1 for n in uniq_names], np.int32)
+    items = uniq_pos[inverse] if len(numbers) else np.zeros(0, np.int32)
+    return items, item_ids, items >= 0

@@ -52,11 +52,7 @@ class FactorScorer:
     """``user_factors[users] @ item_factors.T``; ``item_vectors`` are the item factors."""
 
     def __init__(
-        self,
-        name: str,
-        user_factors: FloatArray,
-        item_factors: FloatArray,
-        item_vectors: FloatArray | None = None,
+        self, name: str, user_factors: FloatArray, item_factors: FloatArray, item_vectors: FloatArray | None = None
     ) -> None:
         self.name = name
         self.user_factors = np.ascontiguousarray(user_factors, np.float32)  # (n_users, d)
@@ -76,8 +72,7 @@ def _user_items(train: Interactions) -> Any:
 
     pos = train.positives()
     return scipy.sparse.csr_matrix(
-        (pos.weights.astype(np.float32), (pos.users, pos.items)),
-        shape=(train.n_users, train.n_items),
+        (pos.weights.astype(np.float32), (pos.users, pos.items)), shape=(train.n_users, train.n_items)
     )
 
 
@@ -88,10 +83,7 @@ def fit_als(train: Interactions, *, seed: int = 0, threads: int = 2, **params: A
 
     with threadpool_limits(1, "blas"):
         model = AlternatingLeastSquares(
-            **{**ALS_DEFAULTS, **params},
-            num_threads=threads,
-            random_state=seed,
-            dtype=np.float32,
+            **{**ALS_DEFAULTS, **params}, num_threads=threads, random_state=seed, dtype=np.float32
         )
         model.fit(_user_items(train), show_progress=False)
     return FactorScorer("als", model.user_factors, model.item_factors)
@@ -108,10 +100,7 @@ def fit_bpr(train: Interactions, *, seed: int = 0, threads: int = 2, **params: A
 
     with threadpool_limits(1, "blas"):
         model = BayesianPersonalizedRanking(
-            **{**BPR_DEFAULTS, **params},
-            num_threads=threads,
-            random_state=seed,
-            dtype=np.float32,
+            **{**BPR_DEFAULTS, **params}, num_threads=threads, random_state=seed, dtype=np.float32
         )
         model.fit(_user_items(train), show_progress=False)
     items = np.asarray(model.item_factors, np.float32)  # (n_items, d + 1), last column the bias
@@ -173,12 +162,7 @@ def make_baseline(name: str, train: Interactions, *, seed: int = 0, **params: An
 
 
 def tune_baseline(
-    name: str,
-    train: Interactions,
-    *,
-    seed: int = 0,
-    max_users: int = 5000,
-    grid: dict[str, list[Any]] | None = None,
+    name: str, train: Interactions, *, seed: int = 0, max_users: int = 5000, grid: dict[str, list[Any]] | None = None
 ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]]]:
     """Pick the baseline's parameters by validation Recall@20 inside ``train`` (see ``tune``)."""
     grid = TUNING_GRIDS.get(name, {}) if grid is None else grid

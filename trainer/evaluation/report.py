@@ -49,42 +49,62 @@ def run_evaluation(
     fitted: dict[str, EmbeddingModel] = {}
     curves: dict[str, FitReport] = {}  # model name -> its fit's report (loss curve)
     for name in models:
-        started = time.perf_counter()
-        scorer, extra = _fit_named(name, train, seed, tune, factories or {})
-        fit_s = time.perf_counter() - started
-        if isinstance(scorer, EmbeddingScorer):
-            fitted[name], curves[name] = scorer.model, extra.pop("report")  # _fit_named: every fitted model has one
-        started = time.perf_counter()
-        metrics = evaluate(scorer, train, test, ks=sorted({10, k}), seed=seed, with_auc=with_auc)
-        results[name] = {
-            **metrics,
-            "fit_s": round(fit_s, 3),
-            "eval_s": round(time.perf_counter() - started, 3),
-            **extra,
-        }
-        log.info("%s: %s", name, {key: round(v, 4) for key, v in metrics.items()})
-    out: dict[str, Any] = {
-        "dataset": data.name,
-        "path": str(dataset_path),
+        results[name], model, curve = _fit_and_evaluate(
+            name, train, test, k=k, seed=seed, tune=tune, with_auc=with_auc, factories=factories or {}
+        )
+        if model is not None and curve is not None:
+            fitted[name], curves[name] = model, curve
+    out = _summary(data.name, dataset_path, protocol, train, test, k)
+    out["models"] = results
+    if plots_dir is not None:
+        out["plots"] = _plots(data, train, fitted, curves, Path(plots_dir))
+    return out
+
+
+def _fit_and_evaluate(
+    name: str,
+    train: Interactions,
+    test: Interactions,
+    *,
+    k: int,
+    seed: int,
+    tune: bool,
+    with_auc: bool,
+    factories: Mapping[str, ModelFactory],
+) -> tuple[dict[str, Any], EmbeddingModel | None, FitReport | None]:
+    """Fit one named model on train and evaluate it: (its result row, the fitted embedding model and its fit report)."""
+    started = time.perf_counter()
+    scorer, extra = _fit_named(name, train, seed, tune, factories)
+    fit_s = time.perf_counter() - started
+    model: EmbeddingModel | None = None
+    curve: FitReport | None = None
+    if isinstance(scorer, EmbeddingScorer):
+        model, curve = scorer.model, extra.pop("report")  # _fit_named: every fitted model has one
+    started = time.perf_counter()
+    metrics = evaluate(scorer, train, test, ks=sorted({10, k}), seed=seed, with_auc=with_auc)
+    row = {**metrics, "fit_s": round(fit_s, 3), "eval_s": round(time.perf_counter() - started, 3), **extra}
+    log.info("%s: %s", name, {key: round(v, 4) for key, v in metrics.items()})
+    return row, model, curve
+
+
+def _summary(
+    name: str, path: str | Path, protocol: str, train: Interactions, test: Interactions, k: int
+) -> dict[str, Any]:
+    """The result's header: dataset, protocol and split sizes (``models`` follows it)."""
+    return {
+        "dataset": name,
+        "path": str(path),
         "protocol": protocol,
         "n_users": train.n_users,
         "n_items": train.n_items,
         "n_train": len(train),
         "n_test": len(test),
         "k": k,
-        "models": results,
     }
-    if plots_dir is not None:
-        out["plots"] = _plots(data, train, fitted, curves, Path(plots_dir))
-    return out
 
 
 def _fit_named(
-    name: str,
-    train: Interactions,
-    seed: int,
-    tune: bool,
-    factories: Mapping[str, ModelFactory],
+    name: str, train: Interactions, seed: int, tune: bool, factories: Mapping[str, ModelFactory]
 ) -> tuple[Scorer, dict[str, Any]]:
     """(scorer, extra result fields) for one model name."""
     if name in factories or name not in BASELINES:

@@ -78,12 +78,7 @@ class EmbeddingScorer:
     """
 
     def __init__(
-        self,
-        model: EmbeddingModel,
-        train: Interactions,
-        *,
-        half_life_ms: float | None = None,
-        name: str | None = None,
+        self, model: EmbeddingModel, train: Interactions, *, half_life_ms: float | None = None, name: str | None = None
     ) -> None:
         self.name = name or model.kind
         self.model = model
@@ -122,11 +117,7 @@ class EmbeddingScorer:
         return out
 
 
-def _histories(
-    train: Interactions,
-    to_model: I64,
-    half_life_ms: float | None,
-) -> tuple[I64, I64, FloatArray]:
+def _histories(train: Interactions, to_model: I64, half_life_ms: float | None) -> tuple[I64, I64, FloatArray]:
     """CSR of each user's train positives in time order: (indptr, model item rows, weights)."""
     pos = train.positives()
     rows = to_model[pos.items]
@@ -173,12 +164,7 @@ class EvalSets:
 
 
 def sample_negatives(
-    rows: I64,
-    seen: ItemSets,
-    n_items: int,
-    m: int,
-    rng: np.random.Generator,
-    max_rounds: int = 50,
+    rows: I64, seen: ItemSets, n_items: int, m: int, rng: np.random.Generator, max_rounds: int = 50
 ) -> I64:
     """(len(rows), m) items drawn uniformly from those not in ``seen`` row ``rows[p]`` (with replacement)."""
     draws = rng.integers(0, n_items, (len(rows), m), dtype=np.int64)
@@ -216,29 +202,52 @@ def evaluate(
     k_max = max(*ks, list_k)
     for start in range(0, len(sets.users), chunk_size):
         batch = sets.users[start : start + chunk_size]
-        scores = np.asarray(scorer.score(batch.astype(np.int32)), np.float32)  # (B, n_items), ours to modify
-        if not scores.flags.writeable:
-            scores = scores.copy()
-        scores[np.isnan(scores)] = -np.inf
+        scores = _chunk_scores(scorer, batch)  # (B, n_items), ours to modify
         tsets = sets.test.take(batch)
         _sampled_chunk(scores, tsets, sets.seen.take(batch), sets.n_items, n_negatives, sampled_k, rng, acc)
-        tr = sets.train.take(batch)
-        scores[tr.row_ids(), tr.items] = -np.inf
-        ranked = top_k(scores, k_max)  # (B, k_max)
-        hits = hits_at(ranked, tsets, sets.n_items)
-        for k in ks:
-            acc[f"recall@{k}"] += float(recall_at_k(hits, tsets.lengths(), k).sum())
-            acc[f"ndcg@{k}"] += float(ndcg_at_k(hits, tsets.lengths(), k).sum())
+        ranked = _ranked_chunk(scores, sets.train.take(batch), tsets, sets.n_items, ks, k_max, acc)
         lists.append(ranked[:, :list_k])
     n_users, n_pairs = len(sets.users), acc.pop("pairs", 0.0)
     out = {key: val / max(n_pairs if key.endswith("_sampled") else n_users, 1) for key, val in acc.items()}
-    all_lists = np.concatenate(lists) if lists else np.zeros((0, list_k), np.int64)
-    out["coverage"] = catalog_coverage(all_lists, sets.n_items)
-    out["tail_share"] = tail_share(all_lists, sets.popularity)
+    out.update(_list_metrics(lists, sets.popularity, sets.n_items, list_k))
     if with_auc and isinstance(scorer, HasItemVectors):
         out["auc"] = pair_auc(scorer.item_vectors(), train, test, seed=seed)
     out["users"], out["test_pairs"] = float(n_users), float(n_pairs)
     return out
+
+
+def _chunk_scores(scorer: Scorer, batch: I64) -> FloatArray:
+    """The scorer's (B, n_items) scores of ``batch`` as a writable float32 array, NaN scored as -inf."""
+    scores = np.asarray(scorer.score(batch.astype(np.int32)), np.float32)
+    if not scores.flags.writeable:
+        scores = scores.copy()
+    scores[np.isnan(scores)] = -np.inf
+    return scores
+
+
+def _ranked_chunk(
+    scores: FloatArray,
+    train: ItemSets,
+    tsets: ItemSets,
+    n_items: int,
+    ks: Sequence[int],
+    k_max: int,
+    acc: dict[str, float],
+) -> I64:
+    """Mask the chunk's train rows, rank its top ``k_max`` and accumulate Recall@k / NDCG@k; (B, k_max) items."""
+    scores[train.row_ids(), train.items] = -np.inf
+    ranked = top_k(scores, k_max)  # (B, k_max)
+    hits = hits_at(ranked, tsets, n_items)
+    for k in ks:
+        acc[f"recall@{k}"] += float(recall_at_k(hits, tsets.lengths(), k).sum())
+        acc[f"ndcg@{k}"] += float(ndcg_at_k(hits, tsets.lengths(), k).sum())
+    return ranked
+
+
+def _list_metrics(lists: list[I64], popularity: I64, n_items: int, list_k: int) -> dict[str, float]:
+    """``coverage`` and ``tail_share`` of every user's top-``list_k`` list."""
+    all_lists = np.concatenate(lists) if lists else np.zeros((0, list_k), np.int64)
+    return {"coverage": catalog_coverage(all_lists, n_items), "tail_share": tail_share(all_lists, popularity)}
 
 
 def _sampled_chunk(
@@ -262,12 +271,7 @@ def _sampled_chunk(
 
 
 def pair_auc(
-    vectors: FloatArray,
-    train: Interactions,
-    test: Interactions,
-    *,
-    seed: int = 0,
-    max_pairs: int = 200_000,
+    vectors: FloatArray, train: Interactions, test: Interactions, *, seed: int = 0, max_pairs: int = 200_000
 ) -> float:
     """AUC-ROC of item-item cosine: held-out pairs vs random pairs (seed 001's protocol).
 
@@ -297,11 +301,7 @@ def pair_auc(
 
 
 def holdout_metrics(
-    model: EmbeddingModel,
-    data: Interactions,
-    k: int = 20,
-    max_users: int = 2000,
-    seed: int = 0,
+    model: EmbeddingModel, data: Interactions, k: int = 20, max_users: int = 2000, seed: int = 0
 ) -> dict[str, float]:
     """Cheap held-out quality for the trainer's quality gate.
 

@@ -9,10 +9,7 @@ from trainer.datasets import Dataset, concat_interactions
 from trainer.interactions import Interactions
 
 
-def leave_latest_out(
-    data: Interactions,
-    users: npt.ArrayLike | None = None,
-) -> tuple[Interactions, Interactions]:
+def leave_latest_out(data: Interactions, users: npt.ArrayLike | None = None) -> tuple[Interactions, Interactions]:
     """(train, test): each user's latest positive (by ts, then file order) is held out.
 
     Only users with >= 2 positives give one up; ``users`` restricts which users do.

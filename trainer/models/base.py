@@ -74,11 +74,7 @@ class EmbeddingModel(ABC):
 
     @abstractmethod
     def fit(
-        self,
-        data: Interactions,
-        *,
-        warm_from: EmbeddingModel | None = None,
-        on_epoch: EpochCallback | None = None,
+        self, data: Interactions, *, warm_from: EmbeddingModel | None = None, on_epoch: EpochCallback | None = None
     ) -> FitReport:
         """Train on ``data`` (warm-starting from ``warm_from`` when given)."""
 

@@ -130,16 +130,7 @@ def plan_epochs(
     pair_batch = torch.repeat_interleave(batch_of, n_c)
     c_order = _sort_in_batches(pair_batch, flat, n_rows)
     local = c_order - torch.repeat_interleave(start, n_c)[c_order] * n_c  # position inside its batch's pairs
-    negs = torch.sort(negs, dim=1).values
-    neg_flat = negs.reshape(-1)
-    groups = torch.arange(len(negs), device=dev)
-    per_group = len(negs) // epochs
-    neg_batch = torch.repeat_interleave(
-        groups // per_group * per_epoch + groups % per_group * sizes.group // bt, negs.shape[1]
-    )
-    n_order = _sort_in_batches(neg_batch, neg_flat, n_rows)
-    n_scale = torch.empty(neg_flat.shape[0], dtype=torch.float32, device=dev)
-    n_scale[n_order] = collision_scale(neg_batch[n_order], neg_flat[n_order], sizes.neg_cap * (bt // sizes.group))
+    negs, n_scale = _plan_negatives(negs, sizes, n_rows, epochs, per_epoch)
     t_scale = collision_scale(batch_of, targets, sizes.cap)
     c_scale = collision_scale(pair_batch[c_order], flat[c_order], sizes.cap)
     whole = (
@@ -156,6 +147,24 @@ def plan_epochs(
         c_scale,
     )
     return [_epoch_of(whole, e, epochs) for e in range(epochs)]
+
+
+def _plan_negatives(
+    negs: torch.Tensor, sizes: StepSizes, n_rows: int, epochs: int, per_epoch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each group's negatives sorted, and their collision factors (``neg_cap`` draws' worth per group of targets)."""
+    bt, dev = sizes.batch_targets, negs.device
+    negs = torch.sort(negs, dim=1).values
+    neg_flat = negs.reshape(-1)
+    groups = torch.arange(len(negs), device=dev)
+    per_group = len(negs) // epochs
+    neg_batch = torch.repeat_interleave(
+        groups // per_group * per_epoch + groups % per_group * sizes.group // bt, negs.shape[1]
+    )
+    n_order = _sort_in_batches(neg_batch, neg_flat, n_rows)
+    n_scale = torch.empty(neg_flat.shape[0], dtype=torch.float32, device=dev)
+    n_scale[n_order] = collision_scale(neg_batch[n_order], neg_flat[n_order], sizes.neg_cap * (bt // sizes.group))
+    return negs, n_scale
 
 
 def _epoch_of(whole: tuple[torch.Tensor, ...], epoch: int, epochs: int) -> EpochPlan:

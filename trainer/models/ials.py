@@ -202,26 +202,15 @@ class ImplicitALS(EmbeddingModel):
             old, len(plan.item_ids), cfg.dim, cfg.init_scale / np.sqrt(cfg.dim), np.random.default_rng(cfg.seed)
         )
         users, items, w = _cells(data, plan.data_to_model, cfg.alpha)
-        started, losses = time.perf_counter(), []
+        started = time.perf_counter()
         epochs = cfg.warm_epochs if warm_from else cfg.epochs
         with torch_threads(self.threads):
             y = torch.from_numpy(table).to(dev)
             by_user = _Csr.build(users, items, w, data.n_users, dev)
             by_item = _Csr.build(items, users, w, len(plan.item_ids), dev)
-            reg_u = _reg(by_user.counts(), cfg, len(plan.item_ids))
-            reg_i = _reg(by_item.counts(), cfg, data.n_users)
-            active_u = torch.nonzero(by_user.counts() > 0).flatten()
-            active_i = torch.nonzero(by_item.counts() > 0).flatten()  # items the data mentions: the only rows refit
             unseen_new = torch.nonzero(by_item.counts()[plan.n_old :] == 0).flatten() + plan.n_old
             y[unseen_new] = 0.0  # an item without data must not outscore trained ones with its random start
-            x, steps = torch.zeros(data.n_users, cfg.dim, device=dev), cfg.cg_steps if cfg.solver == "cg" else 0
-            for epoch in range(epochs):  # cg starts each row from its last value (users: zeros at first)
-                x[active_u] = solve_rows(by_user, y, cfg.unobserved, reg_u, active_u, x[active_u], steps)
-                y[active_i] = solve_rows(by_item, x, cfg.unobserved, reg_i, active_i, y[active_i], steps)
-                losses.append(_loss(x, y, by_user, active_u, cfg.unobserved))
-                check_finite(f"ials loss at epoch {epoch}", losses[-1])
-                if on_epoch is not None:
-                    on_epoch(epoch, losses[-1])
+            losses = _alternate(cfg, by_user, by_item, y, data.n_users, epochs, on_epoch)
             self.items = y.cpu().numpy().astype(np.float32)
         self.item_ids = plan.item_ids
         self.counts = _merge_counts(warm_from, by_item.counts().cpu().numpy(), plan.n_old)
@@ -273,6 +262,32 @@ class ImplicitALS(EmbeddingModel):
             raise ValueError(f"ials snapshot has {len(model.items)} rows for {len(item_ids)} item ids")
         model.item_ids = list(item_ids)
         return model
+
+
+def _alternate(
+    cfg: IALSConfig,
+    by_user: _Csr,
+    by_item: _Csr,
+    y: torch.Tensor,
+    n_users: int,
+    epochs: int,
+    on_epoch: EpochCallback | None,
+) -> list[float]:
+    """``epochs`` alternating half-steps (users, then items), refitting ``y`` in place; returns each epoch's loss."""
+    reg_u = _reg(by_user.counts(), cfg, int(y.shape[0]))
+    reg_i = _reg(by_item.counts(), cfg, n_users)
+    active_u = torch.nonzero(by_user.counts() > 0).flatten()
+    active_i = torch.nonzero(by_item.counts() > 0).flatten()  # items the data mentions: the only rows refit
+    x, steps = torch.zeros(n_users, cfg.dim, device=y.device), cfg.cg_steps if cfg.solver == "cg" else 0
+    losses: list[float] = []
+    for epoch in range(epochs):  # cg starts each row from its last value (users: zeros at first)
+        x[active_u] = solve_rows(by_user, y, cfg.unobserved, reg_u, active_u, x[active_u], steps)
+        y[active_i] = solve_rows(by_item, x, cfg.unobserved, reg_i, active_i, y[active_i], steps)
+        losses.append(_loss(x, y, by_user, active_u, cfg.unobserved))
+        check_finite(f"ials loss at epoch {epoch}", losses[-1])
+        if on_epoch is not None:
+            on_epoch(epoch, losses[-1])
+    return losses
 
 
 def _cells(data: Interactions, to_model: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

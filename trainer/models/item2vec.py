@@ -109,11 +109,7 @@ class Item2Vec(EmbeddingModel):
     # ------------------------------------------------------------ training
 
     def fit(
-        self,
-        data: Interactions,
-        *,
-        warm_from: EmbeddingModel | None = None,
-        on_epoch: EpochCallback | None = None,
+        self, data: Interactions, *, warm_from: EmbeddingModel | None = None, on_epoch: EpochCallback | None = None
     ) -> FitReport:
         if warm_from is not None and not isinstance(warm_from, Item2Vec):
             raise TypeError(f"item2vec cannot warm-start from a {warm_from.kind} model")
@@ -147,13 +143,7 @@ class Item2Vec(EmbeddingModel):
             new_items=plan.n_new,
         )
 
-    def _init_tables(
-        self,
-        prev: Item2Vec | None,
-        n_rows: int,
-        rng: np.random.Generator,
-        dev: torch.device,
-    ) -> None:
+    def _init_tables(self, prev: Item2Vec | None, n_rows: int, rng: np.random.Generator, dev: torch.device) -> None:
         """Copy the previous rows (if any) and add fresh ones: inputs ~U(+-0.5/dim), outputs 0 (word2vec)."""
         dim = self.config.dim
         if prev is None and dev.type == "cuda":  # a first fit on the GPU: drawn there, nothing to copy over

@@ -134,11 +134,7 @@ class MatrixFactorization(EmbeddingModel):
     # ------------------------------------------------------------ training
 
     def fit(
-        self,
-        data: Interactions,
-        *,
-        warm_from: EmbeddingModel | None = None,
-        on_epoch: EpochCallback | None = None,
+        self, data: Interactions, *, warm_from: EmbeddingModel | None = None, on_epoch: EpochCallback | None = None
     ) -> FitReport:
         prev = self._previous(warm_from)
         device = resolve_device(self.device)

@@ -44,12 +44,7 @@ class PairSet:
 
 
 def sample_negatives(
-    users: IntArray,
-    pool: IntArray,
-    k: int,
-    positives: PairSet,
-    rng: np.random.Generator,
-    rounds: int = 4,
+    users: IntArray, pool: IntArray, k: int, positives: PairSet, rng: np.random.Generator, rounds: int = 4
 ) -> IntArray:
     """(len(users), k) items drawn uniformly from ``pool``, redrawn up to ``rounds`` times where a user's positive."""
     draws = pool[rng.integers(0, len(pool), (len(users), k), dtype=np.int64)]

@@ -30,7 +30,7 @@ MODEL_CLASSES: dict[str, tuple[str, str]] = {
     "ials": ("trainer.models.ials", "ImplicitALS"),
 }
 
-# Tail-favouring settings (measured on ML-100K, see README): log-uniform negatives
+# Tail-favouring settings (measured on ML-100K: docs/benchmarks.md): log-uniform negatives
 # (Lit2Vec2) and a smaller popularity correction in the serving vectors.
 ITEM2VEC_TAIL: dict[str, Any] = {"sampler": "log_uniform", "pop_weight": 0.4}
 
@@ -51,12 +51,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Recall@20 inside train over a grid of the same shape (ALS: factors 64/128/256 x confidence alpha 2/10/50/250
 # x regularisation 5/20; iALS: dims 64/128/256 x unobserved weight a0 = 1 / (1 + alpha) x reg 1.5/3).
 TUNING_GRIDS: dict[str, dict[str, list[Any]]] = {
-    "ials": {"dim": [64, 128, 256], "unobserved": [0.33, 0.09, 0.02, 0.004], "reg": [1.5, 3.0]},
+    "ials": {"dim": [64, 128, 256], "unobserved": [0.33, 0.09, 0.02, 0.004], "reg": [1.5, 3.0]}
 }
 # Tail presets tuned as (base preset, tail setting, values): the base's grid first, then the largest tail
 # value whose validation recall is >= TAIL_RECALL_FLOOR x the untilted one's (``trainer.tuning.tune_preset``).
 TAIL_SWEEPS: dict[str, tuple[str, str, list[float]]] = {
-    "ials_tail": ("ials", "tail_weight", [0.005, 0.01, 0.02, 0.05, 0.1]),
+    "ials_tail": ("ials", "tail_weight", [0.005, 0.01, 0.02, 0.05, 0.1])
 }
 TAIL_RECALL_FLOOR = 0.95
 
@@ -87,12 +87,7 @@ def preset_config(name: str) -> dict[str, Any]:
 
 
 def build_preset(
-    name: str,
-    *,
-    seed: int = 0,
-    device: str = "auto",
-    threads: int = 2,
-    **overrides: Any,
+    name: str, *, seed: int = 0, device: str = "auto", threads: int = 2, **overrides: Any
 ) -> EmbeddingModel:
     """A fresh, unfitted model of preset ``name``; ``overrides`` replace or add constructor kwargs."""
     config = preset_config(name)

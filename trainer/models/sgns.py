@@ -30,6 +30,7 @@ gradient rows come out pre-scaled and ``index_add_`` needs no ``alpha``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -245,10 +246,7 @@ def apply_step(
     """
     n_t, n_p, d, n_n = int(b.targets.shape[0]), int(b.contexts.shape[0]), int(win.shape[1]), sizes.shared
     n_c, g = n_p // n_t, n_t // sizes.group
-    wt = torch.index_select(win, 0, b.targets, out=ws.wt[:n_t])  # (T, d)
-    wt_rep = torch.index_select(win, 0, b.t_rep, out=ws.wt_rep[:n_p])  # (P, d)
-    wc = torch.index_select(wout, 0, b.contexts, out=ws.wc[:n_p])  # (P, d)
-    wn = torch.index_select(wout, 0, b.negs, out=ws.wn[: g * n_n]).view(g, n_n, d)  # (G, N, d)
+    wt, wt_rep, wc, wn = _gather_rows(win, wout, b, ws, g, n_n)
     pos = torch.sum(wt_rep.mul_(wc), 1, out=ws.pos[:n_p])  # (P,)  (wt_rep is free after this)
     neg = torch.bmm(wt.view(g, n_t // g, d), wn.transpose(1, 2), out=ws.neg[: n_t * n_n].view(g, n_t // g, n_n))
     weight = n_c * sizes.negatives / n_n
@@ -263,11 +261,38 @@ def apply_step(
     vals = torch.index_select(gpos, 0, b.ctx_order, out=ws.vals[:n_p]).mul_(b.c_scale)
     grad_c = torch.index_select(wt, 0, b.ctx_target, out=ws.wt_rep[:n_p]).mul_(vals.unsqueeze(1))
     wc.mul_(gpos.mul_(b.t_scale_rep).unsqueeze(1))  # (P, d) positive-pair step for the targets
-    win.index_add_(0, b.targets, grad_t)
-    win.index_add_(0, b.t_rep, wc)
-    wout.index_add_(0, b.ctx_sorted, grad_c)
-    wout.index_add_(0, b.negs, grad_n.view(-1, d))
+    _scatter_steps(win, wout, b, grad_t, wc, grad_c, grad_n.view(-1, d))
     return loss
+
+
+def _gather_rows(
+    win: torch.Tensor, wout: torch.Tensor, b: StepBatch, ws: Workspace, g: int, n_n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch's rows, copied into ``ws``: targets (T, d), targets per pair (P, d), contexts (P, d), negatives
+    (G, N, d)."""
+    n_t, n_p, d = int(b.targets.shape[0]), int(b.contexts.shape[0]), int(win.shape[1])
+    wt = torch.index_select(win, 0, b.targets, out=ws.wt[:n_t])  # (T, d)
+    wt_rep = torch.index_select(win, 0, b.t_rep, out=ws.wt_rep[:n_p])  # (P, d)
+    wc = torch.index_select(wout, 0, b.contexts, out=ws.wc[:n_p])  # (P, d)
+    wn = torch.index_select(wout, 0, b.negs, out=ws.wn[: g * n_n]).view(g, n_n, d)  # (G, N, d)
+    return wt, wt_rep, wc, wn
+
+
+def _scatter_steps(
+    win: torch.Tensor,
+    wout: torch.Tensor,
+    b: StepBatch,
+    grad_t: torch.Tensor,
+    step_t: torch.Tensor,
+    grad_c: torch.Tensor,
+    grad_n: torch.Tensor,
+) -> None:
+    """Add the batch's steps in place: to its targets' and pairs' input rows, its contexts' and negatives' output
+    rows."""
+    win.index_add_(0, b.targets, grad_t)
+    win.index_add_(0, b.t_rep, step_t)
+    wout.index_add_(0, b.ctx_sorted, grad_c)
+    wout.index_add_(0, b.negs, grad_n)
 
 
 def _loss(pos: torch.Tensor, neg: torch.Tensor, weight: float) -> torch.Tensor:
@@ -309,12 +334,17 @@ def train_epoch(
             if loss is not None:
                 totals[worker].add_(loss)
 
-    if len(spaces) == 1:
+    _run_workers(work, len(spaces))
+    return float(sum(totals)) / max(counted, 1)
+
+
+def _run_workers(work: Callable[[int], None], n: int) -> None:
+    """``work(0)`` on this thread when ``n`` is 1, else ``work(w)`` for every ``w < n`` on threads of their own."""
+    if n == 1:
         work(0)
     else:
-        threads = [threading.Thread(target=work, args=(w,)) for w in range(len(spaces))]
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(n)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    return float(sum(totals)) / max(counted, 1)
