@@ -1,12 +1,13 @@
 """Reference model of ingest's Redis effects, written independently of the Lua
 script, to check Redis after a replay (crash tests, the ingest benchmark).
 
-Rules (README, "Delivery guarantees"): per user, events are taken in partition
+Rules (README, "Guarantees"; docs/contracts.md): per user, events are taken in partition
 order; an event is a duplicate when its (second, crc24(event_id), item) is in the
 user's history; it is stale when the history is full and it sorts before the
 oldest record; otherwise it is applied: inserted in (second, crc) order, the
 oldest record dropped beyond ``history_len``, and - when its weight is positive
-- added to item popularity and to the user's finest profile segment.
+- added to item popularity and to the user's finest profile segment. A rating's
+weight is its type's when the value as stored (in half steps) reaches the threshold.
 """
 
 from __future__ import annotations
@@ -29,10 +30,20 @@ class Expected:
     stale: int = 0
 
 
+# A rating is kept in half steps (docs/contracts.md: the record's code byte is 8 + the value in half steps, so
+# 0 to 123.5): the rule compares the value as kept, so 3.76 counts as 4.0 and 3.74 as 3.5.
+RATING_MAX_HALF_STEPS = 247
+
+
+def stored_rating(value: float) -> float:
+    """A rating value as recd keeps it: the nearest half step (ties to even, as Python rounds), within 0..123.5."""
+    return min(max(round(2 * value), 0), RATING_MAX_HALF_STEPS) / 2
+
+
 def weight_of(event: Mapping[str, Any], weights: Mapping[str, float], threshold: float) -> float:
     w = float(weights.get(event["type"], 0.0))
     if event["type"] == "rating":
-        return w if float(event.get("value", 0)) >= threshold else 0.0
+        return w if stored_rating(float(event.get("value", 0))) >= threshold else 0.0
     return w
 
 

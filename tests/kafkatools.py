@@ -57,6 +57,11 @@ def committed(settings: Settings, topic: str, partitions: int = 4) -> dict[int, 
         consumer.close()
 
 
+def committed_total(settings: Settings, topic: str, partitions: int = 4) -> int:
+    """The consumer group's committed offsets of ``topic``, summed (records consumed and committed)."""
+    return sum(offset or 0 for offset in committed(settings, topic, partitions).values())
+
+
 def ensure_big_topics(settings: Settings, max_message_bytes: int, partitions: int = 4) -> None:
     """The source topics with ``max.message.bytes`` raised (Apache Kafka refuses larger messages; the dev
     broker does not check), then the dead-letter topics as ``ensure_topics`` makes them (default limit)."""

@@ -111,6 +111,7 @@ def test_without_a_broker_commands_say_so_in_recds_words() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.single_redis  # only the broker is used: running it again for the Redis Cluster would add nothing
 def test_topics_prints_each_topic(settings: object) -> None:
     from daemon.runtime.settings import Settings
 

@@ -91,21 +91,25 @@ def test_kafka_security_passthrough() -> None:
     }
 
 
-def test_model_params_override_the_preset_and_bad_ones_fail_at_start(tmp_path: Path) -> None:
-    import redis
+# build_trainer checks the prefix's key layout in Redis before it builds the model; the parameters are the same on
+# any Redis, so the single one is enough (``prefix``: the test's own, emptied afterwards).
+@pytest.mark.single_redis
+def test_model_params_override_the_preset_and_bad_ones_fail_at_start(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
     from prometheus_client import CollectorRegistry
 
     from daemon.runtime.app import build_trainer
     from daemon.runtime.metrics import Metrics
 
     env = {"RECD_MODEL_PARAMS": "dim=128,unobserved=0.004", "RECD_MODEL_DIR": str(tmp_path / "models")}
-    settings = load_settings(environ=env)
-    assert dict(settings.model_params) == {"dim": 128.0, "unobserved": 0.004}
-    client = redis.Redis()  # never contacted by the constructor
-    model: Any = build_trainer(settings, Metrics(CollectorRegistry()), client)._new_model()
+    redis = {"redis_url": redis_url, "redis_prefix": prefix}
+    loaded = load_settings(environ=env, **redis)
+    assert dict(loaded.model_params) == {"dim": 128.0, "unobserved": 0.004}
+    model: Any = build_trainer(loaded, Metrics(CollectorRegistry()))._new_model()
     assert model.config.dim == 128 and isinstance(model.config.dim, int) and model.config.unobserved == 0.004
-    bad = load_settings(environ={**env, "RECD_MODEL_PARAMS": "dimension=128"})
+    bad = load_settings(environ={**env, "RECD_MODEL_PARAMS": "dimension=128"}, **redis)
     with pytest.raises(ConfigError, match=r"RECD_MODEL_PARAMS.*dimension"):
-        build_trainer(bad, Metrics(CollectorRegistry()), client)
+        build_trainer(bad, Metrics(CollectorRegistry()))
     with pytest.raises(ConfigError, match="RECD_MODEL_PARAMS"):
         load_settings(environ={"RECD_MODEL_PARAMS": "dim=big"})

@@ -13,7 +13,6 @@ import random
 import time
 
 import pytest
-import redis
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, NotLeaderForPartitionError
 from kafka.future import Future
 from kafka.record.default_records import DefaultRecordBatchBuilder
@@ -37,10 +36,11 @@ from daemon.ingest.deadletters import (
 from daemon.ingest.source import Message
 from daemon.ingest.worker import IngestWorker
 from daemon.runtime.app import build_ingest
-from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
-from daemon.runtime.options import dead_letter_options
+from daemon.runtime.options import dead_letter_options, keys_of
+from daemon.runtime.redisconn import RedisClient, Topology
 from daemon.runtime.settings import ConfigError, Settings, load_settings
+from daemon.runtime.state import StateReader
 from tests.kafkatools import committed, ensure_big_topics, produce_to_partitions, read_topic
 
 pytestmark = [pytest.mark.integration]
@@ -55,15 +55,15 @@ def payload(size: int) -> bytes:
     return random.Random(size).randbytes(size)
 
 
-def run_until_applied(worker: IngestWorker, rclient: redis.Redis, keys: Keys, events: int) -> None:
+def run_until_applied(worker: IngestWorker, reader: StateReader, events: int) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         worker.step()
-        stats = rclient.hgetall(keys.stats)
-        if sum(int(stats.get(k, 0)) for k in (b"applied", b"duplicates", b"stale")) >= events:
+        totals = reader.totals()  # summed over every shard
+        if totals["applied"] + totals["duplicates"] + totals["stale"] >= events:
             break
     else:
-        raise AssertionError(f"ingest did not reach {events} events: {rclient.hgetall(keys.stats)}")
+        raise AssertionError(f"ingest did not reach {events} events: {reader.totals()}")
     settle = time.monotonic() + 1.0
     while time.monotonic() < settle:
         worker.step()
@@ -78,7 +78,7 @@ def run_until_applied(worker: IngestWorker, rclient: redis.Redis, keys: Keys, ev
     ids=["2MB", "5MB"],
 )
 def test_an_oversized_message_is_dead_lettered_cut_and_committed_past(
-    settings: Settings, rclient: redis.Redis, size: int, max_payload: int
+    settings: Settings, rclient: RedisClient, size: int, max_payload: int
 ) -> None:
     settings = settings.replace(dlq_max_payload_bytes=max_payload)
     now = int(time.time() * 1000)
@@ -91,13 +91,14 @@ def test_an_oversized_message_is_dead_lettered_cut_and_committed_past(
 
     metrics = Metrics(CollectorRegistry())
     worker = build_ingest(settings, metrics)
+    reader = StateReader(Topology(rclient, -1), keys_of(settings))
     try:
-        run_until_applied(worker, rclient, Keys(settings.redis_prefix), len(events))
+        run_until_applied(worker, reader, len(events))
     finally:
         worker.shutdown()
 
     expected = replay(events, settings.history_len, settings.event_weights, settings.rating_threshold)
-    assert int(rclient.hget(Keys(settings.redis_prefix).stats, "applied") or 0) == expected.applied
+    assert reader.totals()["applied"] == expected.applied
     ends = {p: max(o for q, o in coords if q == p) + 1 for p in range(PARTITIONS)}
     assert committed(settings, settings.events_topic) == ends
     assert metrics.registry.get_sample_value("recd_events_invalid_total", {"reason": "oversized"}) == 1
@@ -207,7 +208,8 @@ def test_a_failure_that_may_pass_is_re_sent_whole_and_reported(outcome: Outcome)
     assert dlq.pending == []
 
 
-def test_the_largest_dead_letter_fits_the_producer_and_a_default_topic(settings: Settings) -> None:
+def test_the_largest_dead_letter_fits_the_producer_and_a_default_topic(broker: str) -> None:
+    settings = load_settings(environ={}, kafka_bootstrap=broker)  # the broker only: no Redis is involved
     headers = [
         (REASON, b"oversized"),
         (DETAIL, b"d" * 1024),

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import redis
 
 from daemon.ingest.store import RedisStore, StoreOptions
 from daemon.runtime.history import LUA_FORMATS, RECORD, RECORD_SIZE, code_of, decode_code, entries, pack
-from daemon.runtime.keys import Keys, text
+from daemon.runtime.keys import Keys
 from daemon.runtime.profiles import finest_segment
+from daemon.runtime.redisconn import RedisClient, Topology
+from daemon.runtime.state import StateReader
 from schemas.events import EVENT_TYPES, InteractionEvent, ProfileEvent
 
 pytestmark = pytest.mark.integration
@@ -20,7 +21,7 @@ T0 = 1_700_000_000_000
 
 
 @pytest.mark.parametrize("record", [(0, 0, 0, 0), (1_700_000_123, 0xABCDEF, 4_000_000_000, 255), (7, 1, 2, 9)])
-def test_lua_packs_the_record_python_defines(rclient: redis.Redis, record: tuple[int, int, int, int]) -> None:
+def test_lua_packs_the_record_python_defines(rclient: RedisClient, record: tuple[int, int, int, int]) -> None:
     packed = rclient.eval(LUA_PACK, 0, LUA_FORMATS["record"], *record)
     assert isinstance(packed, bytes) and len(packed) == RECORD_SIZE
     assert packed == pack(*record)
@@ -38,11 +39,12 @@ def test_every_code_round_trips() -> None:
         assert decode_code(code_of("rating", half_steps / 2)) == ("rating", half_steps / 2)
 
 
-def test_ingest_writes_records_and_segments_as_python_reads_them(rclient: redis.Redis, prefix: str) -> None:
-    keys = Keys(prefix)
+def test_ingest_writes_records_and_segments_as_python_reads_them(
+    rclient: RedisClient, topology: Topology, keys: Keys
+) -> None:
     segs = ("country", "age", "gender")
     store = RedisStore(
-        rclient,
+        topology,
         keys,
         StoreOptions(
             history_len=10,
@@ -65,5 +67,8 @@ def test_ingest_writes_records_and_segments_as_python_reads_them(rclient: redis.
         (T0 // 1000 + 1, "purchase", 0.0),
         (T0 // 1000 + 2, "rating", 4.5),
     ]
-    assert {text(s) for s in rclient.smembers(keys.segments)} == {finest_segment(odd, segs)}  # type: ignore[union-attr]
-    assert rclient.zscore(keys.segment(finest_segment(odd, segs)), "i1") == 5.0
+    reader = StateReader(topology, keys)
+    assert reader.segment_names() == {finest_segment(odd, segs)}
+    shard = keys.shard_of("u1")  # the user's shard holds the count, under the name Python gives the segment
+    assert rclient.zscore(keys.segment(shard, finest_segment(odd, segs)), "i1") == 5.0
+    assert reader.segment_scores(finest_segment(odd, segs)) == {"i1": 5.0, "i2": 4.0}

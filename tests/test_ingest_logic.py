@@ -8,14 +8,17 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
 from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
+from redis import exceptions as rex
 
 from daemon.ingest.source import Message, Offsets, Record
 from daemon.ingest.store import BatchResult, Prepared
 from daemon.ingest.worker import IngestWorker
 from daemon.runtime.metrics import Metrics
 from daemon.runtime.options import ingest_options
+from daemon.runtime.redisconn import FatalRedisError
 from daemon.runtime.settings import load_settings
 from schemas.events import InteractionEvent, ProfileEvent
 
@@ -64,23 +67,24 @@ class Dead:
 
 
 class Store:
-    def __init__(self, gate: threading.Event | None = None, failures: int = 0) -> None:
+    def __init__(self, gate: threading.Event | None = None, failures: int = 0, error: Exception | None = None) -> None:
         self.gate = gate
         self.failures = failures
+        self.error = error or rex.ConnectionError("redis away")  # by default one that heals: retried
         self.applied: list[int] = []
 
     def prepare(self, events: list[tuple[InteractionEvent, int]], now_ms: int) -> Prepared:
-        return Prepared({"events": events}, b"")
+        """The stand-in keeps the batch's event ids, in order, where the real store keeps item ids."""
+        return Prepared({}, [e.event_id for e, _ in events], 0, now_ms)
 
     def apply_prepared(self, prepared: Prepared) -> BatchResult:
         if self.gate is not None:
             self.gate.wait(10)
         if self.failures:
             self.failures -= 1
-            raise ConnectionError("redis away")
-        events = prepared.doc["events"]
-        self.applied.extend(int(e.event_id[1:]) for e, _ in events)
-        return BatchResult(applied=len(events))
+            raise self.error
+        self.applied.extend(int(event_id[1:]) for event_id in prepared.items)
+        return BatchResult(applied=len(prepared.items))
 
     def apply_profiles(self, profiles: list[tuple[ProfileEvent, int]]) -> BatchResult:
         return BatchResult()
@@ -137,3 +141,33 @@ def test_shutdown_gives_up_on_a_dead_redis_without_committing() -> None:
     w.step()
     w.shutdown(timeout_s=0.5)
     assert source.commits == []
+
+
+WRONGTYPE = rex.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+
+def test_a_fault_that_cannot_heal_stops_the_loop_unretried_and_uncommitted() -> None:
+    source, store = Source([[msg(0)], [msg(1)]]), Store(failures=1, error=WRONGTYPE)
+    w = worker(source, store, Dead())
+    deadline = time.monotonic() + 5
+    with pytest.raises(FatalRedisError, match="WRONGTYPE"):
+        while time.monotonic() < deadline:
+            w.step()
+    assert w.metrics.registry.get_sample_value("recd_errors_total", {"component": "redis"}) is None  # not retried
+    assert source.commits == []
+    w.shutdown(timeout_s=1)
+
+
+def test_after_a_fault_that_cannot_heal_shutdown_commits_nothing_past_the_failed_batch() -> None:
+    gate = threading.Event()
+    source, store = Source([[msg(0)], [msg(1)], [msg(2)]]), Store(gate, failures=1, error=WRONGTYPE)
+    w = worker(source, store, Dead())
+    for _ in range(3):  # batch 0 in Redis (held), batch 1 queued behind it, batch 2 polled and ready
+        w.step()
+    gate.set()
+    deadline = time.monotonic() + 5
+    with pytest.raises(FatalRedisError):
+        while time.monotonic() < deadline:
+            w.step()
+    w.shutdown(timeout_s=2)  # what RoleLoop does after a role crashed
+    assert source.commits == []  # offset 0 never reached Redis: nothing may be committed past it

@@ -1,6 +1,9 @@
 """Outages: Redis goes away mid-stream (ingest retries, commits nothing, resumes with
 nothing lost or doubled; the serve role retries and serves again once it is back); the
-broker goes away (the loop survives, readiness says so)."""
+broker goes away (the loop survives, readiness says so).
+
+The Redis outages stop and restart one redis-server process of their own, so they run on the single Redis
+only; tests/test_cluster_faults.py fails over and reshards the Redis Cluster."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -20,11 +24,12 @@ from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events
 from daemon.runtime.app import App, broker_check, build_ingest, build_server, build_watcher
 from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
-from daemon.runtime.redisconn import REDIS_OUTAGE
+from daemon.runtime.options import keys_of
+from daemon.runtime.redisconn import REDIS_OUTAGE, Topology
 from daemon.runtime.service import RoleLoop
 from daemon.runtime.settings import Settings
 from daemon.runtime.state import StateReader
-from tests.kafkatools import committed, produce_raw
+from tests.kafkatools import committed_total, produce_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -56,6 +61,11 @@ def persistent_redis(folder: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def reader_at(url: str, keys: Keys) -> StateReader:
+    return StateReader(Topology(redis.Redis.from_url(url), -1), keys)
+
+
+@pytest.mark.single_redis
 def test_redis_outage_retries_without_commit_then_resumes(settings: Settings, tmp_path: Path) -> None:
     port = free_port()
     server = persistent_redis(tmp_path, port)
@@ -66,38 +76,44 @@ def test_redis_outage_retries_without_commit_then_resumes(settings: Settings, tm
     produce_raw(settings, settings.events_topic, [(e["user_id"].encode(), encode(e)) for e in events[:1000]])
     metrics = Metrics(CollectorRegistry())
     worker = build_ingest(settings, metrics)
-    client = redis.Redis.from_url(url)
-    keys = Keys(settings.redis_prefix)
+    reader = reader_at(url, keys_of(settings))
     try:
-        while int(client.hget(keys.stats, "applied") or 0) < 1000:
+        while reader.totals()["applied"] < 1000:  # summed over every shard
             worker.step()
         for _ in range(5):
             worker.step()
         server.terminate()
         server.wait(10)
         produce_raw(settings, settings.events_topic, [(e["user_id"].encode(), encode(e)) for e in events[1000:]])
-        before = sum(o or 0 for o in committed(settings, settings.events_topic).values())
+        before = committed_total(settings, settings.events_topic)
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:  # Redis is down: the loop keeps going
             worker.step()
         assert metrics.registry.get_sample_value("recd_errors_total", {"component": "redis"}) >= 1
-        assert sum(o or 0 for o in committed(settings, settings.events_topic).values()) == before
+        assert committed_total(settings, settings.events_topic) == before
         server = persistent_redis(tmp_path, port)  # back, with its data (append-only file)
         deadline = time.monotonic() + 60
-        while sum(o or 0 for o in committed(settings, settings.events_topic).values()) < len(events):
+        while committed_total(settings, settings.events_topic) < len(events):
             assert time.monotonic() < deadline, "ingest did not resume"
             worker.step()
     finally:
         worker.shutdown()
         server.terminate()
         server.wait(10)
-    server = persistent_redis(tmp_path, port)
+    assert_restarted_state_is_ground_truth(settings, events, tmp_path, port)
+
+
+def assert_restarted_state_is_ground_truth(
+    settings: Settings, events: list[dict[str, Any]], folder: Path, port: int
+) -> None:
+    """Started again from its append-only file, Redis holds the ground truth: nothing lost or doubled."""
+    server = persistent_redis(folder, port)
     try:
         expected = replay(events, settings.history_len, settings.event_weights, settings.rating_threshold)
-        got = StateReader(redis.Redis.from_url(url), keys).histories_by_item_id(sorted(expected.histories))
+        reader = reader_at(settings.redis_url, keys_of(settings))
+        got = reader.histories_by_item_id(sorted(expected.histories))
         assert {u: [(e.ts, e.crc, i) for i, e in h] for u, h in got.items()} == expected.histories
-        stats = redis.Redis.from_url(url).hgetall(keys.stats)
-        assert int(stats[b"applied"]) == expected.applied
+        assert reader.totals()["applied"] == expected.applied  # summed over every shard
     finally:
         server.terminate()
         server.wait(10)
@@ -110,19 +126,20 @@ def _wait(condition: Callable[[], bool], seconds: float, what: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.single_redis
 def test_the_serve_role_rides_out_a_redis_restart(settings: Settings, tmp_path: Path) -> None:
     port = free_port()
     server = persistent_redis(tmp_path, port)
     settings = settings.replace(redis_url=f"redis://127.0.0.1:{port}/0")
-    client, keys = redis.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix)
+    client, keys = redis.Redis.from_url(settings.redis_url), keys_of(settings)
     metrics = Metrics(CollectorRegistry())
-    serve = build_server(settings, metrics, build_watcher(settings, client, metrics))
+    serve = build_server(settings, metrics, build_watcher(settings, metrics))
     loop = RoleLoop("serve", serve, 0.02, REDIS_OUTAGE, lambda _: metrics.errors.labels("serve").inc())
     stop = threading.Event()
     thread = threading.Thread(target=loop.run, args=(stop,))
     thread.start()
     try:
-        client.zadd(keys.dirty, {"before": time.time() * 1000})
+        client.zadd(keys.dirty(keys.shard_of("before")), {"before": time.time() * 1000})
         _wait(lambda: bool(client.exists(keys.rec("before"))), 15, "no list before the outage")
         server.terminate()
         server.wait(10)
@@ -133,7 +150,7 @@ def test_the_serve_role_rides_out_a_redis_restart(settings: Settings, tmp_path: 
         )
         assert thread.is_alive() and loop.error is None
         server = persistent_redis(tmp_path, port)  # back, with its data (append-only file)
-        client.zadd(keys.dirty, {"after": time.time() * 1000})
+        client.zadd(keys.dirty(keys.shard_of("after")), {"after": time.time() * 1000})
         _wait(lambda: bool(client.exists(keys.rec("after"))), 20, "the serve role did not resume")
     finally:
         stop.set()

@@ -25,7 +25,8 @@ from daemon.runtime.app import create_topics
 from daemon.runtime.settings import Settings
 from tests.test_deploy import DEPLOY, http_get, load_yaml, running_daemon, stop
 
-pytestmark = pytest.mark.integration
+# Prometheus scrapes one daemon's metrics: what it sees does not depend on the Redis behind it, so one Redis is enough.
+pytestmark = [pytest.mark.integration, pytest.mark.single_redis]
 
 EVENTS = 60_000
 PROMETHEUS_MISSING = "prometheus is not on PATH: install Debian's prometheus package (CI does, in .ci/run)"
@@ -130,7 +131,7 @@ def test_prometheus_sees_ingest_rate_and_lag_rise_and_fall(settings: Settings, t
     port = free_port()
     config = write_config(tmp_path, f"127.0.0.1:{port}")
     # tiny batches: the catch-up lasts several 1 s scrapes even on a fast machine (20 finished between two)
-    env = {"RECD_METRICS_PORT": str(port), "RECD_POLL_MAX_RECORDS": "5"}
+    env = {"RECD_METRICS_PORT": str(port), "RECD_POLL_MAX_RECORDS": "10"}
     with running_prometheus(config, tmp_path) as prom, running_daemon(settings, tmp_path / "recd.log", "ingest", **env):
         wait_until(lambda: query(prom, 'up{job="recd", component="daemon"} == 1'), 15, "a successful scrape")
         seen = watch_catch_up(prom, settings)

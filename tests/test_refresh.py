@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from prometheus_client import CollectorRegistry
 
 from daemon.dev.publish import publish_dataset, publish_synthetic
 from daemon.dev.synthetic import SyntheticSpec
 from daemon.runtime.app import build_ingest, build_server, build_trainer, build_watcher
-from daemon.runtime.keys import Keys, text
+from daemon.runtime.keys import Keys, glob_escape, text
 from daemon.runtime.metrics import Metrics
+from daemon.runtime.options import keys_of
+from daemon.runtime.redisconn import RedisClient, Topology
 from daemon.runtime.settings import Settings
+from daemon.runtime.state import StateReader, each_shard
 from schemas.records import RecommendationList
 
 pytestmark = pytest.mark.integration
@@ -51,42 +53,53 @@ def publish_dataset_1998(settings: Settings, tmp: Path) -> int:
     return publish_dataset(settings, write_dataset(tmp / "old"))[1]
 
 
-def _handled(client: redis.Redis, keys: Keys) -> int:
-    stats: Any = client.hmget(keys.stats, "applied", "duplicates", "stale")
-    return sum(int(x or 0) for x in stats)
+def _handled(reader: StateReader) -> int:
+    """Events ingest has handled (applied, duplicates, stale), summed over the shards."""
+    totals = reader.totals()
+    return totals["applied"] + totals["duplicates"] + totals["stale"]
 
 
-def _lists(client: redis.Redis, keys: Keys) -> dict[str, RecommendationList]:
-    """Every user with a list -> that list."""
-    users = [text(k)[len(keys.rec("")) :] for k in client.scan_iter(match=keys.rec("*"), count=1000)]
-    raw: Any = client.mget([keys.rec(u) for u in users]) if users else []
+def _dirty(reader: StateReader) -> int:
+    """Users waiting in the fresh-change queues, summed over the shards."""
+    return sum(int(n) for n in each_shard(reader.topology, reader.keys, lambda p, s: p.zcard(reader.keys.dirty(s))))
+
+
+def _lists(client: RedisClient, keys: Keys) -> dict[str, RecommendationList]:
+    """Every user with a list -> that list (SCAN covers every primary of a cluster; one GET per list)."""
+    match = glob_escape(keys.rec("")) + "*"
+    users = [text(k)[len(keys.rec("")) :] for k in client.scan_iter(match=match, count=1000)]
+    pipe = client.pipeline(transaction=False)
+    for user in users:
+        pipe.get(keys.rec(user))
+    raw: Any = pipe.execute() if users else []
     return {u: RecommendationList.from_json(r) for u, r in zip(users, raw, strict=True) if r}
 
 
-def _versions(client: redis.Redis, keys: Keys) -> dict[str, str]:
+def _versions(client: RedisClient, keys: Keys) -> dict[str, str]:
     """Every user with a list -> the model version of that list."""
     return {u: rec.model_version for u, rec in _lists(client, keys).items()}
 
 
 @pytest.mark.parametrize("produce", [publish_synthetic_2023, publish_dataset_1998], ids=["synthetic", "dataset"])
 def test_first_model_rewrites_every_list_whatever_the_event_times(
-    settings: Settings, rclient: redis.Redis, tmp_path: Path, produce: Callable[[Settings, Path], int]
+    settings: Settings, rclient: RedisClient, tmp_path: Path, produce: Callable[[Settings, Path], int]
 ) -> None:
     settings = settings.replace(train_min_events=1, quality_tolerance=0.5, model_poll_s=0.0)
     sent = produce(settings, tmp_path)
-    keys, metrics = Keys(settings.redis_prefix), Metrics(CollectorRegistry())
+    keys, metrics = keys_of(settings), Metrics(CollectorRegistry())
+    reader = StateReader(Topology(rclient, -1), keys)
     ingest = build_ingest(settings, metrics)
-    server = build_server(settings, metrics, build_watcher(settings, rclient, metrics))
+    server = build_server(settings, metrics, build_watcher(settings, metrics))
     try:
         deadline = time.monotonic() + 60
-        while _handled(rclient, keys) < sent or int(rclient.zcard(keys.dirty)):  # type: ignore[arg-type]
+        while _handled(reader) < sent or _dirty(reader):
             assert time.monotonic() < deadline, "events not ingested and served"
             ingest.step()
             server.step()
         server.flush()
         before = _versions(rclient, keys)
         assert len(before) >= 40 and set(before.values()) == {"none"}
-        outcome = build_trainer(settings, metrics, rclient).run_once()
+        outcome = build_trainer(settings, metrics).run_once()
         assert outcome.status == "published", outcome
         deadline = time.monotonic() + 30
         while set(_versions(rclient, keys).values()) != {outcome.version}:

@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events
 from daemon.runtime.app import create_topics
-from daemon.runtime.keys import Keys
+from daemon.runtime.options import keys_of
+from daemon.runtime.redisconn import RedisClient, Topology
 from daemon.runtime.settings import Settings, env_name
+from daemon.runtime.state import StateReader
 from tests.kafkatools import produce_raw
 
 pytestmark = pytest.mark.integration
@@ -28,6 +29,8 @@ def spawn(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     for name in (
         "kafka_bootstrap",
         "redis_url",
+        "redis_cluster",
+        "redis_shards",
         "redis_prefix",
         "events_topic",
         "profiles_topic",
@@ -52,14 +55,14 @@ def assignments(log: Path, topic: str) -> set[int]:
 
 
 def test_replicas_split_partitions_and_apply_each_event_once(
-    settings: Settings, rclient: redis.Redis, tmp_path: Path
+    settings: Settings, rclient: RedisClient, tmp_path: Path
 ) -> None:
     create_topics(settings, partitions=4)
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     procs = [spawn(settings, logs[0])]
     time.sleep(2)
     procs.append(spawn(settings, logs[1]))
-    keys, topic = Keys(settings.redis_prefix), settings.events_topic
+    reader, topic = StateReader(Topology(rclient, -1), keys_of(settings)), settings.events_topic
     now = int(time.time() * 1000)
     events = list(synthetic_events(SyntheticSpec(users=200, items=100, seed=9, start_ms=now - 600_000), 4000))
     try:
@@ -72,8 +75,8 @@ def test_replicas_split_partitions_and_apply_each_event_once(
             time.sleep(0.5)
         produce_raw(settings, settings.events_topic, [(e["user_id"].encode(), encode(e)) for e in events])
         deadline = time.monotonic() + 60
-        while int(rclient.hget(keys.stats, "applied") or 0) < len(events):
-            assert time.monotonic() < deadline, rclient.hgetall(keys.stats)
+        while reader.totals()["applied"] < len(events):  # summed over every shard
+            assert time.monotonic() < deadline, reader.totals()
             time.sleep(0.2)
     finally:
         for proc in procs:
@@ -82,6 +85,7 @@ def test_replicas_split_partitions_and_apply_each_event_once(
             proc.wait(30)
     a, b = assignments(logs[0], topic), assignments(logs[1], topic)
     assert a and b and not a & b, (a, b)
-    assert int(rclient.hget(keys.stats, "duplicates") or 0) == 0
-    assert int(rclient.hget(keys.stats, "applied") or 0) == len(events)
+    totals = reader.totals()
+    assert totals["duplicates"] == 0
+    assert totals["applied"] == len(events)
     assert all(proc.returncode == 0 for proc in procs), [log.read_text()[-2000:] for log in logs]

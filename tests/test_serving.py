@@ -1,4 +1,5 @@
-"""Serving end to end on the real broker and Redis: events -> ingest -> first model -> lists.
+"""Serving end to end on the real broker and Redis (one node, and a Redis Cluster): events -> ingest -> first
+model -> lists.
 
 Every warm user gets ten unseen ANN items with a model version and time; a
 profile-only user gets a cold-start list; a new event changes the user's list
@@ -8,6 +9,7 @@ never exposes a partial list or one whose scores belong to another version.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -27,8 +29,10 @@ from daemon.runtime.app import build_ingest, build_server, build_trainer, build_
 from daemon.runtime.history import Entry
 from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
+from daemon.runtime.options import keys_of
+from daemon.runtime.redisconn import RedisClient, Topology, redis_client
 from daemon.runtime.settings import Settings
-from daemon.runtime.state import StateReader
+from daemon.runtime.state import StateReader, each_shard
 from daemon.serve.server import Server
 from daemon.train.publish import publish
 from daemon.train.scheduler import TrainRole
@@ -45,6 +49,7 @@ COLD_USER = "cold-profile-only"
 class World:
     settings: Settings
     keys: Keys
+    reader: StateReader  # merged reads of the per-shard state (stats, queues)
     metrics: Metrics
     ingest: IngestWorker
     trainer: TrainRole
@@ -62,17 +67,35 @@ class World:
         return time.monotonic() - started
 
 
-def _applied(client: redis.Redis, keys: Keys) -> int:
-    stats: Any = client.hmget(keys.stats, "applied", "duplicates", "stale")
-    return sum(int(x or 0) for x in stats)
+def _applied(reader: StateReader) -> int:
+    """Events ingest has handled (applied, duplicates, stale), summed over the shards."""
+    totals = reader.totals()
+    return totals["applied"] + totals["duplicates"] + totals["stale"]
 
 
-def _queued(client: redis.Redis, keys: Keys) -> int:
-    return sum(int(client.zcard(k)) for k in (keys.dirty, keys.swap_queue, keys.dirty_inflight))  # type: ignore[arg-type]
+def _inflight(w: World) -> int:
+    """Users leased by a claim, summed over the shards."""
+    return sum(int(n) for n in each_shard(w.reader.topology, w.keys, lambda p, s: p.zcard(w.keys.dirty_inflight(s))))
+
+
+def _mark_changed(client: RedisClient, keys: Keys, users: list[str], score: float) -> None:
+    """Queue users as ingest does: each in their own shard's changed-user queue."""
+    by_shard: dict[int, dict[str, float]] = {}
+    for user in users:
+        by_shard.setdefault(keys.shard_of(user), {})[user] = score
+    for shard, members in by_shard.items():
+        client.zadd(keys.dirty(shard), members)
 
 
 @pytest.fixture
-def world(settings: Settings, rclient: redis.Redis) -> Iterator[World]:
+def world(settings: Settings, rclient: RedisClient) -> Iterator[World]:
+    with serving_world(settings, rclient) as w:
+        yield w
+
+
+@contextlib.contextmanager
+def serving_world(settings: Settings, rclient: RedisClient) -> Iterator[World]:
+    """Events and profiles ingested and served before any model, a profile-only user among them."""
     settings = settings.replace(
         train_min_events=1, train_threads=2, recency_half_life_s=10 * 86_400, new_item_slots=0, quality_tolerance=0.5
     )
@@ -84,19 +107,20 @@ def world(settings: Settings, rclient: redis.Redis) -> Iterator[World]:
     produce_raw(settings, settings.profiles_topic, [(p["user_id"].encode(), encode(p)) for p in profiles])
     produce_raw(settings, settings.events_topic, [(e["user_id"].encode(), encode(e)) for e in events])
     metrics = Metrics(CollectorRegistry())
-    keys = Keys(settings.redis_prefix)
-    watcher = build_watcher(settings.replace(model_poll_s=0.0), rclient, metrics)
+    keys = keys_of(settings)
+    watcher = build_watcher(settings.replace(model_poll_s=0.0), metrics)
     w = World(
         settings,
         keys,
+        StateReader(Topology(rclient, -1), keys),
         metrics,
         build_ingest(settings, metrics),
-        build_trainer(settings, metrics, rclient),
+        build_trainer(settings, metrics),
         build_server(settings, metrics, watcher),
         events,
     )
     try:
-        w.pump(lambda: _applied(rclient, keys) >= len(events))
+        w.pump(lambda: _applied(w.reader) >= len(events))
         time.sleep(2.5)  # serving re-reads the list of known segments every 2 s
         # a user known only by a profile, arriving once the segments have data
         produce_raw(settings, settings.profiles_topic, [(COLD_USER.encode(), encode(cold))])
@@ -128,17 +152,29 @@ def _train(w: World) -> str:
     return outcome.version
 
 
-def _lists(client: redis.Redis, keys: Keys, users: list[str]) -> dict[str, RecommendationList]:
-    raw: Any = client.mget([keys.rec(u) for u in users])
+def _served(w: World) -> bool:
+    """A model is served and no user waits in any queue."""
+    return w.server.watcher.current is not None and w.reader.queued() == 0
+
+
+def _get_each(client: RedisClient, keys: list[str]) -> list[Any]:
+    """One GET per key, pipelined (per node on a cluster: lists carry no tag, a multi-key MGET would span slots)."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
+    return pipe.execute()
+
+
+def _lists(client: RedisClient, keys: Keys, users: list[str]) -> dict[str, RecommendationList]:
+    raw = _get_each(client, [keys.rec(u) for u in users])
     return {u: RecommendationList.from_json(r) for u, r in zip(users, raw, strict=True) if r}
 
 
-def _warm_users(w: World, client: redis.Redis) -> dict[str, set[str]]:
+def _warm_users(w: World) -> dict[str, set[str]]:
     """Users with a positive event (they must be served by ANN), with everything they touched."""
-    reader = StateReader(client, w.keys)
     users = sorted({e["user_id"] for e in w.events})
     out = {}
-    for user, entries in reader.histories_by_item_id(users).items():
+    for user, entries in w.reader.histories_by_item_id(users).items():
         newest = max((e.ts for _, e in entries), default=0)
         weights = [
             entry_weight(
@@ -151,10 +187,10 @@ def _warm_users(w: World, client: redis.Redis) -> dict[str, set[str]]:
     return out
 
 
-def test_warm_users_get_unseen_ann_lists_and_cold_user_gets_segment(world: World, rclient: redis.Redis) -> None:
+def test_warm_users_get_unseen_ann_lists_and_cold_user_gets_segment(world: World, rclient: RedisClient) -> None:
     version = _train(world)
-    world.pump(lambda: world.server.watcher.current is not None and _queued(rclient, world.keys) == 0)
-    warm = _warm_users(world, rclient)
+    world.pump(lambda: _served(world))
+    warm = _warm_users(world)
     assert len(warm) > 40
     lists = _lists(rclient, world.keys, sorted(warm))
     assert set(lists) == set(warm), "every warm user has a list"
@@ -176,10 +212,10 @@ def test_warm_users_get_unseen_ann_lists_and_cold_user_gets_segment(world: World
     assert written is not None and written >= len(warm)
 
 
-def test_new_event_changes_the_list_within_deadline(world: World, rclient: redis.Redis) -> None:
+def test_new_event_changes_the_list_within_deadline(world: World, rclient: RedisClient) -> None:
     _train(world)
-    world.pump(lambda: world.server.watcher.current is not None and _queued(rclient, world.keys) == 0)
-    user = sorted(_warm_users(world, rclient))[0]
+    world.pump(lambda: _served(world))
+    user = sorted(_warm_users(world))[0]
     before = _lists(rclient, world.keys, [user])[user]
     bought = before.items[0]
     event = {
@@ -204,28 +240,28 @@ def test_new_event_changes_the_list_within_deadline(world: World, rclient: redis
     assert fresh is not None and fresh >= 1
 
 
-def test_excluded_items_leave_every_list_within_a_second(world: World, rclient: redis.Redis) -> None:
+def test_excluded_items_leave_every_list_within_a_second(world: World, rclient: RedisClient) -> None:
     _train(world)
-    world.pump(lambda: world.server.watcher.current is not None and _queued(rclient, world.keys) == 0)
-    users = [*sorted(_warm_users(world, rclient)), COLD_USER]
+    world.pump(lambda: _served(world))
+    users = [*sorted(_warm_users(world)), COLD_USER]
     lists = _lists(rclient, world.keys, users)
     banned = [i for i, _ in Counter(i for rec in lists.values() for i in rec.items).most_common(3)]
     rclient.sadd(world.keys.exclusions, *banned)
     time.sleep(1.1)  # serving re-reads the exclusions every second
-    # the operations guide's refresh of every user with a history
-    rclient.execute_command("ZUNIONSTORE", world.keys.swap_queue, 1, world.keys.active, "WEIGHTS", -1)
-    rclient.zadd(world.keys.dirty, {COLD_USER: time.time() * 1000})  # profile-only: rewritten at its next event
-    world.pump(lambda: _queued(rclient, world.keys) == 0)
+    # the operations guide's refresh of every user with a history, shard by shard (both keys in the shard's slot)
+    for shard in range(world.keys.shards):
+        rclient.zunionstore(world.keys.swap_queue(shard), {world.keys.active(shard): -1})
+    _mark_changed(rclient, world.keys, [COLD_USER], time.time() * 1000)  # profile-only: rewritten at its next event
+    world.pump(lambda: world.reader.queued() == 0)
     for user, rec in _lists(rclient, world.keys, users).items():
         assert rec.updated_at > lists[user].updated_at, user
         assert len(rec.items) == 10 and not set(rec.items) & set(banned), (user, rec.items)
     assert _lists(rclient, world.keys, [COLD_USER])[COLD_USER].source.startswith("coldstart:")
 
 
-def _expected_scores(w: World, client: redis.Redis, rec: RecommendationList, index: Any) -> list[float]:
+def _expected_scores(w: World, rec: RecommendationList, index: Any) -> list[float]:
     """Scores the named version gives the listed items for this user's history (as served)."""
-    reader = StateReader(client, w.keys)
-    entries = reader.histories_by_item_id([rec.user_id])[rec.user_id]
+    entries = w.reader.histories_by_item_id([rec.user_id])[rec.user_id]
     now_s = max(e.ts for _, e in entries)  # ages count from the user's newest event
     pos, weights = [], []
     for item, entry in entries:
@@ -240,19 +276,22 @@ def _expected_scores(w: World, client: redis.Redis, rec: RecommendationList, ind
     return [float(x) for x in rows @ query]
 
 
-def test_model_swap_and_rollback_under_concurrent_reads(world: World, rclient: redis.Redis) -> None:
-    v1 = _train(world)
-    world.pump(lambda: world.server.watcher.current is not None and _queued(rclient, world.keys) == 0)
-    users = sorted(_warm_users(world, rclient))[:30]
-    indexes = {v1: world.server.watcher.current}
+def _serving(w: World, version: str) -> bool:
+    """``version`` is served and no user waits in any queue."""
+    current = w.server.watcher.current
+    return current is not None and current.version == version and w.reader.queued() == 0
+
+
+@contextlib.contextmanager
+def _readers(w: World, users: list[str], problems: list[str], n: int = 3) -> Iterator[list[tuple[str, str]]]:
+    """``n`` threads reading the users' lists over and over while the block runs; yields (user, raw list) read."""
     seen: list[tuple[str, str]] = []
-    problems: list[str] = []
     stop = threading.Event()
 
-    def reader() -> None:
-        client = redis.Redis.from_url(world.settings.redis_url)
+    def read() -> None:
+        client = redis_client(w.settings)  # a cluster client on the cluster
         while not stop.is_set():
-            for raw in client.mget([world.keys.rec(u) for u in users]):  # type: ignore[union-attr]
+            for raw in _get_each(client, [w.keys.rec(u) for u in users]):
                 try:
                     rec = RecommendationList.from_json(raw)
                 except (ValueError, TypeError, KeyError) as exc:
@@ -263,48 +302,46 @@ def test_model_swap_and_rollback_under_concurrent_reads(world: World, rclient: r
                 seen.append((rec.user_id, raw.decode() if isinstance(raw, bytes) else str(raw)))
         client.close()
 
-    threads = [threading.Thread(target=reader) for _ in range(3)]
+    threads = [threading.Thread(target=read) for _ in range(n)]
     for t in threads:
         t.start()
     try:
-        v2 = _train(world)  # a fine-tune of v1 on the same data: a new version to swap to
-        assert v2 != v1
-        world.pump(
-            lambda: (
-                world.server.watcher.current is not None
-                and world.server.watcher.current.version == v2
-                and _queued(rclient, world.keys) == 0
-            )
-        )
-        indexes[v2] = world.server.watcher.current
-        back = world.trainer.store.rollback()
-        assert back == v1
-        publish(rclient, world.keys, world.trainer.store, back)
-        world.pump(
-            lambda: (
-                world.server.watcher.current is not None
-                and world.server.watcher.current.version == v1
-                and _queued(rclient, world.keys) == 0
-            )
-        )
+        yield seen
     finally:
         stop.set()
         for t in threads:
             t.join()
+
+
+def test_model_swap_and_rollback_under_concurrent_reads(world: World, rclient: RedisClient) -> None:
+    v1 = _train(world)
+    world.pump(lambda: _served(world))
+    users = sorted(_warm_users(world))[:30]
+    indexes = {v1: world.server.watcher.current}
+    problems: list[str] = []
+    with _readers(world, users, problems) as seen:
+        v2 = _train(world)  # a fine-tune of v1 on the same data: a new version to swap to
+        assert v2 != v1
+        world.pump(lambda: _serving(world, v2))
+        indexes[v2] = world.server.watcher.current
+        back = world.trainer.store.rollback()
+        assert back == v1
+        publish(rclient, world.keys, world.trainer.store, back)
+        world.pump(lambda: _serving(world, v1))
     assert not problems, problems[:5]
     versions = {json.loads(raw)["model_version"] for _, raw in seen}
     assert versions <= {v1, v2} and v2 in versions, versions
     final = _lists(rclient, world.keys, users)
     assert {rec.model_version for rec in final.values()} == {v1}, "rollback refreshed every list"
-    _check_not_mixed(world, rclient, {raw for _, raw in seen}, indexes)
+    _check_not_mixed(world, {raw for _, raw in seen}, indexes)
 
 
-def _check_not_mixed(w: World, client: redis.Redis, raws: set[str], indexes: dict[str, Any]) -> None:
+def _check_not_mixed(w: World, raws: set[str], indexes: dict[str, Any]) -> None:
     """Every list read must score exactly as the version it names (no mixing of versions)."""
     checked = 0
     for raw in raws:
         rec = RecommendationList.from_json(raw)
-        expected = _expected_scores(w, client, rec, indexes[rec.model_version])
+        expected = _expected_scores(w, rec, indexes[rec.model_version])
         np.testing.assert_allclose(
             rec.scores,
             expected,
@@ -316,66 +353,21 @@ def _check_not_mixed(w: World, client: redis.Redis, raws: set[str], indexes: dic
     assert checked >= 30
 
 
-def _get(url: str) -> tuple[int, Any]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def test_http_lookups(world: World, rclient: redis.Redis) -> None:
-    from daemon.api.http import Routes, start_http
-    from daemon.runtime.app import build_lookup
-
-    version = _train(world)
-    world.pump(lambda: world.server.watcher.current is not None and _queued(rclient, world.keys) == 0)
-    routes = Routes(world.metrics)
-    build_lookup(world.settings, lambda: world.server.watcher.current).add_routes(routes)
-    http = start_http(routes, "127.0.0.1", 0)
-    base = f"http://127.0.0.1:{http.port}"
-    try:
-        user = sorted(_warm_users(world, rclient))[0]
-        status, body = _get(f"{base}/recommendations/{user}")
-        assert status == 200 and body["source"] == "ann" and body["model_version"] == version
-        assert body["items"] == _lists(rclient, world.keys, [user])[user].items
-        status, body = _get(f"{base}/recommendations/{user}?k=3")
-        assert status == 200 and len(body["items"]) == 3
-        status, body = _get(f"{base}/recommendations/never-seen-user")
-        assert status == 200 and (body["source"] == "popular" or body["source"].startswith("coldstart:"))
-        assert len(body["items"]) == 10
-        status, body = _get(f"{base}/recommendations/{user}?k=0")
-        assert status == 400 and "k must be" in body["error"]
-        status, body = _get(f"{base}/recommendations/{'x' * 300}")
-        assert status == 400 and "longer than" in body["error"]
-        item = world.server.watcher.current.item_ids[0]  # type: ignore[union-attr]
-        status, body = _get(f"{base}/similar/{item}")
-        assert status == 200 and len(body["items"]) == 10 and item not in body["items"]
-        status, body = _get(f"{base}/similar/no-such-item")
-        assert status == 404 and "not known" in body["error"]
-        status, body = _get(f"{base}/openapi.json")
-        assert status == 200 and "/recommendations/{user_id}" in body["paths"]
-        ok = world.metrics.registry.get_sample_value(
-            "recd_lookups_total", {"endpoint": "recommendations", "status": "200"}
-        )
-        assert ok is not None and ok >= 3
-    finally:
-        http.stop()
+def _change_and_step(w: World, users: list[str], score: float) -> int:
+    """Queue users as changed, then one serve step that asks every shard (none waits out an idle back-off)."""
+    _mark_changed(w.reader.client, w.keys, users, score)
+    w.server.queue.reset_pacing()
+    return w.server.step()
 
 
 def test_a_steps_write_lands_by_the_next_step_in_order_and_its_failure_surfaces(
-    world: World, rclient: redis.Redis
+    world: World, rclient: RedisClient
 ) -> None:
     _train(world)
-    world.pump(lambda: world.server.watcher.current is not None and _queued(rclient, world.keys) == 0)
+    world.pump(lambda: _served(world))
     users = sorted({e["user_id"] for e in world.events})
     server, before_ms = world.server, int(time.time() * 1000)
-    rclient.zadd(world.keys.dirty, dict.fromkeys(users[:40], float(before_ms)))
-    assert server.step() == 40  # computed; its write may still be on the writer thread
-    rclient.zadd(world.keys.dirty, dict.fromkeys(users[40:], float(before_ms)))
+    assert _change_and_step(world, users[:40], before_ms) == 40  # computed; its write may still be on the writer
     writes: list[list[str]] = []
     real_write, gate = server._write, threading.Event()
 
@@ -385,21 +377,19 @@ def test_a_steps_write_lands_by_the_next_step_in_order_and_its_failure_surfaces(
         real_write(lists, *rest)
 
     server._write = gated_write  # type: ignore[method-assign]
-    served = server.step()  # waits for the first write, hands its own over and returns
+    served = _change_and_step(world, users[40:], before_ms)  # waits for the first write, hands its own over
     assert served == len(users) - 40 and writes == []
-    assert rclient.zcard(world.keys.dirty_inflight) == served  # still leased while being written
+    assert _inflight(world) == served  # still leased while being written
     gate.set()
     server.flush()
-    assert writes == [users[40:]] and rclient.zcard(world.keys.dirty_inflight) == 0
+    assert [sorted(w) for w in writes] == [users[40:]] and _inflight(world) == 0  # claimed shard by shard
     assert all(rec.updated_at >= before_ms for rec in _lists(rclient, world.keys, users).values())
 
     def failing_write(*_: Any) -> None:
         raise redis.ConnectionError("Redis went away mid-write")
 
     server._write = failing_write  # type: ignore[method-assign]
-    rclient.zadd(world.keys.dirty, {users[0]: float(before_ms)})
-    assert server.step() == 1
-    rclient.zadd(world.keys.dirty, {users[1]: float(before_ms)})
+    assert _change_and_step(world, [users[0]], before_ms) == 1
     with pytest.raises(redis.ConnectionError):  # the next step reports it; the user stays leased, not lost
-        server.step()
-    assert rclient.zscore(world.keys.dirty_inflight, users[0]) is not None
+        _change_and_step(world, [users[1]], before_ms)
+    assert rclient.zscore(world.keys.dirty_inflight(world.keys.shard_of(users[0])), users[0]) is not None

@@ -213,7 +213,7 @@ def test_new_version_is_sortable_and_unique(tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
     names = {store.new_version("item2vec") for _ in range(50)}
     assert len(names) == 50
-    assert all(re.fullmatch(r"\d{8}T\d{6}Z-item2vec-[0-9a-f]{4}", n) for n in names)
+    assert all(re.fullmatch(r"\d{8}T\d{6}Z-item2vec-[0-9a-f]{8}", n) for n in names)
     stamp = time.strftime("%Y%m%dT%H%M", time.gmtime())
     assert min(names)[:13] <= stamp <= max(names)[:13]
     with pytest.raises(ValueError, match="bad model kind"):

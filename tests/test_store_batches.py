@@ -1,4 +1,4 @@
-"""ingest.lua's batch paths against a real Redis: appending a user's events in one go (and
+"""ingest.lua's batch paths against a real Redis (single and cluster): appending a user's events in one go (and
 falling back to one insert each), segment lookups shared within a batch, exact scores, TTLs."""
 
 from __future__ import annotations
@@ -7,15 +7,15 @@ import random
 import zlib
 
 import pytest
-import redis
 
 from bench.groundtruth import replay
 from daemon.ingest.store import RedisStore
-from daemon.runtime.keys import Keys
+from daemon.runtime.keys import Keys, text
 from daemon.runtime.options import store_options
 from daemon.runtime.profiles import finest_segment
+from daemon.runtime.redisconn import RedisClient, Topology
 from daemon.runtime.settings import load_settings
-from daemon.runtime.state import StateReader
+from daemon.runtime.state import StateReader, each_shard
 from schemas.events import EVENT_TYPES, InteractionEvent, ProfileEvent
 
 pytestmark = pytest.mark.integration
@@ -34,10 +34,10 @@ WEIGHTS = {
 SEGS = ("country", "age")
 
 
-def make_store(client: redis.Redis, prefix: str, **opts: object) -> RedisStore:
+def make_store(topology: Topology, keys: Keys, **opts: object) -> RedisStore:
     settings = {"history_len": 5, "history_ttl_s": 0, "event_weights": WEIGHTS, "segment_keys": SEGS, **opts}
     options = store_options(load_settings(environ={}, **settings))
-    return RedisStore(client, Keys(prefix), options)
+    return RedisStore(topology, keys, options)
 
 
 def ev(eid: str, sec: int, user: str = "u1", item: str = "i", etype: str = "view") -> tuple[InteractionEvent, int]:
@@ -48,24 +48,30 @@ def crc(eid: str) -> int:
     return zlib.crc32(eid.encode()) & 0xFFFFFF
 
 
-def history(client: redis.Redis, prefix: str, user: str = "u1") -> list[tuple[int, int, str]]:
-    hist = StateReader(client, Keys(prefix)).histories_by_item_id([user])[user]
+def history(topology: Topology, keys: Keys, user: str = "u1") -> list[tuple[int, int, str]]:
+    hist = StateReader(topology, keys).histories_by_item_id([user])[user]
     return [(e.ts, e.crc, item) for item, e in hist]
 
 
-def test_same_second_events_are_appended_in_crc_order(rclient: redis.Redis, prefix: str) -> None:
-    store = make_store(rclient, prefix)
+def shard_mates(keys: Keys, user: str, n: int) -> list[str]:
+    """``user`` and ``n - 1`` other users of its shard (one script, one ZADD, one popularity sum)."""
+    mates = (f"m{k}" for k in range(1_000_000) if keys.shard_of(f"m{k}") == keys.shard_of(user))
+    return [user] + [next(mates) for _ in range(n - 1)]
+
+
+def test_same_second_events_are_appended_in_crc_order(topology: Topology, keys: Keys) -> None:
+    store = make_store(topology, keys)
     store.apply_events([ev(f"old{k}", k, item=f"o{k}") for k in range(5)], T0)  # a full history
     ids = [f"new{k}" for k in range(4)]
     assert sorted(ids, key=crc) != ids  # arrival order is not (sec, crc) order
     result = store.apply_events([ev(e, 10, item=e) for e in ids], T0)
     assert (result.applied, result.duplicates, result.stale) == (4, 0, 0)
     new = sorted((T0 // 1000 + 10, crc(e), e) for e in ids)
-    assert history(rclient, prefix) == [(T0 // 1000 + 4, crc("old4"), "o4"), *new]
+    assert history(topology, keys) == [(T0 // 1000 + 4, crc("old4"), "o4"), *new]
 
 
-def test_duplicates_and_older_events_in_a_batch(rclient: redis.Redis, prefix: str) -> None:
-    store = make_store(rclient, prefix)
+def test_duplicates_and_older_events_in_a_batch(topology: Topology, keys: Keys) -> None:
+    store = make_store(topology, keys)
     store.apply_events([ev(f"e{k}", 10 + k) for k in range(5)], T0)  # a full history
     batch = [
         ev("n1", 20),
@@ -77,24 +83,17 @@ def test_duplicates_and_older_events_in_a_batch(rclient: redis.Redis, prefix: st
     assert (result.applied, result.duplicates, result.stale) == (2, 2, 0)
     result = store.apply_events([ev("e0", 10), ev("x", 1)], T0)  # e0 was trimmed: older than all now
     assert (result.applied, result.duplicates, result.stale) == (0, 0, 2)
-    assert [r[1] for r in history(rclient, prefix)] == [crc(e) for e in ("e2", "e3", "e4", "n1", "n2")]
+    assert [r[1] for r in history(topology, keys)] == [crc(e) for e in ("e2", "e3", "e4", "n1", "n2")]
 
 
-def test_a_shorter_history_setting_trims_on_the_next_append(rclient: redis.Redis, prefix: str) -> None:
-    make_store(rclient, prefix).apply_events([ev(f"e{k}", k) for k in range(5)], T0)
-    assert make_store(rclient, prefix, history_len=3).apply_events([ev("n", 9)], T0).applied == 1
-    assert [r[1] for r in history(rclient, prefix)] == [crc("e3"), crc("e4"), crc("n")]
+def test_a_shorter_history_setting_trims_on_the_next_append(topology: Topology, keys: Keys) -> None:
+    make_store(topology, keys).apply_events([ev(f"e{k}", k) for k in range(5)], T0)
+    assert make_store(topology, keys, history_len=3).apply_events([ev("n", 9)], T0).applied == 1
+    assert [r[1] for r in history(topology, keys)] == [crc("e3"), crc("e4"), crc("n")]
 
 
-def test_matches_reference_with_bursts_duplicates_and_profiles(rclient: redis.Redis, prefix: str) -> None:
-    rng = random.Random(11)
-    users = [f"u{k}" for k in range(5)]
-    profiles = {
-        "u0": {"country": "US", "age": "25-34"},
-        "u1": {"country": "US", "age": "25-34"},
-        "u2": {"country": "D|E", "age": "a\nb"},
-        "u3": {"age": "18-24"},
-    }  # u3: no segment, u4: none
+def bursts(rng: random.Random, users: list[str]) -> list[list[tuple[InteractionEvent, int]]]:
+    """300 random events in batches: bursts per user, re-deliveries, duplicates inside a batch."""
     events = [
         ev(
             f"e{k}",
@@ -111,7 +110,19 @@ def test_matches_reference_with_bursts_duplicates_and_profiles(rclient: redis.Re
         chunk = events[max(0, pos - rng.randrange(0, 20)) : pos + step]
         delivered.append(chunk + rng.sample(chunk, min(2, len(chunk))))
         pos += step
-    store = make_store(rclient, prefix)
+    return delivered
+
+
+def test_matches_reference_with_bursts_duplicates_and_profiles(topology: Topology, keys: Keys) -> None:
+    users = [f"u{k}" for k in range(5)]
+    profiles = {
+        "u0": {"country": "US", "age": "25-34"},
+        "u1": {"country": "US", "age": "25-34"},
+        "u2": {"country": "D|E", "age": "a\nb"},
+        "u3": {"age": "18-24"},
+    }  # u3: no segment, u4: none
+    delivered = bursts(random.Random(11), users)
+    store = make_store(topology, keys)
     store.apply_profiles([(ProfileEvent(u, a, T0), T0) for u, a in profiles.items()])
     results = [store.apply_events(batch, T0) for batch in delivered]
     docs = [
@@ -124,19 +135,18 @@ def test_matches_reference_with_bursts_duplicates_and_profiles(rclient: redis.Re
     assert sum(r.applied for r in results) == expected.applied
     assert sum(r.duplicates for r in results) == expected.duplicates
     assert sum(r.stale for r in results) == expected.stale
-    pop = {k.decode(): v for k, v in rclient.zrange(Keys(prefix).popularity, 0, -1, withscores=True)}
-    assert pop == pytest.approx(dict(expected.popularity))
-    got = StateReader(rclient, Keys(prefix)).histories_by_item_id(users)
+    reader = StateReader(topology, keys)
+    assert dict(reader.popularity()) == pytest.approx(dict(expected.popularity))
+    got = reader.histories_by_item_id(users)
     assert {u: [(e.ts, e.crc, item) for item, e in h] for u, h in got.items() if h} == expected.histories
     for seg, pop in expected.segments.items():
-        stored = {k.decode(): v for k, v in rclient.zrange(Keys(prefix).segment(seg), 0, -1, withscores=True)}
-        assert stored == pytest.approx(dict(pop))
-    assert {s.decode() for s in rclient.smembers(Keys(prefix).segments)} == set(expected.segments)
+        assert reader.segment_scores(seg) == pytest.approx(dict(pop))
+    assert reader.segment_names() == set(expected.segments)
 
 
-def test_segments_follow_profile_changes_between_batches(rclient: redis.Redis, prefix: str) -> None:
-    store = make_store(rclient, prefix)
-    keys = Keys(prefix)
+def test_segments_follow_profile_changes_between_batches(topology: Topology, keys: Keys) -> None:
+    store = make_store(topology, keys)
+    reader = StateReader(topology, keys)
     store.apply_events([ev("a", 1, item="x", etype="click")], T0)  # before any profile: no segment
     store.apply_profiles(
         [(ProfileEvent("u1", {"country": "US"}, T0), T0), (ProfileEvent("u2", {"country": "US"}, T0), T0)]
@@ -144,28 +154,29 @@ def test_segments_follow_profile_changes_between_batches(rclient: redis.Redis, p
     store.apply_events([ev("b", 2, item="x"), ev("c", 2, user="u2", item="x")], T0)  # one chain, two users
     store.apply_profiles([(ProfileEvent("u1", {"country": "FR", "age": "55+"}, T0 + 1), T0)])
     store.apply_events([ev("d", 3, item="x", etype="purchase")], T0)
-    assert rclient.zscore(keys.segment("country=US"), "x") == 2.0
-    assert rclient.zscore(keys.segment("country=FR|age=55+"), "x") == 5.0
-    assert {s.decode() for s in rclient.smembers(keys.segments)} == {"country=US", "country=FR|age=55+"}
+    assert reader.segment_scores("country=US")["x"] == 2.0
+    assert reader.segment_scores("country=FR|age=55+")["x"] == 5.0
+    assert reader.segment_names() == {"country=US", "country=FR|age=55+"}
 
 
-def test_fractional_weight_sums_are_exact(rclient: redis.Redis, prefix: str) -> None:
-    store = make_store(rclient, prefix, segment_keys=())
-    batch = [ev(f"e{k}", k, user=f"u{k % 3}", item="x", etype="add_to_cart") for k in range(7)]
+def test_fractional_weight_sums_are_exact(topology: Topology, keys: Keys) -> None:
+    store = make_store(topology, keys, segment_keys=())
+    users = shard_mates(keys, "u1", 3)  # one shard: the script's sums are the whole popularity
+    batch = [ev(f"e{k}", k, user=users[k % 3], item="x", etype="add_to_cart") for k in range(7)]
     batch += [ev(f"l{k}", k, item="y", etype="like") for k in range(3)]
     store.apply_events(batch, T0)
     store.apply_events([ev("z", 9, item="x", etype="add_to_cart")], T0)
     x = 0.0
     for _ in range(7):
         x += 0.1
-    assert rclient.zscore(Keys(prefix).popularity, "x") == x + 0.1  # 0.7999999999999999, as ZINCRBY sums
-    assert rclient.zscore(Keys(prefix).popularity, "y") == 0.7 + 0.7 + 0.7
+    pop = dict(StateReader(topology, keys).popularity())
+    assert pop["x"] == x + 0.1  # 0.7999999999999999, as ZINCRBY sums
+    assert pop["y"] == 0.7 + 0.7 + 0.7
 
 
 @pytest.mark.parametrize("ttl", [0, 3600])
-def test_ttls_after_appending(rclient: redis.Redis, prefix: str, ttl: int) -> None:
-    store = make_store(rclient, prefix, history_ttl_s=ttl)
-    keys = Keys(prefix)
+def test_ttls_after_appending(rclient: RedisClient, topology: Topology, keys: Keys, ttl: int) -> None:
+    store = make_store(topology, keys, history_ttl_s=ttl)
     store.apply_profiles([(ProfileEvent("u1", {"country": "US"}, T0), T0)])
     store.apply_events([ev(f"e{k}", k) for k in range(5)], T0)
     rclient.expire(keys.history("u1"), 10)
@@ -178,9 +189,11 @@ def test_ttls_after_appending(rclient: redis.Redis, prefix: str, ttl: int) -> No
         assert hist_ttl == -1 and 0 < prof_ttl <= 10
 
 
-def test_every_user_of_a_large_batch_is_queued(rclient: redis.Redis, prefix: str) -> None:
-    store = make_store(rclient, prefix)  # more users than one ZADD takes (ingest.lua's CHUNK)
-    batch = [(InteractionEvent(f"e{k}", f"u{k}", "i", "view", T0, None), T0 + k) for k in range(1200)]
+def test_every_user_of_a_large_batch_is_queued(topology: Topology, keys: Keys) -> None:
+    store = make_store(topology, keys)
+    users = shard_mates(keys, "u0", 1200)  # one shard's script: more users than one ZADD takes (ingest.lua's CHUNK)
+    batch = [(InteractionEvent(f"e{k}", user, "i", "view", T0, None), T0 + k) for k, user in enumerate(users)]
     store.apply_events(batch, T0)
-    queued = {m.decode(): s for m, s in rclient.zrange(Keys(prefix).dirty, 0, -1, withscores=True)}
-    assert queued == {f"u{k}": float(T0 + k) for k in range(1200)}
+    rows = each_shard(topology, keys, lambda p, s: p.zrange(keys.dirty(s), 0, -1, withscores=True))
+    queued = {text(m): s for row in rows for m, s in row}
+    assert queued == {user: float(T0 + k) for k, user in enumerate(users)}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import redis
 
 from daemon.ingest.store import RedisStore, StoreOptions
 from daemon.runtime.history import entries, event_weight, weight_table
 from daemon.runtime.keys import Keys, text
+from daemon.runtime.redisconn import RedisClient, Topology
 from daemon.train.source import read_snapshot
 from schemas.events import InteractionEvent
 
@@ -18,8 +18,21 @@ T0 = 1_700_000_000_000
 WEIGHTS = {"view": 1.0, "click": 2.0, "rating": 4.0, "dislike": -3.0}
 
 
-def test_snapshot_holds_every_record_as_the_per_record_decoder_reads_it(rclient: redis.Redis, prefix: str) -> None:
-    keys = Keys(prefix)
+def random_events(rng: np.random.Generator) -> list[tuple[InteractionEvent, int]]:
+    """3000 events of 150 users (over every shard) and 90 items."""
+    kinds = ["view", "click", "rating", "dislike"]
+    events = []
+    for k in range(3000):
+        kind = kinds[int(rng.integers(0, 4))]
+        value = float(rng.integers(1, 11)) / 2 if kind == "rating" else None
+        event = InteractionEvent(f"e{k}", f"u{rng.integers(0, 150)}", f"i{rng.integers(0, 90)}", kind, T0 + k, value)
+        events.append((event, T0))
+    return events
+
+
+def test_snapshot_holds_every_record_as_the_per_record_decoder_reads_it(
+    rclient: RedisClient, topology: Topology, keys: Keys
+) -> None:
     options = StoreOptions(
         history_len=100,
         history_ttl_s=0,
@@ -28,16 +41,9 @@ def test_snapshot_holds_every_record_as_the_per_record_decoder_reads_it(rclient:
         weights=WEIGHTS,
         segment_keys=(),
     )
-    rng = np.random.default_rng(3)
-    kinds = ["view", "click", "rating", "dislike"]
-    events = []
-    for k in range(3000):
-        kind = kinds[int(rng.integers(0, 4))]
-        value = float(rng.integers(1, 11)) / 2 if kind == "rating" else None
-        event = InteractionEvent(f"e{k}", f"u{rng.integers(0, 150)}", f"i{rng.integers(0, 90)}", kind, T0 + k, value)
-        events.append((event, T0))
-    RedisStore(rclient, keys, options).apply_events(events, T0)
-    snap = read_snapshot(rclient, keys, weight_table(WEIGHTS, 4.0), chunk=37)  # many chunks, a short last one
+    events = random_events(np.random.default_rng(3))
+    RedisStore(topology, keys, options).apply_events(events, T0)
+    snap = read_snapshot(topology, keys, weight_table(WEIGHTS, 4.0), chunk=37)  # many chunks, a short last one
     data = snap.data
     assert snap.applied_events == 3000 == len(data)  # 100 kept per user: nobody has that many here
     names = {int(n): text(i) for n, i in rclient.hgetall(keys.item_ids).items()}  # type: ignore[union-attr]
@@ -60,6 +66,6 @@ def test_snapshot_holds_every_record_as_the_per_record_decoder_reads_it(rclient:
     assert data.item_ids == sorted(data.item_ids)
 
 
-def test_an_empty_store_gives_an_empty_snapshot(rclient: redis.Redis, prefix: str) -> None:
-    snap = read_snapshot(rclient, Keys(prefix), weight_table(WEIGHTS, 4.0))
+def test_an_empty_store_gives_an_empty_snapshot(topology: Topology, keys: Keys) -> None:
+    snap = read_snapshot(topology, keys, weight_table(WEIGHTS, 4.0))
     assert len(snap.data) == 0 and snap.data.user_ids == [] and snap.applied_events == 0

@@ -12,6 +12,10 @@ from redis.retry import Retry
 
 from daemon.serve.wire import Commands, send
 
+# ``send`` writes packed commands on one connection of one node's pool (on a cluster RoutedCommands groups them
+# per node first); the keys here are in different slots, so these tests are for one Redis only.
+pytestmark = pytest.mark.single_redis
+
 
 def test_set_many_writes_every_value_with_and_without_a_ttl(rclient: redis.Redis, prefix: str) -> None:
     commands = Commands()

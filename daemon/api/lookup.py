@@ -13,10 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
 from daemon.api.http import Handler, Routes
-from daemon.runtime.keys import Keys
 from daemon.runtime.redisconn import REDIS_OUTAGE
 from daemon.runtime.state import StateReader
 from daemon.serve.coldstart import ColdStart
@@ -64,16 +61,10 @@ def unavailable_as_503(handler: Handler) -> Handler:
 
 class Lookup:
     def __init__(
-        self,
-        client: redis.Redis,
-        keys: Keys,
-        cold: ColdStart,
-        reader: StateReader,
-        top_k: int,
-        current: Callable[[], ServingIndex | None],
+        self, reader: StateReader, cold: ColdStart, top_k: int, current: Callable[[], ServingIndex | None]
     ) -> None:
-        self.client = client
-        self.keys = keys
+        self.client = reader.client
+        self.keys = reader.keys
         self.cold = cold
         self.reader = reader
         self.top_k = top_k

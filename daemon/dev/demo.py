@@ -28,10 +28,12 @@ from daemon.dev.embedded import EmbeddedError, LocalProcess, redis_answers, star
 from daemon.dev.publish import make_producer, publish, publish_dataset, publish_synthetic
 from daemon.dev.synthetic import SyntheticSpec
 from daemon.runtime.app import App, create_topics
-from daemon.runtime.keys import Keys, text
+from daemon.runtime.keys import glob_escape
+from daemon.runtime.options import keys_of, topology_of
 from daemon.runtime.redisconn import redis_client
 from daemon.runtime.roles import add_roles
 from daemon.runtime.settings import Settings
+from daemon.runtime.state import StateReader
 
 COLD_USER = "demo-cold-user"
 
@@ -141,9 +143,10 @@ def add_cold_user(settings: Settings) -> None:
     producer.close()
 
 
-def applied(client: redis.Redis, keys: Keys) -> int:
-    stats: Any = client.hmget(keys.stats, "applied", "duplicates", "stale")
-    return sum(int(x or 0) for x in stats)
+def handled(reader: StateReader) -> int:
+    """Events ingest has handled (applied, duplicates, stale), over every shard."""
+    totals = reader.totals()
+    return totals["applied"] + totals["duplicates"] + totals["stale"]
 
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -186,16 +189,17 @@ def _demo(settings: Settings, args: argparse.Namespace, out: Path, stop: Stop) -
     app = App.create(settings)
     add_roles(app)
     http = app.start_http()
-    client, keys = redis_client(settings), Keys(settings.redis_prefix)
+    reader = StateReader(topology_of(settings), keys_of(settings), settings.segment_keys)
+    client, keys = reader.client, reader.keys
     try:
         app.service.stop.clear()
         runner = _start(app)
-        wait_for("ingesting", sent, lambda: applied(client, keys), stop)
+        wait_for("ingesting", sent, lambda: handled(reader), stop)
         add_cold_user(settings)
         wait_for("training the first model", 1, lambda: int(client.exists(keys.model_current)), stop)
-        wait_for("serving fresh lists", 1, lambda: int(_settled(client, keys, app)), stop)
+        wait_for("serving fresh lists", 1, lambda: int(_settled(reader, app)), stop)
         url = f"http://127.0.0.1:{http.port}"
-        print_report(settings, app, client, titles, COLD_USER, out, url, live=args.keep_serving)
+        print_report(settings, app, reader, titles, COLD_USER, out, url, live=args.keep_serving)
         if args.keep_serving:
             stop.event.wait()
     finally:
@@ -218,26 +222,24 @@ def _start(app: App) -> Callable[[], int]:
     return join
 
 
-def _settled(client: redis.Redis, keys: Keys, app: App) -> bool:
+def _settled(reader: StateReader, app: App) -> bool:
     """A model is served, no user waits, and what the report prints was written by that model."""
     index = app.watcher.current if app.watcher is not None else None
-    queued = sum(int(client.zcard(k)) for k in (keys.dirty, keys.swap_queue, keys.dirty_inflight))  # type: ignore[arg-type]
-    if index is None or queued or not client.exists(keys.rec(COLD_USER)):
+    client, keys = reader.client, reader.keys
+    if index is None or reader.queued() or not client.exists(keys.rec(COLD_USER)):
         return False
-    users: Any = client.zrevrange(keys.active, 0, 2)
-    lists: Any = client.mget([keys.rec(text(u)) for u in users]) if users else []
+    users = reader.recently_served(3)
+    lists: Any = [client.get(keys.rec(u)) for u in users]
     versions = {json.loads(raw)["model_version"] for raw in lists if raw}
-    top: Any = client.zrevrange(keys.popularity, 0, 0)
-    return (
-        versions == {index.version} and len(lists) == len(users) and bool(top and client.exists(keys.sim(text(top[0]))))
-    )
+    top = reader.popularity(1)
+    return versions == {index.version} and all(lists) and bool(top and client.exists(keys.sim(top[0][0])))
 
 
 def _cleanup(settings: Settings) -> None:
     """Remove every key under the demo's own prefix (it is the demo's alone)."""
     try:
         client = redis_client(settings)
-        for key in client.scan_iter(match=settings.redis_prefix + "*", count=1000):
+        for key in client.scan_iter(match=glob_escape(settings.redis_prefix) + "*", count=1000):
             client.delete(key)
     except redis.RedisError as exc:
         print(f"recd demo: could not remove the keys under {settings.redis_prefix}: {exc}", file=sys.stderr)

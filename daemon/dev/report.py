@@ -6,10 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from daemon.runtime.app import App
-from daemon.runtime.keys import Keys, text
 from daemon.runtime.settings import Settings
 from daemon.runtime.state import StateReader
 from schemas.records import RecommendationList, SimilarList
@@ -30,10 +27,9 @@ def _print_list(header: str, items: list[str], scores: list[float], titles: dict
         print(f"   {rank:>2}. {_name(item, titles):<60} {score:8.4f}")
 
 
-def _warm_lists(client: redis.Redis, keys: Keys, n: int) -> list[RecommendationList]:
+def _warm_lists(reader: StateReader, n: int) -> list[RecommendationList]:
     """The lists of the ``n`` most recently served users whom the model served (not cold start)."""
-    reply: Any = client.zrevrange(keys.active, 0, 20 * n - 1)
-    raw: Any = client.mget([keys.rec(text(u)) for u in reply]) if reply else []
+    raw: Any = [reader.client.get(reader.keys.rec(u)) for u in reader.recently_served(20 * n)]
     lists = [RecommendationList.from_json(r) for r in raw if r]
     return [rec for rec in lists if rec.source == "ann"][:n]
 
@@ -41,7 +37,7 @@ def _warm_lists(client: redis.Redis, keys: Keys, n: int) -> list[RecommendationL
 def print_report(
     settings: Settings,
     app: App,
-    client: redis.Redis,
+    reader: StateReader,
     titles: dict[str, str],
     cold_user: str,
     out: Path,
@@ -49,27 +45,27 @@ def print_report(
     live: bool,
 ) -> None:
     """Three warm users' lists, the cold user's, the most popular item's neighbours, plots, where to look next."""
-    keys = Keys(settings.redis_prefix)
+    client, keys = reader.client, reader.keys
     print()
-    _print_warm(client, keys, StateReader(client, keys, settings.segment_keys), titles)
+    _print_warm(reader, titles)
     raw_cold: Any = client.get(keys.rec(cold_user))
     if raw_cold:
         cold = RecommendationList.from_json(raw_cold)
         _print_list(f"new user {cold_user} with only a profile - source {cold.source}", cold.items, cold.scores, titles)
-    top: Any = client.zrevrange(keys.popularity, 0, 0)
-    raw_sim: Any = client.get(keys.sim(text(top[0]))) if top else None
+    top = reader.popularity(1)
+    raw_sim: Any = client.get(keys.sim(top[0][0])) if top else None
     if raw_sim:
         sim = SimilarList.from_json(raw_sim)
         _print_list(f"items like the most popular one, {_name(sim.item_id, titles)}", sim.items, sim.scores, titles)
-    plots = write_plots(settings, app, titles, out)
+    plots = write_plots(reader, app, titles, out)
     if plots:
         print(f"\nplots: {', '.join(str(p) for p in plots)}")
     _print_routes(settings, metrics_url, live)
 
 
-def _print_warm(client: redis.Redis, keys: Keys, reader: StateReader, titles: dict[str, str]) -> None:
+def _print_warm(reader: StateReader, titles: dict[str, str]) -> None:
     """The most recently served warm users' lists, each with what they did last."""
-    for rec in _warm_lists(client, keys, 3):
+    for rec in _warm_lists(reader, 3):
         recent = [item for item, _ in reader.histories_by_item_id([rec.user_id])[rec.user_id][-3:]]
         header = (
             f"user {rec.user_id} (recently: {', '.join(_name(i, titles) for i in recent)}) "
@@ -97,7 +93,7 @@ def _print_routes(settings: Settings, metrics_url: str, live: bool) -> None:
     )
 
 
-def write_plots(settings: Settings, app: App, titles: dict[str, str], out: Path) -> list[Path]:
+def write_plots(reader: StateReader, app: App, titles: dict[str, str], out: Path) -> list[Path]:
     """Embedding map of the served model (matplotlib is optional)."""
     try:
         from trainer.evaluation.plots import plot_embedding_map
@@ -106,9 +102,7 @@ def write_plots(settings: Settings, app: App, titles: dict[str, str], out: Path)
     index = app.watcher.current if app.watcher is not None else None
     if index is None:
         return []
-    client = redis.Redis.from_url(settings.redis_url)
-    pop_reply: Any = client.zrange(Keys(settings.redis_prefix).popularity, 0, -1, withscores=True)
-    popularity = {text(m): float(s) for m, s in pop_reply}
+    popularity = dict(reader.popularity())
     path = out / "embedding_map.png"
     try:
         plot_embedding_map(index.model, titles, popularity, path)

@@ -1,13 +1,17 @@
--- recd: apply one batch of interaction events, atomically, in one round trip.
--- KEYS: 1 items, 2 items:ids, 3 items:seq, 4 items:first, 5 pop, 6 trend,
---       7 trend:epoch, 8 items:gen, 9 dirty, 10 stats, 11 segs
--- ARGV: 1 key prefix, 2 JSON {rec = {record, key, key_item, size}, now, ttl, hl, n,
---       seg = [attribute names], gen, token,
---       items = [[item id, item number or 0], ...],
---       max_sec, u = [[user, sec, crc24, item index (1-based), code, w, msg_ms, sec, ...], ...]}
+-- recd: apply one shard's part of a batch of interaction events, atomically, in one round trip.
+-- Every key is in KEYS and carries the shard's hash tag (one slot):
+--   1 pop, 2 trend, 3 trend:epoch, 4 dirty, 5 stats, 6 segs,
+--   then for the i-th user of b.u: 6 + 2i - 1 its history, 6 + 2i its profile,
+--   then for the j-th name of b.sn: 6 + 2 * #b.u + j that segment's popularity zset.
+-- ARGV: 1 JSON {rec = {record, key, key_item, size}, now, ttl, hl, n, max_sec,
+--       items = [[item id, item number], ...], sn = [segment names],
+--       u = [[user, sec, crc24, item index (1-based), code, w, msg_ms, sec, ...], ...],
+--       es = [the segment index (in sn, 0 = none) each user's profile is expected to name],
+--       check = whether segments are configured at all}
 --       (each user's events flat, six fields apiece, in arrival order)
--- Returns {applied, duplicates, stale, new items, gen, {item index, number, ...}} or, when the
--- caller's item numbers belong to another generation of the items hash, {-1, gen}.
+-- Returns {applied, duplicates, stale, {i, segment, ...}}: the last lists the users whose profile names
+-- another finest segment than expected (its '_seg' field): nothing of theirs is applied; the caller sends
+-- them again with the right segment key.
 --
 -- History records (layout in daemon/runtime/history.py, passed in b.rec): sec, crc24, item number,
 -- code byte, sorted by (sec, crc). An event whose (sec, crc, item) is in the history is a duplicate; one
@@ -22,42 +26,19 @@
 -- new ones can be appended (the usual case) - and Redis appends; the dirty and segs members
 -- go in a few multi-member calls; repeated numbers are passed as text.
 local call, unpack_rec, pack_rec, sub = redis.call, struct.unpack, struct.pack, string.sub
-local P = ARGV[1]
-local b = cjson.decode(ARGV[2])
+local b = cjson.decode(ARGV[1])
 -- the record layout, given by daemon/runtime/history.py (its one owner)
 local R, FMT, KEY, KEY_ITEM = b.rec.size, b.rec.record, b.rec.key, b.rec.key_item
 local CHUNK = 1000  -- values per multi-member call (Lua's unpack() gives at most 8000)
-local now, ttl, hl, n, seg_names = b.now, b.ttl, b.hl, b.n, b.seg
-local items, incr, assigned = b.items, {}, {}
-local applied, dups, stale, new_items, last_ts = 0, 0, 0, 0, 0
+local ttl, hl, n, seg_names, expected = b.ttl, b.hl, b.n, b.sn, b.es
+local items, incr = b.items, {}
+local applied, dups, stale, last_ts = 0, 0, 0, 0
+local USERS = 6  -- KEYS before the users'
+local SEGS = USERS + 2 * #b.u  -- KEYS before the segments'
 
-local gen = call('GET', KEYS[8])
-if not gen then
-  call('SET', KEYS[8], b.token)
-  gen = b.token
-end
-if b.gen ~= gen then
-  for _, it in ipairs(items) do
-    if it[2] ~= 0 then return {-1, gen} end
-  end
-end
-
--- Item number of batch item i: given by the caller, looked up, or assigned now.
+-- The number of batch item i (assigned by the item dictionary before this call).
 local function item_number(i)
-  local it = items[i]
-  if it[2] ~= 0 then return it[2] end
-  local v = call('HGET', KEYS[1], it[1])
-  if not v then
-    v = call('INCR', KEYS[3])
-    call('HSET', KEYS[1], it[1], v)
-    call('HSET', KEYS[2], v, it[1])
-    call('ZADD', KEYS[4], 'NX', now, it[1])
-    new_items = new_items + 1
-  end
-  it[2] = tonumber(v)
-  assigned[#assigned + 1] = i
-  assigned[#assigned + 1] = it[2]
-  return it[2]
+  return items[i][2]
 end
 
 local function less(t1, f1, t2, f2)
@@ -89,18 +70,18 @@ end
 -- Trend scores are relative to an epoch; move it (rescaling stored scores) before any
 -- factor could exceed 2^60, so scores stay finite for any span of event times.
 local function prepare_epoch()
-  local stored = call('GET', KEYS[7])
+  local stored = call('GET', KEYS[3])
   local epoch = stored and tonumber(stored) or nil
   local max_sec = b.max_sec
   if max_sec == 0 then return epoch end
   if not epoch then
     epoch = max_sec
-    call('SET', KEYS[7], epoch)
+    call('SET', KEYS[3], epoch)
   elseif (max_sec - epoch) / hl > 60 then
     local shift = math.floor((max_sec - epoch) / hl) - 30
-    call('ZUNIONSTORE', KEYS[6], 1, KEYS[6], 'WEIGHTS', 2 ^ (-shift))
+    call('ZUNIONSTORE', KEYS[2], 1, KEYS[2], 'WEIGHTS', 2 ^ (-shift))
     epoch = epoch + shift * hl
-    call('SET', KEYS[7], epoch)
+    call('SET', KEYS[3], epoch)
   end
   return epoch
 end
@@ -114,18 +95,6 @@ local function chunked(values, ...)
   end
 end
 
--- 'name1=v1|name2=v2|...' of the first depth segment attributes ('|' and newlines in values
--- would be read as separators).
-local function build_chain(vals, depth)
-  local parts = {}
-  for i = 1, depth do
-    local v = vals[i]
-    if string.find(v, '[|\n]') then v = string.gsub((string.gsub(v, '|', '/')), '\n', ' ') end
-    parts[i] = seg_names[i] .. '=' .. v
-  end
-  return table.concat(parts, '|')
-end
-
 local function add(key, item, w)
   local t = incr[key]
   if not t then
@@ -133,29 +102,6 @@ local function add(key, item, w)
     incr[key] = t
   end
   t[item] = (t[item] or 0) + w
-end
-
--- Chains by profile values, per batch: few distinct profiles, so the chain and its key are
--- built once each, not once per user. node[v1][v2]...[0] = chain of the values on that path.
-local chain_memo = {}
-
--- The user's finest profile segment ('country=US|age_band=25-34|...') or false.
-local function finest_segment(pk)
-  local vals = call('HMGET', pk, unpack(seg_names))
-  local node, depth = chain_memo, 0
-  for i = 1, #seg_names do
-    local v = vals[i]
-    if not v or v == '' then break end
-    local nxt = node[v]
-    if not nxt then
-      nxt = {}
-      node[v] = nxt
-    end
-    node, depth = nxt, i
-  end
-  if depth == 0 then return false end
-  if not node[0] then node[0] = build_chain(vals, depth) end
-  return node[0]
 end
 
 -- The history with rec inserted at slot pos and, beyond n records, the oldest dropped: one
@@ -191,26 +137,42 @@ local function append_order(u, lt, lf)
   return order
 end
 
+-- The shard's aggregates must hold their types before anything is written (see write_all).
+local function check_types()
+  local want = {'zset', 'zset', 'string', 'zset', 'hash', 'set'}
+  for k = SEGS + 1, #KEYS do want[k] = 'zset' end
+  for k, kind in pairs(want) do
+    local found = call('TYPE', KEYS[k]).ok
+    if found ~= 'none' and found ~= kind then
+      return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. found .. ', recd keeps a ' .. kind .. ' there')
+    end
+  end
+end
+
+local wrong = check_types()
+if wrong then return wrong end
 local epoch = prepare_epoch()
 local TTL = tostring(ttl)  -- numbers given to redis.call are formatted with %.17g each time
 local keep_from = {}       -- k -> GETRANGE start of the n - k newest records, as text
-local seg_keys = {}        -- segment -> its zset key; also the segments to add to segs
+local seg_used = {}        -- indexes (in sn) of segments counted: their names go to segs
 local dirty = {}           -- first message ms, user, ... for ZADD NX
--- The user being applied: profile key, and its segment's zset key (false: none; nil: not
--- looked up yet). Plain locals rather than a table per user.
-local user_pk, user_seg = nil, nil
+-- The segment zset key of the user being applied (false: none). A plain local, not a table per user.
+local user_seg = false
 
--- The zset key of the user's finest segment, or false.
-local function segment_key()
-  if #seg_names == 0 then return false end
-  local seg = finest_segment(user_pk)
-  if not seg then return false end
-  local key = seg_keys[seg]
-  if not key then
-    key = P .. 'seg:' .. seg
-    seg_keys[seg] = key
+-- The segment index the user's profile names (0: none) or nil and the name when it is not the expected
+-- one. Only a user with a positive event needs one (only positives count in segment popularity).
+local function check_segment(i, u)
+  local want = expected[i]
+  if not b.check then return 0 end  -- no segments configured
+  local positive = false
+  for j = 6, #u, 6 do
+    if u[j] > 0 then positive = true; break end
   end
-  return key
+  if not positive then return 0 end
+  local actual = call('HGET', KEYS[USERS + 2 * i], '_seg') or ''
+  local name = want > 0 and seg_names[want] or ''
+  if actual ~= name then return nil, actual end
+  return want
 end
 
 -- Counts an applied event (u[j...]): stats, popularity, trend and segment popularity.
@@ -222,15 +184,29 @@ local function count_applied(u, j, first)
   if first ~= nil and first < msg then msg = first end
   if w <= 0 then return msg end
   local item = items[u[j + 2]][1]
-  add(KEYS[5], item, w)
-  add(KEYS[6], item, w * 2 ^ ((sec - epoch) / hl))
-  if user_seg == nil then user_seg = segment_key() end
+  add(KEYS[1], item, w)
+  add(KEYS[2], item, w * 2 ^ ((sec - epoch) / hl))
   if user_seg then add(user_seg, item, w) end
   return msg
 end
 
-local function set_history(hk, blob)
-  if ttl > 0 then call('SET', hk, blob, 'EX', TTL) else call('SET', hk, blob) end
+-- Writes wait until every user was read and computed: a command that fails (a key of the wrong type)
+-- then fails before anything was written, as Redis does not undo a script's writes.
+local writes = {}  -- {history key, value[, appended]} or {profile key} (to expire)
+
+local function set_history(hk, blob, appended)
+  writes[#writes + 1] = {hk, blob, appended}
+end
+
+local function write_all()
+  for _, w in ipairs(writes) do
+    if w[2] == nil then
+      call('EXPIRE', w[1], TTL)
+    else
+      if ttl > 0 then call('SET', w[1], w[2], 'EX', TTL) else call('SET', w[1], w[2]) end
+      if w[3] then call('APPEND', w[1], w[3]) end
+    end
+  end
 end
 
 -- The general case: each event in arrival order, given its slot (or not) in the history.
@@ -269,8 +245,7 @@ local function append_all(u, hk, kept, order)
   if kept == '' then
     set_history(hk, new)
   else
-    set_history(hk, kept)
-    call('APPEND', hk, new)
+    set_history(hk, kept, new)
   end
   return first_msg
 end
@@ -296,17 +271,26 @@ local function apply_history(u, hk)
   return insert_each(u, hk, call('GET', hk) or '')
 end
 
-local function apply_user(u)
-  local uid = u[1]
-  user_pk, user_seg = P .. 'u:{' .. uid .. '}:prof', nil
-  local first_msg = apply_history(u, P .. 'u:{' .. uid .. '}:hist')
+local mismatched = {}  -- i, actual segment, ...
+
+local function apply_user(i, u)
+  local seg, actual = check_segment(i, u)
+  if seg == nil then
+    mismatched[#mismatched + 1] = i
+    mismatched[#mismatched + 1] = actual
+    return
+  end
+  user_seg = seg > 0 and KEYS[SEGS + seg] or false
+  if seg > 0 then seg_used[seg] = true end
+  local first_msg = apply_history(u, KEYS[USERS + 2 * i - 1])
   if first_msg == nil then return end
-  if ttl > 0 then call('EXPIRE', user_pk, TTL) end
+  if ttl > 0 then writes[#writes + 1] = {KEYS[USERS + 2 * i]} end
   dirty[#dirty + 1] = first_msg
-  dirty[#dirty + 1] = uid
+  dirty[#dirty + 1] = u[1]
 end
 
-for _, u in ipairs(b.u) do apply_user(u) end
+for i, u in ipairs(b.u) do apply_user(i, u) end
+write_all()
 
 -- Popularity sums (of a few distinct weights) repeat: each formatted once, as Redis would
 -- (%.17g). Trend sums rarely do, so they go as numbers.
@@ -321,21 +305,21 @@ local function as_text(w)
 end
 
 for key, its in pairs(incr) do
-  if key == KEYS[6] then
+  if key == KEYS[2] then
     for item, w in pairs(its) do call('ZINCRBY', key, w, item) end
   else
     for item, w in pairs(its) do call('ZINCRBY', key, as_text(w), item) end
   end
 end
 local segs = {}
-for seg in pairs(seg_keys) do segs[#segs + 1] = seg end
-chunked(segs, 'SADD', KEYS[11])
-chunked(dirty, 'ZADD', KEYS[9], 'NX')
-if applied > 0 then call('HINCRBY', KEYS[10], 'applied', applied) end
-if dups > 0 then call('HINCRBY', KEYS[10], 'duplicates', dups) end
-if stale > 0 then call('HINCRBY', KEYS[10], 'stale', stale) end
+for seg in pairs(seg_used) do segs[#segs + 1] = seg_names[seg] end
+chunked(segs, 'SADD', KEYS[6])
+chunked(dirty, 'ZADD', KEYS[4], 'NX')
+if applied > 0 then call('HINCRBY', KEYS[5], 'applied', applied) end
+if dups > 0 then call('HINCRBY', KEYS[5], 'duplicates', dups) end
+if stale > 0 then call('HINCRBY', KEYS[5], 'stale', stale) end
 if last_ts > 0 then
-  local prev = tonumber(call('HGET', KEYS[10], 'last_ts') or '0')
-  if last_ts > prev then call('HSET', KEYS[10], 'last_ts', last_ts) end
+  local prev = tonumber(call('HGET', KEYS[5], 'last_ts') or '0')
+  if last_ts > prev then call('HSET', KEYS[5], 'last_ts', last_ts) end
 end
-return {applied, dups, stale, new_items, gen, assigned}
+return {applied, dups, stale, mismatched}

@@ -67,6 +67,7 @@ class SourceOptions:
     group: str
     poll_max_records: int
     session_timeout_ms: int
+    start_ms: int | None  # a group with no committed offset starts here (message time), not at the earliest
 
 
 def _log_commit_failure(_offsets: object, response: object) -> None:
@@ -75,14 +76,18 @@ def _log_commit_failure(_offsets: object, response: object) -> None:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, on_revoked: Callable[[list[TopicPartition]], None]) -> None:
+    def __init__(
+        self, on_revoked: Callable[[list[TopicPartition]], None], on_assigned: Callable[[list[TopicPartition]], None]
+    ) -> None:
         self.on_revoked = on_revoked
+        self.on_assigned = on_assigned
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.on_revoked(list(revoked))
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+        self.on_assigned(list(assigned))
 
 
 class KafkaSource:
@@ -103,7 +108,18 @@ class KafkaSource:
             fetch_max_wait_ms=100,
             metrics_enabled=False,
         )
-        self.consumer.subscribe(list(options.topics), listener=_Listener(on_revoked))
+        self.start_ms = options.start_ms
+        self.consumer.subscribe(list(options.topics), listener=_Listener(on_revoked, self._start_at_time))
+
+    def _start_at_time(self, assigned: list[TopicPartition]) -> None:
+        """With ``start_ms``: partitions this group never committed start at the first message at or after it."""
+        if self.start_ms is None:
+            return
+        fresh = [tp for tp in assigned if self.consumer.committed(tp) is None]
+        found = self.consumer.offsets_for_times({tp: self.start_ms for tp in fresh}) if fresh else {}
+        for tp, at in found.items():
+            if at is not None:
+                self.consumer.seek(tp, at.offset)
 
     def poll(self, timeout_ms: int) -> dict[TopicPartition, list[Record]]:
         """Records per partition, in offset order (empty after the timeout)."""
@@ -133,6 +149,12 @@ class KafkaSource:
             except Exception:  # position unknown right after a rebalance
                 continue
         return out
+
+    def caught_up(self) -> bool:
+        """Every assigned partition's position is at its high watermark (known from a fetch)."""
+        assigned = self.consumer.assignment()
+        lag = self.lag()
+        return bool(assigned) and set(lag) == set(assigned) and not any(lag.values())
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)

@@ -1,27 +1,46 @@
-"""Redis effects of ingest: one Lua call applies a whole batch atomically.
+"""Redis effects of ingest: a batch applies as one atomic script per virtual shard it touches.
 
-The scripts (``ingest.lua``, ``profile.lua`` beside this module) keep each
-user's bounded history, item popularity, trending and segment popularity and
-the changed-user queue, deduplicating by event (see keys.py for the formats).
-Python only groups and encodes (with a cache of item numbers, so the script
-need not look them up); Redis does the rest in one round trip.
+Python groups the batch's events by the users' shards and encodes them; the item dictionary gives unknown
+item ids their numbers first (``items.lua``, one slot, only for ids this process has not seen); then
+``ingest.lua`` runs once per shard, on the node owning the shard's slot, in one pipeline per node followed
+by ``WAIT`` for the replicas (daemon/runtime/scripts.py). Each script keeps its users' bounded histories,
+the shard's popularity, trending and segment popularity and its changed-user queue, deduplicating by event
+(formats: daemon/runtime/history.py). A replay changes nothing, so a batch cut short by a failure is simply
+applied again.
+
+Segment popularity needs each user's finest segment *when the event is applied*; the scripts take its key
+in KEYS, so the store remembers every user's segment (from the profiles it applied) and the script checks
+it against the profile: a user whose segment differs is sent again with the right key.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from importlib import resources
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis
+from redis import exceptions as rex
 
 from daemon.runtime.history import CRC_MASK, LUA_FORMATS, TYPE_CODES, code_of, weight_table
 from daemon.runtime.keys import Keys, text
+from daemon.runtime.profiles import finest_segment
+from daemon.runtime.redisconn import Topology
+from daemon.runtime.scripts import Call, Script, run
 from schemas.events import InteractionEvent, ProfileEvent
+
+# A batch whose item ids this process knows asks the item dictionary nothing, but checks at most this often
+# whether the dictionary was lost (its generation token changed): cached numbers would then name other items.
+GENERATION_CHECK_S = 1.0
+MISMATCH_ROUNDS = 3  # profiles that change between rounds are caught again; three rounds are plenty
+CACHE_USERS = 1_000_000  # users whose segment the store remembers (emptied when full)
+
+
+class ProfilesMoving(rex.TryAgainError):
+    """Users' profiles changed segment again and again while their events were applied: try the batch later."""
 
 
 @dataclass(frozen=True)
@@ -36,12 +55,23 @@ class StoreOptions:
     segment_keys: tuple[str, ...]  # profile attributes forming segments, coarsest first
 
 
+@dataclass
+class ShardBatch:
+    """One shard's part of a batch: its users' events and the items they name (1-based in ``items``)."""
+
+    users: list[list[Any]] = field(default_factory=list)  # [user, sec, crc24, item index, code, w, msg_ms, ...]
+    items: list[str] = field(default_factory=list)
+    index: dict[str, int] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Prepared:
-    """An encoded event batch: the script's document and its JSON bytes."""
+    """An event batch grouped by shard (the CPU work the caller does while Redis runs the previous one)."""
 
-    doc: dict[str, Any]
-    payload: bytes
+    shards: dict[int, ShardBatch]
+    items: list[str]  # every item id of the batch, once
+    max_sec: int
+    now_ms: int
 
 
 @dataclass(frozen=True)
@@ -50,6 +80,12 @@ class BatchResult:
     duplicates: int = 0
     stale: int = 0
     new_items: int = 0
+
+    def __add__(self, other: BatchResult) -> BatchResult:
+        return BatchResult(*(a + b for a, b in zip(self.counts(), other.counts(), strict=True)))
+
+    def counts(self) -> tuple[int, int, int, int]:
+        return self.applied, self.duplicates, self.stale, self.new_items
 
 
 class ItemNumbers:
@@ -64,116 +100,164 @@ class ItemNumbers:
         self.generation = generation
         self.numbers = {}
 
-    def learn(self, items: list[list[object]], assigned: list[int]) -> None:
-        if len(self.numbers) > self.max_size:
+    def learn(self, ids: list[str], numbers: list[int]) -> None:
+        if len(self.numbers) + len(ids) > self.max_size:
             self.numbers = {}
-        for k in range(0, len(assigned), 2):
-            self.numbers[str(items[int(assigned[k]) - 1][0])] = int(assigned[k + 1])
+        self.numbers.update(zip(ids, numbers, strict=True))
 
 
 class RedisStore:
-    """Applies batches of decoded events to Redis."""
+    """Applies batches of decoded events and profiles to Redis."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, options: StoreOptions) -> None:
-        self.client = client
+    def __init__(self, topology: Topology, keys: Keys, options: StoreOptions) -> None:
+        self.topology = topology
         self.keys = keys
         self.options = options
         self._weight_of_code = weight_table(options.weights, options.rating_threshold).tolist()
         self.item_numbers = ItemNumbers()
-        folder = resources.files("daemon.ingest")
-        self._ingest = client.register_script(folder.joinpath("ingest.lua").read_text())
-        self._profile = client.register_script(folder.joinpath("profile.lua").read_text())
+        self.segments: dict[str, str] = {}  # user -> finest segment ('' none), as last seen
+        self._checked = -GENERATION_CHECK_S  # when the dictionary's generation was last checked (monotonic)
+        self._ingest = Script.load("daemon.ingest", "ingest.lua")
+        self._profile = Script.load("daemon.ingest", "profile.lua")
+        self._items = Script.load("daemon.ingest", "items.lua")
 
-    def _script_keys(self) -> list[str]:
-        k = self.keys
-        return [
-            k.items,
-            k.item_ids,
-            k.item_seq,
-            k.item_first_seen,
-            k.popularity,
-            k.trending,
-            k.trending_epoch,
-            k.item_generation,
-            k.dirty,
-            k.stats,
-            k.segments,
-        ]
-
-    def encode_batch(self, events: Iterable[tuple[InteractionEvent, int]], now_ms: int) -> dict[str, Any]:
-        """Group (event, message ms) pairs by user, in arrival order, as the script's document:
-        per user ``[user, sec, crc24, item index, code, weight, msg_ms, sec, ...]``."""
-        by_user: dict[str, list[object]] = {}
-        index: dict[str, int] = {}
-        items: list[list[object]] = []
-        known = self.item_numbers.numbers
+    def prepare(self, events: Iterable[tuple[InteractionEvent, int]], now_ms: int) -> Prepared:
+        """Group (event, message ms) pairs by shard and user, in arrival order."""
+        shards: dict[int, ShardBatch] = {}
+        by_user: dict[str, list[Any]] = {}
+        batch_items: dict[str, None] = {}
         weight_of, crc32, codes, max_sec = self._weight_of_code, zlib.crc32, TYPE_CODES, 0
         for event, msg_ms in events:  # the ingest hot path: kept flat on purpose
-            pos = index.get(event.item_id)
+            user = by_user.get(event.user_id)
+            shard = shards.setdefault(self.keys.shard_of(event.user_id), ShardBatch())
+            if user is None:
+                user = by_user[event.user_id] = [event.user_id]
+                shard.users.append(user)
+            pos = shard.index.get(event.item_id)
             if pos is None:
-                items.append([event.item_id, known.get(event.item_id, 0)])
-                pos = index[event.item_id] = len(items)
+                shard.items.append(event.item_id)
+                pos = shard.index[event.item_id] = len(shard.items)
+                batch_items[event.item_id] = None
             code = code_of("rating", event.value) if event.type == "rating" else codes[event.type]
             sec = event.ts // 1000
             max_sec = max(max_sec, sec)
-            user = by_user.get(event.user_id)
-            if user is None:
-                user = by_user[event.user_id] = [event.user_id]
             user.extend((sec, crc32(event.event_id.encode()) & CRC_MASK, pos, code, weight_of[code], msg_ms))
-        return self._document(now_ms, max_sec, items, list(by_user.values()))
+        return Prepared(shards, list(batch_items), max_sec, now_ms)
+
+    def apply_events(self, events: Iterable[tuple[InteractionEvent, int]], now_ms: int) -> BatchResult:
+        """Apply a batch; raises redis errors (the caller retries; a replay changes nothing)."""
+        return self.apply_prepared(self.prepare(events, now_ms))
+
+    def apply_prepared(self, prepared: Prepared) -> BatchResult:
+        numbers, new_items = self._number_items(prepared.items, prepared.now_ms)
+        result = BatchResult(new_items=new_items)
+        pending = {shard: batch.users for shard, batch in prepared.shards.items()}
+        for _ in range(MISMATCH_ROUNDS):
+            sent = sorted(pending.items())
+            calls = [self._call(shard, prepared.shards[shard], users, prepared, numbers) for shard, users in sent]
+            replies = run(self.topology, calls)
+            pending = {}
+            for (shard, users), reply in zip(sent, replies, strict=True):
+                result += BatchResult(int(reply[0]), int(reply[1]), int(reply[2]))
+                again = self._learn_mismatches(users, reply[3])
+                if again:
+                    pending[shard] = again
+            if not pending:
+                return result
+        raise ProfilesMoving(f"profiles kept changing under {len(pending)} shards' events; the batch is retried")
+
+    def _learn_mismatches(self, sent: list[list[Any]], flat: list[Any]) -> list[list[Any]]:
+        """Remember the segments the script found for users of ``sent`` (the call's users, 1-based in the
+        reply); those users, with their events, to send again."""
+        again = []
+        if len(self.segments) > CACHE_USERS:
+            self.segments = {}
+        for k in range(0, len(flat), 2):
+            user = sent[int(flat[k]) - 1]
+            self.segments[user[0]] = text(flat[k + 1])
+            again.append(user)
+        return again
+
+    def _call(
+        self, shard: int, batch: ShardBatch, users: list[list[Any]], prepared: Prepared, numbers: dict[str, int]
+    ) -> Call:
+        """The script call of ``users`` of one shard, with each user's expected segment key."""
+        names: dict[str, int] = {}
+        expected = []
+        for user in users:
+            segment = self.segments.get(user[0], "")
+            expected.append(names.setdefault(segment, len(names) + 1) if segment else 0)
+        k = self.keys
+        keys = [k.popularity(shard), k.trending(shard), k.trending_epoch(shard), k.dirty(shard), k.stats(shard)]
+        keys.append(k.segments(shard))
+        for user in users:
+            keys += [k.history(user[0]), k.profile(user[0])]
+        keys += [k.segment(shard, name) for name in names]
+        doc = self._document(prepared, [[item, numbers[item]] for item in batch.items], list(names), users)
+        doc["es"] = expected
+        return Call(self._ingest, keys, [orjson.dumps(doc)])
 
     def _document(
-        self, now_ms: int, max_sec: int, items: list[list[object]], users: list[list[object]]
+        self, prepared: Prepared, items: list[list[Any]], segments: list[str], users: list[list[Any]]
     ) -> dict[str, Any]:
         opts = self.options
         return {
             "rec": LUA_FORMATS,
-            "now": now_ms,
+            "now": prepared.now_ms,
             "ttl": opts.history_ttl_s,
             "hl": opts.trending_half_life_s,
             "n": opts.history_len,
-            "seg": list(opts.segment_keys),
-            "gen": self.item_numbers.generation,
-            "token": uuid.uuid4().hex,  # names a new generation if the items hash is gone
-            "max_sec": max_sec,
+            "max_sec": prepared.max_sec,
+            "check": bool(opts.segment_keys),
             "items": items,
+            "sn": segments,
             "u": users,
         }
 
-    def prepare(self, events: Iterable[tuple[InteractionEvent, int]], now_ms: int) -> Prepared:
-        """Encode a batch (CPU work the caller can do while Redis runs the previous one)."""
-        doc = self.encode_batch(events, now_ms)
-        return Prepared(doc, orjson.dumps(doc))
+    def _number_items(self, ids: list[str], now_ms: int) -> tuple[dict[str, int], int]:
+        """The number of every id of the batch, and how many ids were new to Redis. The cache may forget ids
+        as it learns (it is bounded); the batch keeps its own numbers."""
+        known = self.item_numbers.numbers
+        numbers = {i: known[i] for i in ids if i in known}
+        unknown = [i for i in ids if i not in numbers]
+        if not unknown and time.monotonic() - self._checked < GENERATION_CHECK_S:
+            return numbers, 0  # every id known: the dictionary's generation is checked at most this often
+        self._checked = time.monotonic()
+        generation, assigned, new = self._assign(unknown, now_ms)
+        if generation != self.item_numbers.generation:  # the dictionary was lost: every cached number is void
+            self.item_numbers.reset(generation)
+            generation, assigned, more = self._assign(ids, now_ms)
+            numbers, new = {}, new + more
+        self.item_numbers.generation = generation
+        self.item_numbers.learn(list(assigned), list(assigned.values()))
+        numbers.update(assigned)
+        return numbers, new
 
-    def apply_events(self, events: Iterable[tuple[InteractionEvent, int]], now_ms: int) -> BatchResult:
-        """Apply a batch; raises redis errors (the caller retries, nothing is half-applied)."""
-        return self.apply_prepared(self.prepare(events, now_ms))
-
-    def apply_prepared(self, prepared: Prepared) -> BatchResult:
-        doc = prepared.doc
-        reply = self._run(prepared.payload)
-        if int(reply[0]) == -1:  # our cached item numbers are from another generation
-            self.item_numbers.reset(text(reply[1]))
-            for item in doc["items"]:
-                item[1] = 0
-            doc["gen"] = self.item_numbers.generation
-            reply = self._run(orjson.dumps(doc))
-        if text(reply[4]) != self.item_numbers.generation:
-            self.item_numbers.reset(text(reply[4]))
-        self.item_numbers.learn(doc["items"], [int(x) for x in reply[5]])
-        return BatchResult(*(int(x) for x in reply[:4]))
-
-    def _run(self, payload: bytes) -> Any:
-        return self._ingest(keys=self._script_keys(), args=[self.keys.prefix, payload])
+    def _assign(self, ids: list[str], now_ms: int) -> tuple[str, dict[str, int], int]:
+        """(the dictionary's generation, the numbers of ``ids``, how many were new) from the item dictionary."""
+        k = self.keys
+        keys = [k.items, k.item_ids, k.item_seq, k.item_first_seen, k.item_generation]
+        reply = run(self.topology, [Call(self._items, keys, [uuid.uuid4().hex, now_ms, *ids])])[0]
+        if not self.item_numbers.generation:
+            self.item_numbers.generation = text(reply[0])
+        return text(reply[0]), dict(zip(ids, (int(n) for n in reply[2:]), strict=True)), int(reply[1])
 
     def apply_profiles(self, profiles: Iterable[tuple[ProfileEvent, int]]) -> BatchResult:
         """Apply profile events (newest event time wins); returns applied and 'duplicates' (older)."""
-        rows = []
+        by_shard: dict[int, list[list[Any]]] = {}
         for profile, msg_ms in profiles:
             flat = [part for kv in sorted(profile.attributes.items()) for part in kv]
-            rows.append([profile.user_id, profile.ts, msg_ms, flat])
-        if not rows:
-            return BatchResult()
-        payload = orjson.dumps({"ttl": self.options.history_ttl_s, "p": rows})
-        reply = self._profile(keys=[self.keys.dirty, self.keys.stats], args=[self.keys.prefix, payload])
-        return BatchResult(applied=int(reply[0]), duplicates=int(reply[1]))
+            segment = finest_segment(profile.attributes, self.options.segment_keys)
+            row = [profile.user_id, profile.ts, msg_ms, segment, flat]
+            by_shard.setdefault(self.keys.shard_of(profile.user_id), []).append(row)
+        if len(self.segments) > CACHE_USERS:
+            self.segments = {}
+        calls = []
+        for shard, rows in sorted(by_shard.items()):
+            keys = [self.keys.dirty(shard), self.keys.stats(shard), *(self.keys.profile(r[0]) for r in rows)]
+            payload = orjson.dumps({"ttl": self.options.history_ttl_s, "p": rows})
+            calls.append(Call(self._profile, keys, [payload]))
+        replies = run(self.topology, calls)
+        for rows in by_shard.values():  # an older profile was not applied: a mismatch corrects it later
+            self.segments.update((r[0], r[3]) for r in rows)
+        return BatchResult(applied=sum(int(r[0]) for r in replies), duplicates=sum(int(r[1]) for r in replies))

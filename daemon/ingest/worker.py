@@ -23,6 +23,7 @@ from kafka.structs import TopicPartition
 from daemon.ingest.source import Offsets, Record
 from daemon.ingest.store import BatchResult, Prepared
 from daemon.runtime.metrics import Metrics
+from daemon.runtime.redisconn import TRANSIENT, fatal
 from daemon.runtime.service import backoff_delays
 from schemas.events import InteractionEvent, InvalidEvent, Limits, ProfileEvent, decode_interaction, decode_profile
 
@@ -163,15 +164,18 @@ class IngestWorker:
                     raise
 
     def _write(self, batch: Batch) -> BatchResult:
-        """Runs in the worker thread: retry until Redis holds the batch (or we are stopping)."""
+        """Runs in the worker thread: retry until Redis holds the batch (or we are stopping). Only errors that
+        may heal are retried (Redis away, a failover or resharding); any other stops the role, named."""
         for delay in backoff_delays():
             try:
                 return self._write_once(batch)
-            except Exception as exc:
+            except TRANSIENT as exc:
                 self.metrics.errors.labels("redis").inc()
                 log.warning("redis write failed (%s); retrying in %.1fs", exc, delay)
                 if self.stopping.wait(delay):
                     raise
+            except Exception as exc:
+                raise fatal(exc, "an ingest batch") or exc from None
         raise AssertionError("unreachable")
 
     def _write_once(self, batch: Batch) -> BatchResult:
@@ -201,9 +205,12 @@ class IngestWorker:
                 future.result(timeout=wait_s)
             except TimeoutError:
                 return
-            except Exception as exc:  # only when stopping: this and later batches stay uncommitted
-                log.warning("batch abandoned uncommitted: %s", exc)
+            except Exception as exc:  # this and later batches stay uncommitted; a fault that cannot heal stops
                 self._inflight.clear()
+                self._ready = None  # polled after the failed batch: written now, its offsets would pass it
+                if not self.stopping.is_set():
+                    raise
+                log.warning("batch abandoned uncommitted: %s", exc)
                 return
             self._inflight.popleft()
             self._uncommitted.update(batch.offsets)
@@ -232,6 +239,10 @@ class IngestWorker:
         self._last_lag = now
         for tp, lag in self.source.lag().items():
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    def idle(self) -> bool:
+        """Nothing polled is waiting for Redis or for a commit."""
+        return not self._inflight and self._ready is None and not self._uncommitted
 
     # ----- rebalance and shutdown
     def _drain(self, timeout_s: float) -> None:

@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisClusterException
 
 from daemon.api.http import HttpHandle, Routes, start_http
 from daemon.api.lookup import Lookup
@@ -20,24 +20,25 @@ from daemon.ingest.source import KafkaSource
 from daemon.ingest.store import RedisStore
 from daemon.ingest.topics import ensure_topics
 from daemon.ingest.worker import IngestWorker
-from daemon.runtime.errors import StartupError
-from daemon.runtime.keys import Keys
+from daemon.runtime.errors import StartupError, redact
 from daemon.runtime.metrics import Metrics
 from daemon.runtime.options import (
     dead_letter_options,
     index_spec,
     ingest_options,
     kafka_options,
+    keys_of,
     serve_options,
     source_options,
     store_options,
     topic_names,
+    topology_of,
     train_options,
 )
-from daemon.runtime.redisconn import redis_check, redis_client
+from daemon.runtime.redisconn import Topology, redis_check
 from daemon.runtime.service import Service
 from daemon.runtime.settings import Settings
-from daemon.runtime.state import StateReader
+from daemon.runtime.state import StateReader, check_layout
 from daemon.serve.coldstart import ColdStart
 from daemon.serve.index import ServingIndex
 from daemon.serve.server import Server
@@ -49,12 +50,13 @@ log = logging.getLogger(__name__)
 
 
 def build_ingest(settings: Settings, metrics: Metrics) -> IngestWorker:
-    store = RedisStore(redis_client(settings), Keys(settings.redis_prefix), store_options(settings))
+    topology, keys = topology_of(settings), keys_of(settings)
+    check_layout(topology, keys)
     return IngestWorker(
         ingest_options(settings),
         lambda on_revoked: KafkaSource(source_options(settings), on_revoked),
         DeadLetters(dead_letter_options(settings)),
-        store,
+        RedisStore(topology, keys, store_options(settings)),
         metrics,
     )
 
@@ -66,23 +68,21 @@ def load_model(path: str) -> EmbeddingModel:
     return model
 
 
-def build_watcher(settings: Settings, client: redis.Redis, metrics: Metrics) -> ModelWatcher:
-    return ModelWatcher(
-        client, Keys(settings.redis_prefix), index_spec(settings), load_model, metrics, settings.model_poll_s
-    )
+def build_watcher(settings: Settings, metrics: Metrics) -> ModelWatcher:
+    client = topology_of(settings).client
+    return ModelWatcher(client, keys_of(settings), index_spec(settings), load_model, metrics, settings.model_poll_s)
 
 
 def build_server(settings: Settings, metrics: Metrics, watcher: ModelWatcher) -> Server:
-    client = redis_client(settings)
-    return Server(client, Keys(settings.redis_prefix), serve_options(settings), watcher, metrics)
+    topology, keys = topology_of(settings), keys_of(settings)
+    check_layout(topology, keys)
+    return Server(topology, keys, serve_options(settings), watcher, metrics)
 
 
 def build_lookup(settings: Settings, current: Callable[[], ServingIndex | None]) -> Lookup:
-    client = redis_client(settings)
-    keys = Keys(settings.redis_prefix)
-    return Lookup(
-        client, keys, ColdStart(client, keys), StateReader(client, keys, settings.segment_keys), settings.top_k, current
-    )
+    reader = StateReader(topology_of(settings), keys_of(settings), settings.segment_keys)
+    cold = ColdStart(reader, float(settings.trending_half_life_s))
+    return Lookup(reader, cold, settings.top_k, current)
 
 
 def create_topics(settings: Settings, partitions: int = 4) -> dict[str, bool]:
@@ -90,8 +90,10 @@ def create_topics(settings: Settings, partitions: int = 4) -> dict[str, bool]:
     return ensure_topics(kafka_options(settings), topic_names(settings), partitions)
 
 
-def build_trainer(settings: Settings, metrics: Metrics, client: redis.Redis | None = None) -> TrainRole:
-    return TrainRole(train_options(settings), client or redis_client(settings), Keys(settings.redis_prefix), metrics)
+def build_trainer(settings: Settings, metrics: Metrics) -> TrainRole:
+    topology, keys = topology_of(settings), keys_of(settings)
+    check_layout(topology, keys)
+    return TrainRole(train_options(settings), topology, keys, metrics)
 
 
 def broker_check(settings: Settings) -> tuple[bool, str]:
@@ -104,6 +106,20 @@ def broker_check(settings: Settings) -> tuple[bool, str]:
         except (OSError, ValueError) as exc:
             errors.append(f"{server}: {exc}")
     return False, "no broker reachable: " + "; ".join(errors)
+
+
+def wait_for_redis(settings: Settings, wait_s: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Return once Redis answers (a cluster: once it says ok), saying every few seconds that recd waits;
+    StartupError after ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        ok, detail = redis_check(settings)
+        if ok:
+            return
+        if time.monotonic() >= deadline:
+            raise StartupError(f"Redis did not answer at {redact(settings.redis_url)} within {wait_s:g}s ({detail})")
+        log.warning("waiting for Redis at %s (%s)", redact(settings.redis_url), detail)
+        sleep(min(5.0, max(0.1, deadline - time.monotonic())))
 
 
 def wait_for_broker(settings: Settings, wait_s: float, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -134,7 +150,7 @@ class Sampler:
     def __init__(self, settings: Settings, routes: Routes, metrics: Metrics, every_s: float = 5.0) -> None:
         self.settings, self.routes, self.metrics, self.every_s = settings, routes, metrics, every_s
         self._last = -every_s
-        self._client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+        self._topology: Topology | None = None  # made at the first scrape: a cluster client connects when made
 
     def refresh(self) -> None:
         if time.monotonic() - self._last < self.every_s:
@@ -143,9 +159,10 @@ class Sampler:
         status, _ = self.routes.health(self.routes.ready)
         self.metrics.ready.set(1 if status == 200 else 0)
         try:
-            info: Any = self._client.info("memory")
-            self.metrics.redis_memory.set(float(info["used_memory"]))
-        except redis.RedisError:
+            self._topology = self._topology or topology_of(self.settings)
+            used = [float(node.info("memory")["used_memory"]) for node in self._topology.primaries()]
+            self.metrics.redis_memory.set(sum(used))
+        except (redis.RedisError, RedisClusterException):
             log.debug("redis memory sample failed")
 
 

@@ -57,9 +57,25 @@ def _daemon_commands(sub: Adder) -> None:
     train = _add(sub, "train", "train once from Redis (or keep training with --watch)")
     train.add_argument("--watch", action="store_true", help="run the training scheduler until stopped")
     _add(sub, "topics", "create the events, profiles and dead-letter topics (prints each)")
+    relist = _add(sub, "refresh-lists", "queue every recently served user's list to be rewritten (after exclusions)")
+    relist.add_argument("--days", type=float, default=30.0, help="users served within this many days")
+    rebuild = _add(sub, "rebuild", "replay the topics into Redis (after Redis lost its data, or into a new prefix)")
+    rebuild.add_argument("--prefix", help="write under this RECD_REDIS_PREFIX instead of the daemon's (then switch)")
+    rebuild.add_argument(
+        "--from-timestamp",
+        metavar="T",
+        help="start at this time (epoch ms or RFC 3339) instead of the earliest retained offset",
+    )
     dev = _add(sub, "dev", "development servers: `recd dev up` starts a local broker (and Redis if none answers)")
     dev.add_argument(
         "action", choices=("up",), help="up: start them, print the variables to export, stop them on Ctrl-C"
+    )
+    dev.add_argument(
+        "--redis-cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start a local Redis Cluster of N primaries (each with a replica) instead of using one Redis",
     )
 
 

@@ -74,10 +74,45 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+
+    from daemon.runtime.app import wait_for_broker
+    from daemon.runtime.options import limits
+    from daemon.runtime.rebuild import rebuild
+    from daemon.runtime.settings import ConfigError
+    from schemas.events import InvalidEvent, parse_ts
+
+    wait_for_broker(settings, 0)
+    start_ms = None
+    if args.from_timestamp:
+        raw = int(args.from_timestamp) if args.from_timestamp.isdigit() else args.from_timestamp
+        try:
+            start_ms = parse_ts(raw, limits(settings), int(time.time() * 1000))
+        except InvalidEvent as exc:
+            raise ConfigError(f"--from-timestamp: {exc.detail}") from None
+    _print(rebuild(settings, args.prefix, start_ms))
+    if args.prefix and args.prefix != settings.redis_prefix:
+        print(f"# caught up: point the daemons and applications at RECD_REDIS_PREFIX={args.prefix}")
+    return 0
+
+
+def cmd_refresh_lists(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+
+    from daemon.runtime.options import keys_of, topology_of
+    from daemon.serve.workqueue import WorkQueue
+
+    since_ms = int((time.time() - args.days * 86400) * 1000)
+    queued = WorkQueue(topology_of(settings), keys_of(settings)).queue_refresh(since_ms)
+    print(f"{queued} users' lists queued to be rewritten; the serve role rewrites them, most recent first")
+    return 0
+
+
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.dev.devup import run_dev_up
 
-    return run_dev_up(settings)
+    return run_dev_up(settings, primaries=args.redis_cluster)
 
 
 def _lookup(settings: Settings) -> Lookup:
@@ -85,9 +120,11 @@ def _lookup(settings: Settings) -> Lookup:
 
     from daemon.runtime.app import build_lookup, build_watcher
     from daemon.runtime.metrics import Metrics
-    from daemon.runtime.redisconn import redis_client
+    from daemon.runtime.options import keys_of, topology_of
+    from daemon.runtime.state import check_layout
 
-    watcher = build_watcher(settings, redis_client(settings), Metrics(CollectorRegistry()))
+    check_layout(topology_of(settings), keys_of(settings))  # a wrong RECD_REDIS_SHARDS would read other shards
+    watcher = build_watcher(settings, Metrics(CollectorRegistry()))
     watcher.poll(wait=True)
     return build_lookup(settings, lambda: watcher.current)
 
@@ -109,7 +146,7 @@ def cmd_similar(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.runtime.keys import Keys
+    from daemon.runtime.options import keys_of
     from daemon.runtime.redisconn import redis_client
     from daemon.train.publish import publish
     from trainer.snapshot import ModelStore
@@ -125,7 +162,7 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
         _print([{**json.loads(m.to_json()), "current": m.version == current} for m in store.list()])
         return 0
     version = store.rollback(args.to)
-    pointer = publish(redis_client(settings), Keys(settings.redis_prefix), store, version)
+    pointer = publish(redis_client(settings), keys_of(settings), store, version)
     _print({"rolled_back_to": pointer.version, "path": pointer.path})
     return 0
 
@@ -162,4 +199,6 @@ COMMANDS: dict[str, Command] = {
     "evaluate": cmd_evaluate,
     "demo": cmd_demo,
     "dev": cmd_dev,
+    "rebuild": cmd_rebuild,
+    "refresh-lists": cmd_refresh_lists,
 }

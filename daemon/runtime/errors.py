@@ -6,8 +6,10 @@ import re
 
 import redis
 from kafka import errors as kafka_errors
+from redis.exceptions import RedisClusterException
 
 from daemon.dev.embedded import EmbeddedError
+from daemon.runtime.redisconn import FatalRedisError
 from daemon.runtime.settings import ConfigError, Settings
 from trainer.snapshot import ModelStoreError
 
@@ -34,7 +36,9 @@ def describe_error(exc: BaseException, settings: Settings | None) -> tuple[str, 
     """(one line for stderr, exit code) for an error that ended a command."""
     if isinstance(exc, ConfigError):
         return f"configuration error: {exc}", 2
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+    if isinstance(exc, FatalRedisError):
+        return str(exc), 1
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | RedisClusterException):
         where = f" at {redact(settings.redis_url)}" if settings else ""
         return f"cannot reach Redis{where}: {exc}", 1
     if isinstance(exc, redis.RedisError):

@@ -14,11 +14,22 @@ from daemon.ingest.deadletters import DeadLetterOptions
 from daemon.ingest.source import KafkaOptions, SourceOptions
 from daemon.ingest.store import StoreOptions
 from daemon.ingest.worker import IngestOptions
+from daemon.runtime.keys import Keys
+from daemon.runtime.redisconn import Topology, redis_client
 from daemon.runtime.settings import Settings
 from daemon.serve.index import IndexSpec
 from daemon.serve.lists import ServeOptions
 from daemon.train.scheduler import TrainOptions
 from schemas.events import Limits
+
+
+def keys_of(settings: Settings) -> Keys:
+    return Keys(settings.redis_prefix, settings.redis_shards)
+
+
+def topology_of(settings: Settings) -> Topology:
+    """The Redis topology (one Redis or a cluster) with its own client."""
+    return Topology(redis_client(settings), settings.redis_wait_replicas)
 
 
 def kafka_security(settings: Settings) -> dict[str, Any]:
@@ -54,6 +65,7 @@ def source_options(settings: Settings) -> SourceOptions:
         settings.consumer_group,
         settings.poll_max_records,
         settings.session_timeout_ms,
+        None,
     )
 
 
@@ -93,6 +105,7 @@ def serve_options(settings: Settings) -> ServeOptions:
         weights=settings.event_weights,
         rating_threshold=settings.rating_threshold,
         segment_keys=settings.segment_keys,
+        trending_half_life_s=float(settings.trending_half_life_s),
     )
 
 

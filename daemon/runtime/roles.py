@@ -12,8 +12,9 @@ from daemon.runtime.app import (
     build_watcher,
     create_topics,
     wait_for_broker,
+    wait_for_redis,
 )
-from daemon.runtime.redisconn import REDIS_OUTAGE, redis_client
+from daemon.runtime.redisconn import REDIS_OUTAGE
 from daemon.runtime.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ def add_roles(app: App) -> None:
     unknown = set(settings.roles) - set(KNOWN_ROLES)
     if unknown or not settings.roles:
         raise ConfigError(f"RECD_ROLES: unknown roles {sorted(unknown)}; choose from {', '.join(KNOWN_ROLES)}")
+    wait_for_redis(settings, settings.startup_wait_s)  # every role reads Redis's key layout at start
     if "ingest" in settings.roles:
         wait_for_broker(settings, settings.startup_wait_s)
         create_topics(settings)
@@ -35,7 +37,7 @@ def add_roles(app: App) -> None:
     # (ingest retries its own writes). A serve step cut short leaves its users leased; the leases expire and
     # they are served again.
     if "serve" in settings.roles:
-        watcher = app.watcher = build_watcher(settings, redis_client(settings), app.metrics)
+        watcher = app.watcher = build_watcher(settings, app.metrics)
         app.service.add(
             "serve",
             build_server(settings, app.metrics, watcher),

@@ -67,7 +67,17 @@ class Settings:
     session_timeout_ms: int = _s(10000, "consumer session timeout (>= 6000 for Apache Kafka)")
     # --- Redis
     redis_url: str = _s("redis://127.0.0.1:6379/0", "Redis URL; rediss:// for TLS, user:password@ for ACL")
-    redis_prefix: str = _s("recd:", "prefix of every Redis key recd writes")
+    redis_prefix: str = _s("recd:", "prefix of every Redis key recd writes (no braces: they make hash tags)")
+    redis_ca_file: str = _s("", "CA bundle that verifies a rediss:// server (default: the system's)")
+    redis_cert_file: str = _s("", "client certificate for mutual TLS with Redis")
+    redis_key_file: str = _s("", "client key for mutual TLS with Redis")
+    redis_cluster: bool = _s(False, "RECD_REDIS_URL names a seed node of a Redis Cluster (redis-py's cluster client)")
+    redis_shards: int = _s(
+        256, "virtual shards users are spread over (a shard is one slot); fixed for a prefix once data is written"
+    )
+    redis_wait_replicas: int = _s(
+        -1, "replica acks each write waits for before offsets are committed (-1: 1 where a primary has a replica)"
+    )
     # --- Events
     event_weights: dict[str, float] = _s(
         {k: float(v) for k, v in (p.split("=") for p in DEFAULT_WEIGHTS.split(","))},
@@ -118,7 +128,7 @@ class Settings:
     refresh_window_s: int = _s(30 * 86400, "after a model swap, refresh users active this recently")
     list_ttl_s: int = _s(90 * 86400, "recommendation lists expire this long after written (0 = never)")
     roles: tuple[str, ...] = _s(("ingest", "serve", "train"), "roles of `recd run`")
-    startup_wait_s: int = _s(60, "how long the ingest role waits for the Kafka broker at start before giving up")
+    startup_wait_s: int = _s(60, "how long `recd run` waits at start for Redis and (ingest) the broker")
     log_level: str = _s("INFO", "logging level")
 
     def __post_init__(self) -> None:
@@ -130,6 +140,12 @@ class Settings:
             raise ConfigError(f"RECD_DLQ_MAX_PAYLOAD_BYTES must be within 0..{MAX_DLQ_PAYLOAD_BYTES}")
         if self.top_k < 1:
             raise ConfigError("RECD_TOP_K must be positive")
+        if "{" in self.redis_prefix or "}" in self.redis_prefix:
+            raise ConfigError("RECD_REDIS_PREFIX must not contain '{' or '}' (they would make a hash tag)")
+        if not 1 <= self.redis_shards <= 16384:
+            raise ConfigError("RECD_REDIS_SHARDS must be within 1..16384 (a shard is one cluster slot)")
+        if self.redis_wait_replicas < -1:
+            raise ConfigError("RECD_REDIS_WAIT_REPLICAS must be -1 (auto), 0 or a number of replicas")
         for name, weight in self.event_weights.items():
             if not isinstance(weight, float):
                 raise ConfigError(f"RECD_EVENT_WEIGHTS: weight of {name!r} is not a number")

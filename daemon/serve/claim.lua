@@ -1,15 +1,13 @@
--- recd: claim up to N changed users for one serving worker, with a lease.
--- KEYS: 1 dirty, 2 dirty:inflight, 3 swap queue (users to refresh after a model swap)
--- ARGV: 1 N, 2 now ms, 3 lease ms, 4/5 (optional) history key head/tail: also return each
--- claimed user's history blob, read in the same atomic step (one round trip for the serve loop)
+-- recd: claim up to N changed users of one shard for one serving worker, with a lease.
+-- KEYS (the shard's, one slot): 1 dirty, 2 dirty:inflight, 3 swap queue (users to refresh after a model swap)
+-- ARGV: 1 N, 2 now ms, 3 lease ms
 -- Expired leases (a worker died) go back to the dirty queue first. Fresh changes come before
 -- swap refreshes. A user another worker holds (an unexpired lease) stays queued, with its
 -- score, until that worker acknowledges: two workers serving one user at once could write
 -- the list from the older history last. A user in both queues is claimed once, as a fresh
 -- change; its swap entry is dropped. Returns {user, score, from_swap (0/1), ...}; score is
 -- the message time of the user's earliest unserved change (dirty) or minus the last activity
--- time (swap); with ARGV[4], each triple is followed by the history blob (nil when the user
--- has none).
+-- time (swap).
 local call = redis.call
 local n, now, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local CHUNK = 1000  -- members per multi-member call (unpack's stack limit is ~8,000 values)
@@ -67,12 +65,4 @@ for i = 1, #out, 3 do
   leased[#leased + 1] = out[i]
 end
 chunked(leased, 2, 'ZADD', KEYS[2])
-if not ARGV[4] then return out end
-local with = {}
-for i = 1, #out, 3 do
-  with[#with + 1] = out[i]
-  with[#with + 1] = out[i + 1]
-  with[#with + 1] = out[i + 2]
-  with[#with + 1] = call('GET', ARGV[4] .. out[i] .. ARGV[5])
-end
-return with
+return out

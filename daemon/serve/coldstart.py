@@ -1,10 +1,14 @@
 """Lists for users the model cannot serve yet: profile segments, then global trending.
 
 Ingest counts positive events at each user's finest segment
-(``seg:country=US|age_band=25-34|gender=F``); a coarser segment's popularity is
-the union of the finest segments under it, computed in Redis (ZUNIONSTORE)
-and cached here for ``refresh_s``. New items (seen recently, not yet in the
-model) are offered from here too, for the exposure slot.
+(``seg:country=US|age_band=25-34|gender=F``), in the user's virtual shard. A
+segment's pool is the sum over shards of the finest segments under it (a
+coarser segment is the union of its finer ones, computed per shard in Redis
+with ZUNIONSTORE), and trending the sum of the shards' decayed scores brought
+to one epoch; each is cached here for ``refresh_s``. The merge takes each
+shard's top ``POOL``, so an item is counted whole where it is in every
+shard's top (the items a list shows are). New items (seen recently, not yet
+in the model) are offered from here too, for the exposure slot.
 """
 
 from __future__ import annotations
@@ -15,9 +19,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
-from daemon.runtime.keys import Keys, text
+from daemon.runtime.keys import text
+from daemon.runtime.state import StateReader, each_shard, merge_tops
 
 POOL = 200  # candidates kept per segment, before filtering what a user has seen
 
@@ -36,13 +39,21 @@ class ColdStart:
     """Segment and trending lists, cached; thread-safe enough (whole-value replacement)."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, refresh_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+        self,
+        reader: StateReader,
+        trending_half_life_s: float,
+        refresh_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.client = client
-        self.keys = keys
+        self.reader = reader
+        self.topology = reader.topology
+        self.client = reader.client
+        self.keys = reader.keys
+        self.half_life_s = trending_half_life_s
         self.refresh_s = refresh_s
         self.clock = clock
         self._cache: dict[str, _Cached] = {}
+        self._segments: tuple[float, list[list[str]]] | None = None  # (read at, each shard's finest segments)
 
     def _cached(
         self, name: str, load: Callable[[], list[tuple[str, float]]], refresh_s: float | None = None
@@ -57,31 +68,51 @@ class ColdStart:
             self._cache[name] = hit
         return hit.items
 
-    def _top(self, key: str) -> list[tuple[str, float]]:
-        reply: Any = self.client.zrevrange(key, 0, POOL - 1, withscores=True)
-        return [(text(m), float(s)) for m, s in reply]
+    def _tops(self, key_of: Callable[[int], str]) -> list[Any]:
+        """Each shard's top ``POOL`` (member, score) of the zset ``key_of(shard)``."""
+        return each_shard(self.topology, self.keys, lambda p, s: p.zrevrange(key_of(s), 0, POOL - 1, withscores=True))
 
     def _segment_pool(self, segment: str, max_age_s: float) -> list[tuple[str, float]]:
-        # the segment list changes only when a new segment appears: re-read it often, it is small
-        names = self._cached("segs", self._segment_names, min(self.refresh_s, SEGS_REFRESH_S, max_age_s))
-        finest = [name for name, _ in names]
-        members = [s for s in finest if s == segment or s.startswith(segment + "|")]
-        if not members:
+        """The pool of a segment: per shard the union of its finest segments there, summed over shards."""
+        refresh = min(self.refresh_s, SEGS_REFRESH_S, max_age_s)
+        by_shard = self._cached_segments(refresh)
+        members = [[m for m in names if m == segment or m.startswith(segment + "|")] for names in by_shard]
+        if not any(members):
             return []
-        if members == [segment]:
-            return self._top(self.keys.segment(segment))
-        target = self.keys.prefix + "segcache:" + segment
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zunionstore(target, [self.keys.segment(m) for m in members])
-        pipe.expire(target, max(1, int(self.refresh_s * 2)))
-        pipe.execute()
-        return self._top(target)
+        k = self.keys
 
-    def _segment_names(self) -> list[tuple[str, float]]:
-        return [(text(s), 0.0) for s in self.client.smembers(self.keys.segments)]  # type: ignore[union-attr]
+        def top(pipe: Any, shard: int) -> int:
+            names = members[shard]
+            if len(names) <= 1:  # none (an empty read) or one: read it as it is
+                pipe.zrevrange(k.segment(shard, names[0] if names else segment), 0, POOL - 1, withscores=True)
+                return 1
+            target = k.segment_cache(shard, segment)
+            pipe.zunionstore(target, [k.segment(shard, m) for m in names])
+            pipe.expire(target, max(1, int(self.refresh_s * 2)))
+            pipe.zrevrange(target, 0, POOL - 1, withscores=True)
+            return 3  # each_shard keeps the last reply: the top
+
+        return merge_tops(each_shard(self.topology, self.keys, top), POOL)
+
+    def _cached_segments(self, refresh_s: float) -> list[list[str]]:
+        """Each shard's finest segments; the list changes only when a new segment appears: re-read often."""
+        if self._segments is None or self.clock() - self._segments[0] > refresh_s:
+            sets = each_shard(self.topology, self.keys, lambda p, s: p.smembers(self.keys.segments(s)))
+            self._segments = (self.clock(), [sorted(text(m) for m in members) for members in sets])
+        return self._segments[1]
+
+    def _epoch_scale(self) -> list[float]:
+        """Per shard, what brings its trending scores to the newest shard's epoch (each decays from its own)."""
+        epochs = each_shard(self.topology, self.keys, lambda p, s: p.get(self.keys.trending_epoch(s)))
+        newest = max((float(e) for e in epochs if e is not None), default=0.0)
+        return [2.0 ** ((float(e) - newest) / self.half_life_s) if e is not None else 1.0 for e in epochs]
+
+    def _trending(self) -> list[tuple[str, float]]:
+        """Trending summed over shards, each shard's scores brought to the newest shard's epoch."""
+        return merge_tops(self._tops(self.keys.trending), POOL, self._epoch_scale())
 
     def popular(self) -> list[tuple[str, float]]:
-        return self._cached("trend", lambda: self._top(self.keys.trending))
+        return self._cached("trend", self._trending)
 
     def segment(self, segment: str, max_age_s: float | None = None) -> list[tuple[str, float]]:
         """The segment's pool, read no longer than ``max_age_s`` ago when given (else the cache's own rule)."""
@@ -109,8 +140,9 @@ class ColdStart:
             ids = [text(m) for m in fresh if text(m) not in known]
             if not ids:
                 return []
-            scores: Any = self.client.zmscore(self.keys.trending, ids)
-            ranked = sorted(zip(ids, (float(s or 0.0) for s in scores), strict=True), key=lambda p: -p[1])
+            per_shard = each_shard(self.topology, self.keys, lambda p, s: p.zmscore(self.keys.trending(s), ids))
+            rows = [list(zip(ids, (float(x or 0.0) for x in row), strict=True)) for row in per_shard]
+            ranked = merge_tops(rows, len(ids), self._epoch_scale())
             return ranked[:n]
 
         return [i for i, _ in self._cached("new", load)]

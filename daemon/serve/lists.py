@@ -34,6 +34,7 @@ class ServeOptions:
     weights: Mapping[str, float]  # by event type (history.event_weight)
     rating_threshold: float
     segment_keys: tuple[str, ...]  # profile attributes forming cold-start segments, coarsest first
+    trending_half_life_s: float  # how trending scores decay (cold start merges the shards' scores)
 
 
 class ListMaker:

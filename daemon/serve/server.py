@@ -20,15 +20,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-import redis
 
 from daemon.runtime.keys import Keys, text
 from daemon.runtime.metrics import Metrics
+from daemon.runtime.redisconn import Topology
 from daemon.runtime.state import StateReader
 from daemon.serve.coldstart import ColdStart
 from daemon.serve.histories import HistoryBatch
 from daemon.serve.lists import ListMaker, ServeOptions
-from daemon.serve.wire import Commands, send
+from daemon.serve.wire import RoutedCommands
 from daemon.serve.workqueue import Claim, WorkQueue
 from daemon.train.modelwatch import ModelWatcher
 from schemas.records import RecommendationList, SimilarList
@@ -44,22 +44,23 @@ class Server:
 
     def __init__(
         self,
-        client: redis.Redis,
+        topology: Topology,
         keys: Keys,
         options: ServeOptions,
         watcher: ModelWatcher,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.client = client
+        self.topology = topology
+        self.client = topology.client
         self.keys = keys
         self.options = options
         self.watcher = watcher
         self.metrics = metrics
         self.clock = clock
-        self.queue = WorkQueue(client, keys)
-        self.reader = StateReader(client, keys, options.segment_keys)
-        self.cold = ColdStart(client, keys)
+        self.queue = WorkQueue(topology, keys)
+        self.reader = StateReader(topology, keys, options.segment_keys)
+        self.cold = ColdStart(self.reader, options.trending_half_life_s)
         self.maker = ListMaker(options, self.cold, self.reader.item_ids)
         self._similar_todo: list[int] = []
         self._exclusions: tuple[float, set[str]] | None = None  # (read at, items)
@@ -72,6 +73,7 @@ class Server:
         swapped = self.watcher.poll()
         if swapped is not None:
             queued = self.queue.enqueue_refresh(swapped.version, now_ms - self.options.refresh_window_ms)
+            self.queue.reset_pacing()
             self._similar_todo = list(range(len(swapped.item_ids)))
             log.info("model %s: refreshing %d active users' lists", swapped.version, queued)
         claims = self.queue.claim(self.options.batch, now_ms, with_history=True)
@@ -116,24 +118,39 @@ class Server:
 
     def _write(self, lists: list[RecommendationList], batch: HistoryBatch, claims: list[Claim]) -> None:
         """The lists, when each changed user was served (for refreshes after a swap) and the claims' acks: one
-        round trip. ``active`` holds wall-clock times, never event times: a replay of last year's events is as
-        recent as today's for the refresh window."""
-        commands = Commands()  # packed by hand: a redis-py pipeline cost ~3x the Python (wire.py)
-        commands.set_many(
-            ((self.keys.rec(rec.user_id).encode(), rec.to_json()) for rec in lists), self.options.list_ttl_s or None
-        )
+        round trip per node. ``active`` holds wall-clock times, never event times: a replay of last year's events
+        is as recent as today's for the refresh window."""
+        commands = RoutedCommands(self.topology)  # packed by hand: a redis-py pipeline cost ~3x the Python
+        ttl = self.options.list_ttl_s or None
+        for key, group in self._by_key(lists):
+            commands.for_key(key).set_many(group, ttl)
         served_ms = int(self.clock() * 1000)
-        changed = [x for c in claims if not c.swap for x in (served_ms, c.user_id)]  # a refresh is no activity
-        if changed:
-            commands.add("ZADD", self.keys.active, *changed)
+        changed: dict[int, list[str | int]] = {}
+        for claim in claims:
+            if not claim.swap:  # a refresh is no activity
+                changed.setdefault(self.keys.shard_of(claim.user_id), []).extend((served_ms, claim.user_id))
+        for shard, members in changed.items():
+            key = self.keys.active(shard)
+            commands.for_key(key).add("ZADD", key, *members)
         self.queue.ack(commands, [c.user_id for c in claims])
-        send(self.client, commands)
+        commands.send()
         written = int(self.clock() * 1000)
         for source, n in Counter(rec.source.split(":", 1)[0] for rec in lists).items():
             self.metrics.lists.labels(source).inc(n)
         for claim in claims:
             if not claim.swap:
                 self.metrics.freshness.observe(max(0.0, (written - claim.score) / 1000))
+
+    def _by_key(self, lists: list[RecommendationList]) -> list[tuple[str, list[tuple[bytes, bytes]]]]:
+        """(a key of the group, its (key, value) pairs): one group for a single Redis, one per node of a
+        cluster (keyed by the first key: the same node's commands)."""
+        pairs = [(self.keys.rec(rec.user_id), rec.to_json()) for rec in lists]
+        if not self.topology.cluster:
+            return [("", [(k.encode(), v) for k, v in pairs])] if pairs else []
+        groups: dict[int, tuple[str, list[tuple[bytes, bytes]]]] = {}
+        for key, value in pairs:
+            groups.setdefault(id(self.topology.node_of(key)), (key, []))[1].append((key.encode(), value))
+        return list(groups.values())
 
     def _write_similar(self) -> None:
         """After a swap, when idle: item-to-item lists, a chunk per step."""

@@ -6,7 +6,9 @@ EX ttl`` took 14-16 ms of Python, packing each command and parsing its reply
 (py-spy: ~20% of a serve worker's samples, on its writer thread); packed here
 with one ``%``-format per command and sent in one ``sendall``, 4.6-4.7 ms, most
 of it reading the replies. ``Commands`` collects the packed commands; ``send``
-writes them on one pooled connection and reads every reply.
+writes them on one pooled connection and reads every reply. ``RoutedCommands``
+keeps one ``Commands`` per node that owns the keys (one for a single Redis) and
+sends each on its node.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 
 import redis
 from redis.exceptions import ResponseError
+
+from daemon.runtime.redisconn import Topology
 
 
 def _bulk(arg: bytes | str | int) -> bytes:
@@ -71,3 +75,31 @@ def _reply(conn: Any) -> Any:
         return conn.read_response()
     except ResponseError as err:  # the connection is still in step: keep reading
         return err
+
+
+class RoutedCommands:
+    """Packed commands grouped by the node that owns each command's key."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self._single = None if topology.cluster else Commands()
+        self._by_node: dict[int, tuple[redis.Redis, Commands]] = {}
+
+    def for_key(self, key: str) -> Commands:
+        """The commands that go to ``key``'s node (add to them commands on that key or its slot)."""
+        if self._single is not None:
+            return self._single
+        node = self.topology.node_of(key)
+        return self._by_node.setdefault(id(node), (node, Commands()))[1]
+
+    def send(self) -> None:
+        """Send every node's commands on that node (raises the first refusal, as ``send``)."""
+        if self._single is not None:
+            send(self.topology.node_of(""), self._single)  # a single Redis is its own one node
+            return
+        try:
+            for node, commands in self._by_node.values():
+                send(node, commands)
+        except redis.RedisError:
+            self.topology.refresh()
+            raise

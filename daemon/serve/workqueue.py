@@ -1,24 +1,32 @@
-"""The changed-user queue between ingest and serving, with leases.
+"""The changed-user queues between ingest and serving, one per virtual shard, with leases.
 
-Ingest adds a user to ``dirty`` (score: message time of the earliest unserved
-change). A serving worker claims users atomically, moving them to
-``dirty:inflight`` with a lease; it acknowledges after their lists are written.
-A worker that dies leaves leases that expire and return the users to
-``dirty``, so several serving replicas share the queue and none loses work.
-A user changed again while one worker holds it stays queued until that worker
-acknowledges: a second worker serving the newer history at the same time could
-finish first and have its list overwritten by the older one.
+Ingest adds a user to their shard's ``dirty`` queue (score: message time of the earliest unserved change).
+A serving worker claims users atomically, shard by shard (``claim.lua``), moving them to the shard's
+``dirty:inflight`` with a lease; it acknowledges after their lists are written. A worker that dies leaves
+leases that expire and return the users to ``dirty``, so several serving replicas share the queues and none
+loses work. A user changed again while one worker holds it stays queued until that worker acknowledges: a
+second worker serving the newer history at the same time could finish first and have its list overwritten
+by the older one.
+
+A step claims from every shard that had work lately, in one pipeline per node; a shard found empty is asked
+again after a back-off that doubles up to ``IDLE_MAX_S``, so an idle worker costs Redis little and a change
+waits at most that long for its shard's next claim.
 """
 
 from __future__ import annotations
 
-from importlib import resources
-from typing import Any, NamedTuple
-
-import redis
+import random
+import time
+from typing import NamedTuple
 
 from daemon.runtime.keys import Keys, text
-from daemon.serve.wire import Commands
+from daemon.runtime.redisconn import Topology
+from daemon.runtime.scripts import Call, Script, run
+from daemon.runtime.state import StateReader, each_shard
+from daemon.serve.wire import RoutedCommands
+
+IDLE_FIRST_S = 0.01  # an empty shard is claimed from again after this...
+IDLE_MAX_S = 0.2  # ...doubling up to this
 
 
 class Claim(NamedTuple):
@@ -27,49 +35,90 @@ class Claim(NamedTuple):
     user_id: str
     score: float  # message ms of the earliest unserved change, or -(last activity ms) for a swap refresh
     swap: bool
-    history: bytes | None = None  # the packed history, read with the claim (``claim(with_history=True)``)
+    history: bytes | None = None  # the packed history, read after the claim (``claim(with_history=True)``)
 
 
 class WorkQueue:
-    def __init__(self, client: redis.Redis, keys: Keys, lease_ms: int = 30_000) -> None:
-        self.client = client
+    def __init__(self, topology: Topology, keys: Keys, lease_ms: int = 30_000) -> None:
+        self.topology = topology
         self.keys = keys
         self.lease_ms = lease_ms
-        self._claim = client.register_script(resources.files("daemon.serve").joinpath("claim.lua").read_text())
+        self.reader = StateReader(topology, keys)
+        self._claim = Script.load("daemon.serve", "claim.lua")
+        self._refresh = Script.load("daemon.serve", "refresh.lua")
+        self._due = [0.0] * keys.shards  # monotonic time each shard is next asked
+        self._idle = [IDLE_FIRST_S] * keys.shards
+        self._start = random.randrange(keys.shards)  # workers start their rounds at different shards
 
     def claim(self, n: int, now_ms: int, with_history: bool = False) -> list[Claim]:
-        """Up to n users, fresh changes first; ``with_history`` reads their histories in the same call."""
-        keys = [self.keys.dirty, self.keys.dirty_inflight, self.keys.swap_queue]
-        args: list[Any] = [n, now_ms, self.lease_ms]
-        if with_history:
-            args += self.keys.history("\0").split("\0")  # the key around the user id
-        flat: Any = self._claim(keys=keys, args=args)
-        stride = 4 if with_history else 3
-        users = flat[::stride]
-        histories = flat[3::4] if with_history else [None] * len(users)
-        return [
-            Claim(text(u), float(s), w == 1, h)
-            for u, s, w, h in zip(users, flat[1::stride], flat[2::stride], histories, strict=True)
+        """Up to n users (a few more when n does not divide among the shards asked), fresh changes first in
+        each shard; ``with_history`` reads their histories too."""
+        now = time.monotonic()
+        shards = [s for s in self._order() if self._due[s] <= now]
+        if not shards:
+            return []
+        per_shard = -(-n // len(shards))  # at most n (and a few) in all
+        k = self.keys
+        calls = [
+            Call(self._claim, [k.dirty(s), k.dirty_inflight(s), k.swap_queue(s)], [per_shard, now_ms, self.lease_ms])
+            for s in shards
         ]
+        claims: list[Claim] = []
+        for shard, flat in zip(shards, run(self.topology, calls, wait=False), strict=True):
+            self._pace(shard, bool(flat), now)
+            claims += [
+                Claim(text(u), float(s), w == 1) for u, s, w in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
+            ]
+        if with_history and claims:
+            blobs = self.reader.history_blobs([c.user_id for c in claims])
+            claims = [c._replace(history=b) for c, b in zip(claims, blobs, strict=True)]
+        return claims
 
-    def ack(self, commands: Commands, user_ids: list[str]) -> None:
+    def _order(self) -> list[int]:
+        """Every shard, starting where this worker's last round left off."""
+        self._start = (self._start + 1) % self.keys.shards
+        return [(self._start + s) % self.keys.shards for s in range(self.keys.shards)]
+
+    def _pace(self, shard: int, found: bool, now: float) -> None:
+        """A shard with work is asked again at once; an empty one after a back-off that doubles."""
+        if found:
+            self._idle[shard] = IDLE_FIRST_S
+            self._due[shard] = now
+            return
+        self._due[shard] = now + self._idle[shard]
+        self._idle[shard] = min(IDLE_MAX_S, 2 * self._idle[shard])
+
+    def ack(self, commands: RoutedCommands, user_ids: list[str]) -> None:
         """Add the acknowledgement to ``commands`` (sent with the lists it acknowledges)."""
-        if user_ids:
-            commands.add("ZREM", self.keys.dirty_inflight, *user_ids)
+        by_shard: dict[int, list[str]] = {}
+        for user in user_ids:
+            by_shard.setdefault(self.keys.shard_of(user), []).append(user)
+        for shard, users in by_shard.items():
+            key = self.keys.dirty_inflight(shard)
+            commands.for_key(key).add("ZREM", key, *users)
 
     def depth(self) -> int:
-        return int(self.client.zcard(self.keys.dirty))  # type: ignore[arg-type]
+        """Users waiting for a fresh list, over every shard."""
+        return sum(int(n) for n in each_shard(self.topology, self.keys, lambda p, s: p.zcard(self.keys.dirty(s))))
 
     def enqueue_refresh(self, version: str, since_ms: int, limit: int = 1_000_000) -> int:
         """After a swap to model ``version``: queue the users served since ``since_ms`` (wall time), most recent
         first, once per version across replicas and restarts (a replica that starts on the current model finds
         it marked). Returns how many were queued."""
-        if text(self.client.get(self.keys.model_refreshed) or b"") == version:
+        if text(self.topology.client.get(self.keys.model_refreshed) or b"") == version:
             return 0
-        reply: Any = self.client.zrevrangebyscore(
-            self.keys.active, "+inf", since_ms, start=0, num=limit, withscores=True
-        )
-        if reply:
-            self.client.zadd(self.keys.swap_queue, {text(u): -float(s) for u, s in reply})
-        self.client.set(self.keys.model_refreshed, version)  # after the queue holds them: a crash re-queues
-        return len(reply)
+        queued = self.queue_refresh(since_ms, limit)
+        self.topology.client.set(self.keys.model_refreshed, version)  # after the queues hold them
+        return queued
+
+    def queue_refresh(self, since_ms: int, limit: int = 1_000_000) -> int:
+        """Queue the users served since ``since_ms`` (wall time) for a list rewrite, most recent first (also
+        ``recd refresh-lists``, after ops excluded items). Returns how many were queued."""
+        k, per_shard = self.keys, max(1, limit // self.keys.shards)
+        calls = [Call(self._refresh, [k.active(s), k.swap_queue(s)], [since_ms, per_shard]) for s in range(k.shards)]
+        return sum(int(r) for r in run(self.topology, calls, wait=False))
+
+    def reset_pacing(self) -> None:
+        """Ask every shard at the next claim (after a swap queued refreshes everywhere)."""
+        self._due = [0.0] * self.keys.shards
+        self._idle = [IDLE_FIRST_S] * self.keys.shards

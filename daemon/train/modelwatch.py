@@ -14,10 +14,9 @@ import threading
 import time
 from collections.abc import Callable
 
-import redis
-
 from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
+from daemon.runtime.redisconn import RedisClient
 from daemon.serve.index import IndexSpec, ServingIndex
 from daemon.train.publish import Pointer, read_pointer
 from trainer.models.base import EmbeddingModel
@@ -30,7 +29,7 @@ class ModelWatcher:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         keys: Keys,
         spec: IndexSpec,
         loader: Callable[[str], EmbeddingModel],

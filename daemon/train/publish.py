@@ -11,9 +11,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import redis
-
 from daemon.runtime.keys import Keys
+from daemon.runtime.redisconn import RedisClient
 from trainer.snapshot import ModelStore, load_snapshot
 
 
@@ -25,7 +24,7 @@ class Pointer:
     kind: str = ""
 
 
-def read_pointer(client: redis.Redis, keys: Keys) -> Pointer | None:
+def read_pointer(client: RedisClient, keys: Keys) -> Pointer | None:
     raw: Any = client.get(keys.model_current)
     if not raw:
         return None
@@ -33,11 +32,11 @@ def read_pointer(client: redis.Redis, keys: Keys) -> Pointer | None:
     return Pointer(doc["version"], doc["path"], int(doc["published_at"]), doc.get("kind", ""))
 
 
-def write_pointer(client: redis.Redis, keys: Keys, pointer: Pointer) -> None:
+def write_pointer(client: RedisClient, keys: Keys, pointer: Pointer) -> None:
     client.set(keys.model_current, json.dumps(asdict(pointer)))
 
 
-def publish(client: redis.Redis, keys: Keys, store: ModelStore, version: str) -> Pointer:
+def publish(client: RedisClient, keys: Keys, store: ModelStore, version: str) -> Pointer:
     """Make ``version`` current in the store and point every serving replica at it."""
     store.publish(version)
     _, manifest = load_snapshot(store.root / "versions" / version)

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from daemon.runtime.history import weight_table
 from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
+from daemon.runtime.redisconn import Topology
 from daemon.runtime.settings import ConfigError
+from daemon.runtime.state import StateReader
 from daemon.train.gate import gate
 from daemon.train.publish import publish
 from daemon.train.source import Snapshot, read_snapshot
@@ -68,13 +68,15 @@ class TrainRole:
     def __init__(
         self,
         options: TrainOptions,
-        client: redis.Redis,
+        topology: Topology,
         keys: Keys,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.options = options
-        self.client = client
+        self.topology = topology
+        self.client = topology.client
+        self.reader = StateReader(topology, keys)
         self.keys = keys
         self.metrics = metrics
         self.clock = clock
@@ -98,7 +100,7 @@ class TrainRole:
             ) from None
 
     def due(self) -> bool:
-        applied = int(self.client.hget(self.keys.stats, "applied") or 0)  # type: ignore[arg-type]
+        applied = self.reader.totals()["applied"]
         seen = int(self.client.get(self.keys.train_watermark) or 0)  # type: ignore[arg-type]
         fresh = applied - seen
         if fresh <= 0:
@@ -133,7 +135,7 @@ class TrainRole:
     def run_once(self) -> Outcome:
         started = time.perf_counter()
         try:
-            snap = read_snapshot(self.client, self.keys, self.weights)
+            snap = read_snapshot(self.topology, self.keys, self.weights)
             if len(snap.data.positives()) < 2:
                 self.metrics.train_runs.labels("skipped").inc()
                 return Outcome("skipped", reason="no positive events yet")

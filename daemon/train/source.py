@@ -1,23 +1,24 @@
 """Training data from Redis: every user's stored history as one ``Interactions``.
 
-Histories are read with SCAN + MGET in chunks; each user's history is read
-whole and atomically (one key), so the snapshot is consistent per user. A
-chunk's records are decoded with one ``np.frombuffer`` (no object per record)
-and weighed by the history module's rule. The watermark (events applied
-before the scan started) says what the model saw.
+Every primary is scanned (SCAN on each node of a cluster) and its histories
+read in chunks, one MGET per shard of a chunk (a shard is one slot); each
+user's history is read whole and atomically (one key), so the snapshot is
+consistent per user. A chunk's records are decoded with one ``np.frombuffer``
+(no object per record) and weighed by the history module's rule. The
+watermark (events applied before the scan started) says what the model saw.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import redis
 
 from daemon.runtime.history import RATING_CODE, RECORD, check_blob
-from daemon.runtime.keys import Keys, text
+from daemon.runtime.keys import Keys
+from daemon.runtime.redisconn import Topology
 from daemon.runtime.state import StateReader
 from trainer.interactions import Interactions
 
@@ -37,11 +38,9 @@ class _Columns:
     parts: list[npt.NDArray[np.void]] = field(default_factory=list)
     owners: list[npt.NDArray[np.int32]] = field(default_factory=list)
 
-    def add(self, keys: list[Any], blobs: list[bytes | None]) -> None:
+    def add(self, users: list[str], blobs: list[bytes | None]) -> None:
         kept, counts = [], []
-        for key, blob in zip(keys, blobs, strict=True):
-            name = text(key)
-            user = name[name.index("{") + 1 : name.rindex("}")]
+        for user, blob in zip(users, blobs, strict=True):
             count = check_blob(user, blob)
             if count:
                 self.users.append(user)
@@ -53,23 +52,28 @@ class _Columns:
             self.owners.append(np.repeat(np.arange(first, len(self.users), dtype=np.int32), counts))
 
 
-def read_snapshot(client: redis.Redis, keys: Keys, weights: npt.NDArray[np.float64], chunk: int = 2000) -> Snapshot:
+def read_snapshot(topology: Topology, keys: Keys, weights: npt.NDArray[np.float64], chunk: int = 2000) -> Snapshot:
     """Scan all histories into aligned arrays (users in scan order, items sorted by id); ``weights`` is
     ``history.weight_table``: an event's weight by its code byte."""
-    stats: Any = client.hmget(keys.stats, "applied", "last_ts")
-    applied, last = int(stats[0] or 0), int(stats[1] or 0)
+    reader = StateReader(topology, keys)
+    totals = reader.totals()
     cols = _Columns()
-    batch: list[Any] = []
-    for key in client.scan_iter(match=keys.user_prefix() + "*:hist", count=chunk):
-        batch.append(key)
-        if len(batch) >= chunk:
-            cols.add(batch, client.mget(batch))  # type: ignore[arg-type]
-            batch = []
-    if batch:
-        cols.add(batch, client.mget(batch))  # type: ignore[arg-type]
+    try:
+        for node in topology.primaries():
+            batch: list[bytes] = []
+            for key in node.scan_iter(match=keys.history_pattern(), count=chunk):
+                batch.append(key)
+                if len(batch) >= chunk:
+                    cols.add(*_read_chunk(node, keys, batch))
+                    batch = []
+            if batch:
+                cols.add(*_read_chunk(node, keys, batch))
+    except redis.RedisError:
+        topology.refresh()
+        raise
     records = np.concatenate(cols.parts) if cols.parts else np.zeros(0, RECORD)
     owner = np.concatenate(cols.owners) if cols.owners else np.zeros(0, np.int32)
-    items, item_ids, known = _item_positions(StateReader(client, keys), records["item"].astype(np.int64))
+    items, item_ids, known = _item_positions(reader, records["item"].astype(np.int64))
     code = records["code"][known]
     data = Interactions(
         owner[known],
@@ -80,7 +84,24 @@ def read_snapshot(client: redis.Redis, keys: Keys, weights: npt.NDArray[np.float
         cols.users,
         item_ids,
     )
-    return Snapshot(data, applied, last)
+    return Snapshot(data, totals["applied"], totals["last_ts"])
+
+
+def _read_chunk(node: redis.Redis, keys: Keys, found: list[bytes]) -> tuple[list[str], list[bytes | None]]:
+    """(users, their histories) of a chunk of history keys of one node: one MGET per shard, one pipeline."""
+    by_shard: dict[int, list[tuple[bytes, str]]] = {}
+    for key in found:
+        shard, user = keys.history_owner(key)
+        by_shard.setdefault(shard, []).append((key, user))
+    pipe = node.pipeline(transaction=False)
+    for group in by_shard.values():
+        pipe.mget([key for key, _ in group])
+    users: list[str] = []
+    blobs: list[bytes | None] = []
+    for group, got in zip(by_shard.values(), pipe.execute(), strict=True):
+        users += [user for _, user in group]
+        blobs += got
+    return users, blobs
 
 
 def _item_positions(
