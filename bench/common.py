@@ -9,18 +9,32 @@ from pathlib import Path
 import redis
 
 
-def drop_prefix(client: redis.Redis, prefix: str) -> int:
-    """Delete every key under a benchmark's own prefix (a run must not leave its data in a shared Redis)."""
+def drop_prefix(client: redis.Redis | redis.RedisCluster, prefix: str) -> int:
+    """Delete every key under a benchmark's own prefix (a run must not leave its data in a shared Redis); on a
+    cluster, every primary's keys, one UNLINK per key (a multi-key UNLINK must stay within one slot)."""
+    if isinstance(client, redis.RedisCluster):
+        primaries = client.get_primaries()  # type: ignore[no-untyped-call]  # untyped in redis-py
+        return sum(_drop_on(client.get_redis_connection(node), prefix, 1) for node in primaries)
+    return _drop_on(client, prefix, 10_000)
+
+
+def _drop_on(client: redis.Redis, prefix: str, per_command: int) -> int:
+    """``drop_prefix`` on one node, ``per_command`` keys per UNLINK, 10,000 keys per round trip."""
     dropped = 0
     batch: list[bytes] = []
     for key in client.scan_iter(match=prefix + "*", count=10_000):
         batch.append(key)
         if len(batch) == 10_000:
-            dropped += int(client.unlink(*batch))  # type: ignore[arg-type]
+            dropped += _unlink(client, batch, per_command)
             batch = []
-    if batch:
-        dropped += int(client.unlink(*batch))  # type: ignore[arg-type]
-    return dropped
+    return dropped + _unlink(client, batch, per_command)
+
+
+def _unlink(client: redis.Redis, keys: list[bytes], per_command: int) -> int:
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, len(keys), per_command):
+        pipe.unlink(*keys[start : start + per_command])
+    return sum(int(n) for n in pipe.execute()) if keys else 0
 
 
 def process_cpu_seconds(pid: int | str) -> float | None:

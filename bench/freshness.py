@@ -1,6 +1,6 @@
 """Freshness benchmark: event produced -> that user's list changed in Redis, at a steady rate.
 
-    python bench/freshness.py --rate 10000 --seconds 60 --serve-workers 2
+    python bench/freshness.py --rate 10000 --seconds 60 --serve-workers 2 [--redis-cluster 3]
 
 Starts the embedded broker (or uses RECD_KAFKA_BOOTSTRAP) and the Redis at
 RECD_REDIS_URL, warms up with synthetic events (1M by default: histories as
@@ -18,6 +18,15 @@ the p99 of each 10 s window (a drift upwards means serving falls behind),
 where the time went (``stages``: ingest, queue, serve; see freshness_stats.Tracer) and the CPU
 cores each process used while the stream ran (``cpu_cores``: the daemons by
 role, this bench's producer and poller, the broker it started, a local Redis).
+Then, once every event is ingested, Redis is checked against the reference
+model (bench/groundtruth.py: every user's history, the merged popularity):
+``lost``, ``duplicated``; and the load's spread over Redis (bench/cluster.py):
+``events_per_s`` ingested while the stream ran, ``redis_cpu_us_per_event``,
+``primary_write_share``, ``max_slot_write_share`` (an event is one write unit in
+its user's shard slot and, an upper bound, one list write in its ``rec:`` key's
+slot), ``shards``, ``primaries``, ``replicas``, ``wait_replicas``.
+``--redis-cluster N`` runs on a local Redis Cluster of N primaries; with
+RECD_REDIS_CLUSTER=true, on the cluster at RECD_REDIS_URL.
 Every key the run wrote is deleted at the end.
 """
 
@@ -33,28 +42,31 @@ import sys
 import threading
 import time
 import uuid
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
-import redis
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.cluster import RedisTarget, add_cluster_args, redis_target
 from bench.common import drop_prefix, python_loop_seconds
-from bench.freshness_stats import CpuMeter, Tracer, command_usec, latency_summary, process_ids, top_commands
+from bench.freshness_stats import PhaseMeter, Tracer, latency_summary, process_ids, verify_run
 from daemon.dev.embedded import start_broker
 from daemon.dev.publish import make_producer, publish_synthetic
 from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events
 from daemon.runtime.app import create_topics
-from daemon.runtime.keys import Keys
+from daemon.runtime.options import keys_of, topology_of
 from daemon.runtime.settings import Settings, load_settings
+from daemon.runtime.state import StateReader
 
 
-def env_for(settings: Settings, model_dir: Path) -> dict[str, str]:
+def env_for(settings: Settings, model_dir: Path, target: RedisTarget) -> dict[str, str]:
     return {
         **os.environ,
+        **target.env(),
         "RECD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "RECD_REDIS_URL": settings.redis_url,
         "RECD_REDIS_PREFIX": settings.redis_prefix,
         "RECD_EVENTS_TOPIC": settings.events_topic,
         "RECD_PROFILES_TOPIC": settings.profiles_topic,
@@ -65,10 +77,6 @@ def env_for(settings: Settings, model_dir: Path) -> dict[str, str]:
         "RECD_TRAIN_INTERVAL_S": "100000",
         "RECD_LOG_LEVEL": "WARNING",
     }
-
-
-def _queued(client: redis.Redis, keys: Keys) -> int:
-    return sum(int(client.zcard(k)) for k in (keys.dirty, keys.swap_queue, keys.dirty_inflight))  # type: ignore[arg-type]
 
 
 def wait(label: str, check: Any, timeout_s: float) -> None:
@@ -189,6 +197,7 @@ def parse_args() -> argparse.Namespace:
         default="confluent",
         help="load generator client (default: librdkafka, the lighter one; see LoadProducer)",
     )
+    add_cluster_args(ap)
     return ap.parse_args()
 
 
@@ -200,69 +209,104 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     broker = None if "RECD_KAFKA_BOOTSTRAP" in os.environ else start_broker(folder)
     bootstrap: dict[str, Any] = {"kafka_bootstrap": broker.address} if broker else {}
-    settings = load_settings(
-        None,
-        None,
-        **bootstrap,
-        redis_prefix=f"bench-fresh-{tag}:",
-        events_topic=f"fresh-{tag}",
-        profiles_topic=f"fresh-{tag}.profiles",
-        consumer_group=f"fresh-{tag}",
-    )
+    target = None
     try:
-        result = run(settings, args, folder / "models", broker.proc.pid if broker else None)
+        target = redis_target(args, os.environ.get("RECD_REDIS_URL", "redis://127.0.0.1:6379/0"))
+        settings = load_settings(
+            None,
+            None,
+            **bootstrap,
+            **target.settings(),
+            redis_prefix=f"bench-fresh-{tag}:",
+            events_topic=f"fresh-{tag}",
+            profiles_topic=f"fresh-{tag}.profiles",
+            consumer_group=f"fresh-{tag}",
+        )
+        try:
+            result = run(settings, args, folder / "models", broker.proc.pid if broker else None, target)
+        finally:
+            if target.local is None:  # a cluster started here goes with its keys
+                drop_prefix(topology_of(settings).client, settings.redis_prefix)
     finally:
         if broker:
             broker.stop()
-        drop_prefix(redis.Redis.from_url(settings.redis_url), settings.redis_prefix)
+        if target:
+            target.stop()
         shutil.rmtree(folder, ignore_errors=True)  # the broker's log and the model snapshots
     print(json.dumps({**result, "python_loop_s": [loop_before, python_loop_seconds()]}))
 
 
-def run(settings: Settings, args: argparse.Namespace, model_dir: Path, broker_pid: int | None) -> dict[str, Any]:
-    client, keys = redis.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix)
-    create_topics(settings)
+def run(
+    settings: Settings, args: argparse.Namespace, model_dir: Path, broker_pid: int | None, target: RedisTarget
+) -> dict[str, Any]:
+    """Warm up, start the daemons, train, run the measured stream, wait until it is ingested, check Redis."""
+    topology, keys = topology_of(settings), keys_of(settings)
+    reader = StateReader(topology, keys)
     now = int(time.time() * 1000)
+    spec, tracer_users = warm_up(settings, args, now)
+    env = env_for(settings, model_dir, target)
+    roles = ["ingest,serve"] if args.one_process else ["ingest"] + ["serve"] * args.serve_workers
+    daemons = [subprocess.Popen([sys.executable, "-m", "daemon", "run", "--roles", r], env=env) for r in roles]
+    try:
+        first_model(reader, env, args.warmup_events, tracer_users)
+        stream = encoded(
+            SyntheticSpec(**{**spec.__dict__, "start_ms": now, "seed": 2, "step_ms": 1}),
+            int(args.rate * (args.seconds + 1)),
+        )
+        tracer = Tracer(topology, keys, tracer_users, args.items)
+        pids = process_ids(topology, broker_pid, daemons, roles) | target.pids()
+        started, achieved, phase, sent = measure(
+            LoadProducer(settings, args.producer), stream, tracer, args, PhaseMeter(topology, reader, pids)
+        )
+        wait_ingested(reader, len(tracer_users) + args.warmup_events + sent + len(tracer.events))
+    finally:
+        stop_daemons(daemons)
+    print("verifying against the ground truth ...", flush=True)
+    warm = [warm_tracer_event(user, now) for user in tracer_users]
+    measured = [orjson.loads(value) for _, value in stream[:sent]] + tracer.events
+    truth = verify_run(settings, reader, chain(warm, synthetic_events(spec, args.warmup_events)), measured)
+    return {
+        "rate_target": args.rate,
+        "rate_achieved": round(achieved),
+        **latency_summary(tracer, started),
+        **phase,
+        "target_p99_ms": 1000,
+        "events": len(measured),
+        **truth,
+    }
+
+
+def warm_up(settings: Settings, args: argparse.Namespace, now: int) -> tuple[SyntheticSpec, list[str]]:
+    """Topics, then the warm-up published: (its synthetic spec, the tracer users)."""
+    create_topics(settings)
     # warm-up events end a minute ago; the steady stream's event times run from now, 1 ms apart on average
     spec = SyntheticSpec(
         users=args.users, items=args.items, seed=1, start_ms=now - args.warmup_events * 5 - 60_000, step_ms=5
     )
     tracer_users = [f"tracer-{k}" for k in range(args.tracers)]
     publish_warmup(settings, spec, tracer_users, args.warmup_events, now)
-    env = env_for(settings, model_dir)
-    roles = ["ingest,serve"] if args.one_process else ["ingest"] + ["serve"] * args.serve_workers
-    daemons = [subprocess.Popen([sys.executable, "-m", "daemon", "run", "--roles", r], env=env) for r in roles]
-    try:
-        first_model(client, keys, env, args.warmup_events, tracer_users)
-        stream = encoded(
-            SyntheticSpec(**{**spec.__dict__, "start_ms": now, "seed": 2, "step_ms": 1}),
-            int(args.rate * (args.seconds + 1)),
-        )
-        tracer = Tracer(client, keys, tracer_users, args.items)
-        meter = CpuMeter(process_ids(client, broker_pid, daemons, roles))
-        before = command_usec(client)
-        started, achieved, cores = measure(LoadProducer(settings, args.producer), stream, tracer, args, meter)
-        commands = top_commands(before, command_usec(client), time.time() - started)
-    finally:
-        stop_daemons(daemons)
-    return {
-        "rate_target": args.rate,
-        "rate_achieved": round(achieved),
-        **latency_summary(tracer, started),
-        "cpu_cores": {**cores, "total": round(sum(cores.values()), 2)},
-        "redis_commands": commands,
-        "target_p99_ms": 1000,
-    }
+    return spec, tracer_users
 
 
-def first_model(client: redis.Redis, keys: Keys, env: dict[str, str], warmup_events: int, users: list[str]) -> None:
+def wait_ingested(reader: StateReader, total: int) -> None:
+    """Until ingest has handled ``total`` events (applied, duplicate or stale)."""
+
+    def handled() -> bool:
+        totals = reader.totals()
+        return totals["applied"] + totals["duplicates"] + totals["stale"] >= total
+
+    wait("every event ingested", handled, 300)
+
+
+def first_model(reader: StateReader, env: dict[str, str], warmup_events: int, users: list[str]) -> None:
     """Wait for the warm-up to be ingested, train once, then until that model serves (no user left queued)."""
-    wait("warm-up ingested", lambda: int(client.hget(keys.stats, "applied") or 0) >= warmup_events, 600)
+    client, keys = reader.client, reader.keys
+    wait("warm-up ingested", lambda: reader.totals()["applied"] >= warmup_events, 600)
     # the trainer runs apart (its own replica in production), once, before the measured phase
     subprocess.run([sys.executable, "-m", "daemon", "train"], env=env, check=True, stdout=subprocess.DEVNULL)
     wait(
         "first model served",
-        lambda: client.exists(keys.model_current) and client.exists(keys.rec(users[-1])) and _queued(client, keys) == 0,
+        lambda: client.exists(keys.model_current) and client.exists(keys.rec(users[-1])) and reader.queued() == 0,
         600,
     )
 
@@ -275,34 +319,41 @@ def stop_daemons(daemons: list[subprocess.Popen[bytes]]) -> None:
         daemon.wait(30)
 
 
+def warm_tracer_event(user: str, now: int) -> dict[str, Any]:
+    return {"event_id": f"w-{user}", "user_id": user, "item_id": "i1", "type": "click", "ts": now}
+
+
 def publish_warmup(settings: Settings, spec: SyntheticSpec, tracer_users: list[str], events: int, now: int) -> None:
     """One event for each tracer user (so each has a list before the stream), then ``events`` synthetic ones."""
     producer = make_producer(settings)
     for user in tracer_users:
-        event = {"event_id": f"w-{user}", "user_id": user, "item_id": "i1", "type": "click", "ts": now}
-        producer.send(settings.events_topic, key=user.encode(), value=encode(event))
+        producer.send(settings.events_topic, key=user.encode(), value=encode(warm_tracer_event(user, now)))
     producer.close()
     publish_synthetic(settings, spec, events)
 
 
 def measure(
-    producer: LoadProducer, stream: list[tuple[bytes, bytes]], tracer: Tracer, args: argparse.Namespace, meter: CpuMeter
-) -> tuple[float, float, dict[str, float]]:
+    producer: LoadProducer,
+    stream: list[tuple[bytes, bytes]],
+    tracer: Tracer,
+    args: argparse.Namespace,
+    meter: PhaseMeter,
+) -> tuple[float, float, dict[str, Any], int]:
     """The measured phase: steady stream with tracer events, lists polled. Returns (start time, events/s,
-    CPU cores per process while the stream ran)."""
+    what the phase cost (PhaseMeter), stream events sent)."""
     gc.freeze()  # the stream's ~10^6 objects stay out of collections: no GC pauses in the producer/poller
     time.sleep(3)
     poller = threading.Thread(target=tracer.poll, daemon=True)
     poller.start()
     started = time.time()
     meter.start()
-    sent = steady(producer, stream, tracer, args.rate, args.seconds, args.tracer_gap_s)
+    sent = min(len(stream), steady(producer, stream, tracer, args.rate, args.seconds, args.tracer_gap_s))
     achieved = sent / (time.time() - started)
-    cores = meter.cores()
+    phase = meter.stop()
     time.sleep(5)
     tracer.stop.set()
     poller.join()
-    return started, achieved, cores
+    return started, achieved, phase, sent
 
 
 if __name__ == "__main__":

@@ -2,9 +2,14 @@
 
     python bench/ingest.py --events 1000000
 
+    python bench/ingest.py --events 1000000 --redis-cluster 3 [--cluster-replicas 1 --wait-replicas 1]
+
 Uses RECD_KAFKA_BOOTSTRAP / RECD_REDIS_URL when set, else starts the embedded
-broker (and a local redis-server if none answers). The last line printed is
-one JSON object: events_per_s, lost, duplicated, dlq, redis_bytes_per_user, ...
+broker (and a local redis-server if none answers); ``--redis-cluster N`` starts
+a local Redis Cluster of N primaries instead (bench/cluster.py). The last line
+printed is one JSON object: events_per_s, lost, duplicated, dlq,
+redis_bytes_per_user, redis_cpu_us_per_event, primary_write_share,
+max_slot_write_share, shards, primaries, replicas, wait_replicas, ...
 """
 
 from __future__ import annotations
@@ -16,13 +21,21 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
-import redis
 from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.cluster import (
+    RedisTarget,
+    SlotLoad,
+    add_cluster_args,
+    compare,
+    load_figures,
+    primary_loads,
+    redis_target,
+    topology_figures,
+)
 from bench.common import drop_prefix, process_cpu_seconds, python_loop_seconds
 from bench.groundtruth import replay
 from daemon.dev.embedded import LocalProcess, redis_answers, start_broker, start_redis
@@ -32,11 +45,12 @@ from daemon.ingest.store import RedisStore
 from daemon.runtime.app import build_ingest, create_topics
 from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
-from daemon.runtime.options import store_options
+from daemon.runtime.options import keys_of, store_options, topology_of
 from daemon.runtime.profiles import finest_segment
+from daemon.runtime.redisconn import Topology
 from daemon.runtime.settings import Settings, load_settings
-from daemon.runtime.state import StateReader
-from schemas.events import InteractionEvent
+from daemon.runtime.state import StateReader, each_shard
+from schemas.events import InteractionEvent, ProfileEvent
 
 
 def produce(settings: Settings, spec: SyntheticSpec, n: int) -> float:
@@ -52,12 +66,14 @@ def produce(settings: Settings, spec: SyntheticSpec, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def ingest(settings: Settings, total: int, client: redis.Redis) -> tuple[float, Metrics]:
-    """Run the ingest role until Redis has handled every event; returns (seconds, metrics)."""
+def ingest(settings: Settings, total: int, topology: Topology) -> tuple[float, Metrics, dict[str, object]]:
+    """Run the ingest role until Redis has handled every event; returns (seconds, metrics, the primaries'
+    load figures over the run: bench/cluster.py)."""
     metrics = Metrics(CollectorRegistry())
     worker = build_ingest(settings, metrics)
     started = None
     names = ("recd_events_applied_total", "recd_events_duplicate_total", "recd_events_stale_total")
+    before = primary_loads(topology)
     try:
         while sum(metrics.registry.get_sample_value(n) or 0 for n in names) < total:
             polled = worker.step()
@@ -66,47 +82,41 @@ def ingest(settings: Settings, total: int, client: redis.Redis) -> tuple[float, 
         elapsed = time.perf_counter() - (started or time.perf_counter())
     finally:
         worker.shutdown()
-    return elapsed, metrics
+    return elapsed, metrics, load_figures(before, primary_loads(topology), total)
 
 
 def verify(
-    settings: Settings, client: redis.Redis, events: list[dict[str, object]], profiles: dict[str, str]
+    settings: Settings, topology: Topology, events: list[dict[str, object]], profiles: dict[str, str]
 ) -> dict[str, object]:
+    """Redis against the reference model (every user's history, merged popularity), and the workload's write
+    units by slot: an event or a profile one in its user's shard slot, a new item one in the item dictionary's
+    slot."""
     expected = replay(events, settings.history_len, settings.event_weights, settings.rating_threshold, profiles)
-    keys = Keys(settings.redis_prefix)
-    users = sorted(expected.histories)
-    got: dict[str, set[tuple[int, int, str]]] = {}
-    reader = StateReader(client, keys)
-    for start in range(0, len(users), 5000):
-        chunk = reader.histories_by_item_id(users[start : start + 5000])
-        got.update({u: {(e.ts, e.crc, i) for i, e in h} for u, h in chunk.items()})
-    missing = sum(len(set(h) - got.get(u, set())) for u, h in expected.histories.items())
-    extra = sum(len(got.get(u, set()) - set(h)) for u, h in expected.histories.items())
-    applied = int(client.hget(keys.stats, "applied") or 0)
-    ranked: Any = client.zrange(keys.popularity, 0, -1, withscores=True)
-    pop = {k.decode(): float(v) for k, v in ranked}
-    pop_ok = set(pop) == set(expected.popularity) and all(
-        abs(pop[k] - v) < 1e-6 for k, v in expected.popularity.items()
-    )
-    return {
-        "lost": missing + max(0, expected.applied - applied),
-        "duplicated": extra + max(0, applied - expected.applied),
-        "popularity_matches": pop_ok,
-        "applied": applied,
-        "expected_applied": expected.applied,
-    }
+    keys = keys_of(settings)
+    result = compare(StateReader(topology, keys), expected)
+    load = SlotLoad(keys)
+    load.events(str(e["user_id"]) for e in events)
+    load.events(profiles)
+    load.new_items(len({e["item_id"] for e in events}))
+    return {**result, **load.figures(topology), **topology_figures(topology, keys)}
 
 
-def bytes_per_user(client: redis.Redis, history_len: int, users: int = 2000) -> float:
-    """Redis memory added per user holding a full history and a profile (all per-user structures)."""
+PROFILE = {"country": "US", "age_band": "25-34", "gender": "F"}
+
+
+def memory_figures(topology: Topology, history_len: int, users: int = 2000) -> dict[str, int]:
+    """Redis memory, summed over the primaries: ``redis_bytes_per_user``, added per user holding a full history
+    and a profile (all per-user structures) once every shard's aggregates hold the catalogue's 1,000 items; and
+    ``redis_aggregate_bytes_per_item``, what those aggregates (popularity, trending, segment counts in every
+    shard) take per item."""
     prefix = f"bench-mem-{uuid.uuid4().hex[:6]}:"
     settings = load_settings(environ={}, history_len=history_len, event_weights={"view": 1.0}, history_ttl_s=86400)
-    store = RedisStore(client, Keys(prefix), store_options(settings))
-    from schemas.events import ProfileEvent
-
+    keys = Keys(prefix, settings.redis_shards)
+    store = RedisStore(topology, keys, store_options(settings))
     t0 = 1_700_000_000_000
-    store.apply_events([(InteractionEvent("warm", "warm", f"i{i}", "view", t0 + i), t0) for i in range(1000)], t0)
-    before = int(client.info("memory")["used_memory"])
+    empty = used_memory(topology)
+    warm_aggregates(store, keys, t0)
+    before = used_memory(topology)
     for start in range(0, users, 100):
         batch = [
             (InteractionEvent(f"{u}-{k}", f"user{u}", f"i{(u * 7 + k) % 1000}", "view", t0 + k * 1000), t0)
@@ -114,16 +124,35 @@ def bytes_per_user(client: redis.Redis, history_len: int, users: int = 2000) -> 
             for k in range(history_len)
         ]
         store.apply_events(batch, t0)
-        store.apply_profiles(
-            [
-                (ProfileEvent(f"user{u}", {"country": "US", "age_band": "25-34", "gender": "F"}, t0), t0)
-                for u in range(start, start + 100)
-            ]
+        store.apply_profiles([(ProfileEvent(f"user{u}", PROFILE, t0), t0) for u in range(start, start + 100)])
+    each_shard(topology, keys, lambda p, s: p.delete(keys.dirty(s)))  # transient: emptied by the serving loop
+    after = used_memory(topology)
+    drop_prefix(topology.client, prefix)
+    per_user = (after - before) / users
+    return {
+        "redis_bytes_per_user": round(per_user),
+        "redis_aggregate_bytes_per_item": round((before - empty - keys.shards * per_user) / 1000),
+    }
+
+
+def warm_aggregates(store: RedisStore, keys: Keys, t0: int) -> None:
+    """A user in every shard, with a profile and an event on each of the 1,000 items: every shard's aggregates
+    hold the whole catalogue (as they come to on a running system), the changed-user queues left empty."""
+    warm: dict[int, str] = {}
+    n = 0
+    while len(warm) < keys.shards:
+        warm.setdefault(keys.shard_of(f"warm{n}"), f"warm{n}")
+        n += 1
+    store.apply_profiles([(ProfileEvent(user, PROFILE, t0), t0) for user in warm.values()])
+    for user in warm.values():
+        store.apply_events(
+            [(InteractionEvent(f"{user}-{i}", user, f"i{i}", "view", t0 + i * 1000), t0) for i in range(1000)], t0
         )
-    client.delete(Keys(prefix).dirty)  # transient: emptied by the serving loop
-    after = int(client.info("memory")["used_memory"])
-    drop_prefix(client, prefix)
-    return (after - before) / users
+    each_shard(store.topology, keys, lambda p, s: p.delete(keys.dirty(s)))
+
+
+def used_memory(topology: Topology) -> int:
+    return sum(int(node.info("memory")["used_memory"]) for node in topology.primaries())
 
 
 def cpu_seconds() -> dict[str, float]:
@@ -143,19 +172,26 @@ def cpu_seconds() -> dict[str, float]:
     return out
 
 
-def start_servers() -> tuple[list[LocalProcess], str, str]:
-    """(servers started here, to stop; broker address; Redis URL): the broker at RECD_KAFKA_BOOTSTRAP or an
-    embedded one, the Redis at RECD_REDIS_URL (default local) or a redis-server started here."""
+def start_servers(args: argparse.Namespace) -> tuple[list[LocalProcess], str, RedisTarget]:
+    """(servers started here, to stop; broker address; Redis): the broker at RECD_KAFKA_BOOTSTRAP or an
+    embedded one; a local Redis Cluster (``--redis-cluster``), the cluster at RECD_REDIS_URL
+    (RECD_REDIS_CLUSTER=true), or the Redis at RECD_REDIS_URL (default local) or a redis-server started here."""
     servers: list[LocalProcess] = []
     bootstrap = os.environ.get("RECD_KAFKA_BOOTSTRAP")
     if not bootstrap:
         servers.append(start_broker())
         bootstrap = servers[-1].address
     url = os.environ.get("RECD_REDIS_URL", "redis://127.0.0.1:6379/0")
-    if not redis_answers(url):
-        servers.append(start_redis())
-        url = servers[-1].address
-    return servers, bootstrap, url
+    try:
+        target = redis_target(args, url)
+        if not target.cluster and not redis_answers(url):
+            servers.append(start_redis())
+            target.url = servers[-1].address
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers, bootstrap, target
 
 
 def parse_args() -> argparse.Namespace:
@@ -165,15 +201,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=4)
+    add_cluster_args(parser)
     return parser.parse_args()
 
 
-def run_settings(bootstrap: str, url: str) -> Settings:
+def run_settings(bootstrap: str, target: RedisTarget) -> Settings:
     """Settings for one run on these servers: topics, consumer group and Redis prefix of its own."""
     tag = uuid.uuid4().hex[:8]
     return load_settings(
         kafka_bootstrap=bootstrap,
-        redis_url=url,
+        **target.settings(),
         redis_prefix=f"bench-{tag}:",
         events_topic=f"bench-ev-{tag}",
         profiles_topic=f"bench-prof-{tag}",
@@ -195,7 +232,7 @@ def dead_letters(metrics: Metrics) -> int:
     )
 
 
-def measure(settings: Settings, client: redis.Redis, args: argparse.Namespace) -> dict[str, object]:
+def measure(settings: Settings, topology: Topology, args: argparse.Namespace) -> dict[str, object]:
     """Produce, ingest and verify ``args.events`` events: the result, all but ``python_loop_s``."""
     create_topics(settings, args.partitions)
     spec = SyntheticSpec(
@@ -205,21 +242,22 @@ def measure(settings: Settings, client: redis.Redis, args: argparse.Namespace) -
     produce_rate = produce(settings, spec, args.events)
     print(f"produced at {produce_rate:,.0f}/s; ingesting ...", flush=True)
     cpu_before = cpu_seconds()
-    seconds, metrics = ingest(settings, args.events, client)
+    seconds, metrics, load = ingest(settings, args.events, topology)
     cpu = {name: round((after - cpu_before.get(name, 0.0)) / seconds, 2) for name, after in cpu_seconds().items()}
     profiles = {
         p["user_id"]: finest_segment(p["attributes"], settings.segment_keys) for p in synthetic_profiles(spec, 0)
     }
     print("verifying against the ground truth ...", flush=True)
-    result = verify(settings, client, list(synthetic_events(spec, args.events)), profiles)
+    result = verify(settings, topology, list(synthetic_events(spec, args.events)), profiles)
     result.update(
         {
+            **load,
             "events": args.events,
             "events_per_s": round(args.events / seconds),
             "seconds": round(seconds, 2),
             "produce_per_s": round(produce_rate),
             "dlq": dead_letters(metrics),
-            "redis_bytes_per_user": round(bytes_per_user(client, settings.history_len)),
+            **memory_figures(topology, settings.history_len),
             "history_len": settings.history_len,
             "partitions": args.partitions,
             "cpu_cores_used": cpu,
@@ -231,16 +269,17 @@ def measure(settings: Settings, client: redis.Redis, args: argparse.Namespace) -
 def main() -> None:
     args = parse_args()
     loop_before = python_loop_seconds()
-    servers, bootstrap, url = start_servers()
-    settings = run_settings(bootstrap, url)
-    client = redis.Redis.from_url(url)
+    servers, bootstrap, target = start_servers(args)
+    settings = run_settings(bootstrap, target)
+    topology = topology_of(settings)
     try:
-        result = measure(settings, client, args)
+        result = measure(settings, topology, args)
         result["python_loop_s"] = [loop_before, python_loop_seconds()]
-        drop_prefix(client, settings.redis_prefix)
+        drop_prefix(topology.client, settings.redis_prefix)
     finally:
         for server in servers:
             server.stop()
+        target.stop()
     print(json.dumps(result))
 
 

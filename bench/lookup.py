@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -36,11 +35,15 @@ from daemon.api.http import Routes, start_http
 from daemon.runtime.app import build_lookup
 from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
+from daemon.runtime.options import keys_of, topology_of
+from daemon.runtime.redisconn import RedisClient
 from daemon.runtime.settings import load_settings
 from schemas.records import RecommendationList, SimilarList
 
 
-def fill(client: redis.Redis, keys: Keys, users: int, items: int) -> None:
+def fill(client: RedisClient, keys: Keys, users: int, items: int) -> None:
+    """Stored lists for ``users`` users and ``items`` items, and trending counts spread over the shards (item i
+    in shard i mod shards)."""
     now = int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     for u in range(users):
@@ -53,7 +56,7 @@ def fill(client: redis.Redis, keys: Keys, users: int, items: int) -> None:
         picks = [f"i{(i + k + 1) % items}" for k in range(10)]
         pipe.set(keys.sim(f"i{i}"), SimilarList(f"i{i}", picks, [0.9] * 10, "bench", now).to_json())
     for i in range(items):
-        pipe.zadd(keys.trending, {f"i{i}": float(items - i)})
+        pipe.zadd(keys.trending(i % keys.shards), {f"i{i}": float(items - i)})
     pipe.execute()
 
 
@@ -109,8 +112,8 @@ def main() -> None:
         return
     loop_before = python_loop_seconds()
     settings = load_settings(redis_prefix=f"bench-lookup-{uuid.uuid4().hex[:8]}:")
-    client = redis.Redis.from_url(settings.redis_url)
-    fill(client, Keys(settings.redis_prefix), args.users, args.items)
+    client = topology_of(settings).client
+    fill(client, keys_of(settings), args.users, args.items)
     child = subprocess.Popen(
         [sys.executable, __file__, "--serve-prefix", settings.redis_prefix],
         stdin=subprocess.PIPE,

@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import redis
 from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,17 +33,18 @@ from bench.common import drop_prefix, python_loop_seconds
 from daemon.dev.synthetic import SyntheticSpec, synthetic_events, synthetic_profiles
 from daemon.ingest.store import RedisStore
 from daemon.runtime.app import build_server, build_trainer, build_watcher
-from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
-from daemon.runtime.options import store_options
+from daemon.runtime.options import keys_of, store_options, topology_of
+from daemon.runtime.redisconn import Topology
 from daemon.runtime.settings import Settings, load_settings
+from daemon.runtime.state import each_shard
 from daemon.serve.server import Server
 from schemas.events import InteractionEvent, ProfileEvent
 
 
-def fill(settings: Settings, client: redis.Redis, spec: SyntheticSpec, n: int) -> None:
+def fill(settings: Settings, topology: Topology, spec: SyntheticSpec, n: int) -> None:
     """Profiles and n events into Redis through the ingest store, in batches of 2,000."""
-    store = RedisStore(client, Keys(settings.redis_prefix), store_options(settings))
+    store = RedisStore(topology, keys_of(settings), store_options(settings))
     store.apply_profiles(
         (ProfileEvent(p["user_id"], p["attributes"], p["ts"]), p["ts"]) for p in synthetic_profiles(spec, spec.start_ms)
     )
@@ -67,18 +67,36 @@ def _chunks(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[st
         yield batch
 
 
-def drain(server: Server, client: redis.Redis, keys: Keys) -> tuple[float, int, int, float]:
+def drain(server: Server) -> tuple[float, int, int, float]:
     """Mark every active user changed, step until none is queued: (seconds, users, steps, CPU seconds of this
     process: the serve loop and its writer thread)."""
-    users: Any = client.zrange(keys.active, 0, -1)
-    now = int(time.time() * 1000)
-    client.zadd(keys.dirty, {u: now for u in users})
+    mark_all_changed(server)
     started, cpu, served, steps = time.perf_counter(), time.process_time(), 0, 0
-    while n := server.step():
-        served += n
-        steps += 1
-    server.flush()
+    while True:
+        while n := server.step():
+            served += n
+            steps += 1
+        server.flush()
+        if server.queue.depth() == 0:
+            break
+        server.queue.reset_pacing()  # shards found empty meanwhile were backed off
     return time.perf_counter() - started, served, steps, time.process_time() - cpu
+
+
+def mark_all_changed(server: Server) -> None:
+    """Every shard's active users into its changed-user queue, every shard asked at the next claim."""
+    topology, keys, now = server.topology, server.keys, int(time.time() * 1000)
+    active = each_shard(topology, keys, lambda p, s: p.zrange(keys.active(s), 0, -1))
+
+    def mark(pipe: Any, shard: int) -> None:
+        users = active[shard]
+        if users:
+            pipe.zadd(keys.dirty(shard), dict.fromkeys(users, now))
+        else:
+            pipe.zcard(keys.dirty(shard))
+
+    each_shard(topology, keys, mark)
+    server.queue.reset_pacing()
 
 
 def parse_args() -> argparse.Namespace:
@@ -119,20 +137,21 @@ def main() -> None:
     settings = load_settings(
         redis_prefix=f"bench-serve-{tag}:", model_dir=f"var/bench-serve-{tag}/models", train_min_events=1
     )
-    client, keys = redis.Redis.from_url(settings.redis_url), Keys(settings.redis_prefix)
+    topology = topology_of(settings)
     spec = SyntheticSpec(users=args.users, items=args.items, seed=1, start_ms=int(time.time() * 1000) - 3_600_000)
     try:
-        fill(settings, client, spec, args.events)
-        outcome = build_trainer(settings, Metrics(CollectorRegistry()), client).run_once()
+        fill(settings, topology, spec, args.events)
+        outcome = build_trainer(settings, Metrics(CollectorRegistry())).run_once()
         metrics = Metrics(CollectorRegistry())
-        server = build_server(settings, metrics, build_watcher(settings, client, metrics))
+        server = build_server(settings, metrics, build_watcher(settings, metrics))
         while server.watcher.current is None:
             server.step()
         server.step()  # the swap's refresh queue
-        drain(server, client, keys)  # warm caches
-        runs = [drain(server, client, keys) for _ in range(args.repeats)]
+        drain(server)  # warm caches
+        runs = [drain(server) for _ in range(args.repeats)]
+        server.shutdown()
     finally:
-        drop_prefix(client, settings.redis_prefix)
+        drop_prefix(topology.client, settings.redis_prefix)
         shutil.rmtree(Path(settings.model_dir).parent, ignore_errors=True)
     print(json.dumps(report(args, settings, outcome.version, runs, loop_before)))
 

@@ -126,15 +126,14 @@ def keys(prefix: str) -> Keys:
     return Keys(prefix, SHARDS)
 
 
-@pytest.fixture
-def settings(redis_target: RedisTarget, broker: str, prefix: str, tmp_path: Path) -> Settings:
-    """Settings with this test's own topics, group, prefix and model folder, on this run's Redis."""
+def make_settings(target: RedisTarget, broker: str, prefix: str, folder: Path) -> Settings:
+    """Settings with their own topics, group, prefix and model folder, on ``target``."""
     tag = uuid.uuid4().hex[:8]
     return load_settings(
         environ={},
         kafka_bootstrap=broker,
-        redis_url=redis_target.url,
-        redis_cluster=redis_target.cluster,
+        redis_url=target.url,
+        redis_cluster=target.cluster,
         redis_prefix=prefix,
         redis_shards=SHARDS,
         events_topic=f"ev-{tag}",
@@ -142,5 +141,34 @@ def settings(redis_target: RedisTarget, broker: str, prefix: str, tmp_path: Path
         consumer_group=f"g-{tag}",
         session_timeout_ms=6000,
         metrics_port=0,
-        model_dir=str(tmp_path / "models"),
+        model_dir=str(folder / "models"),
     )
+
+
+# Settings a daemon subprocess must share with its test (passed as RECD_* variables).
+PASSED_TO_DAEMONS = (
+    "kafka_bootstrap",
+    "redis_url",
+    "redis_cluster",
+    "redis_shards",
+    "redis_prefix",
+    "events_topic",
+    "profiles_topic",
+    "consumer_group",
+    "session_timeout_ms",
+    "model_dir",
+)
+
+
+def daemon_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The parent environment without its RECD_* variables, plus the test's settings and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECD_")}
+    env.update({"RECD_" + name.upper(): str(getattr(settings, name)) for name in PASSED_TO_DAEMONS})
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def settings(redis_target: RedisTarget, broker: str, prefix: str, tmp_path: Path) -> Settings:
+    """Settings with this test's own topics, group, prefix and model folder, on this run's Redis."""
+    return make_settings(redis_target, broker, prefix, tmp_path)

@@ -35,9 +35,9 @@ from daemon.runtime.metrics import Metrics
 from daemon.runtime.options import keys_of
 from daemon.runtime.redisconn import FatalRedisError, RedisClient, Topology
 from daemon.runtime.service import Service
-from daemon.runtime.settings import Settings, env_name, load_settings
+from daemon.runtime.settings import Settings, env_name
 from daemon.runtime.state import StateReader
-from tests.conftest import SHARDS
+from tests.conftest import RedisTarget, make_settings
 from tests.kafkatools import committed_total, produce_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -50,20 +50,7 @@ def cluster_settings(redis_cluster: LocalCluster, broker: str, tmp_path: Path) -
     """Settings like conftest's ``settings`` on the Redis Cluster (whole again first); the prefix is emptied after."""
     redis_cluster.wait_ready(60)
     tag = uuid.uuid4().hex[:8]
-    yield load_settings(
-        environ={},
-        kafka_bootstrap=broker,
-        redis_url=redis_cluster.url,
-        redis_cluster=True,
-        redis_prefix=f"test:{tag}:",
-        redis_shards=SHARDS,
-        events_topic=f"ev-{tag}",
-        profiles_topic=f"prof-{tag}",
-        consumer_group=f"g-{tag}",
-        session_timeout_ms=6000,
-        metrics_port=0,
-        model_dir=str(tmp_path / "models"),
-    )
+    yield make_settings(RedisTarget(redis_cluster.url, True), broker, f"test:{tag}:", tmp_path)
     redis_cluster.wait_ready(60)
     client = redis.RedisCluster.from_url(redis_cluster.url)
     try:

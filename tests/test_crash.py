@@ -4,7 +4,6 @@ end up equal to the ground truth. A SIGTERM drains, commits and exits cleanly.""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -21,30 +20,16 @@ from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events, synthe
 from daemon.runtime.options import keys_of
 from daemon.runtime.profiles import finest_segment
 from daemon.runtime.redisconn import RedisClient, Topology
-from daemon.runtime.settings import Settings, env_name
+from daemon.runtime.settings import Settings
 from daemon.runtime.state import StateReader
+from tests.conftest import daemon_env
 from tests.kafkatools import committed_total, produce_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-SETTINGS_PASSED = (
-    "kafka_bootstrap",
-    "redis_url",
-    "redis_cluster",
-    "redis_shards",
-    "redis_prefix",
-    "events_topic",
-    "profiles_topic",
-    "consumer_group",
-)
-
-
 def spawn(settings: Settings, log: Path, port: int = 0) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    for name in SETTINGS_PASSED:
-        env[env_name(name)] = str(getattr(settings, name))
-    env.update({"RECD_SESSION_TIMEOUT_MS": "6000", "RECD_METRICS_PORT": str(port), "RECD_POLL_MAX_RECORDS": "500"})
+    env = daemon_env(settings, RECD_METRICS_PORT=str(port), RECD_POLL_MAX_RECORDS="500")
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "daemon", "ingest"], env=env, stdout=out, stderr=subprocess.STDOUT

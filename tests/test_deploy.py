@@ -12,7 +12,6 @@ import contextlib
 import functools
 import importlib.util
 import json
-import os
 import re
 import shutil
 import signal
@@ -28,7 +27,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.runtime.settings import ENV_PREFIX, Settings, env_name
+from daemon.runtime.settings import Settings
+from tests.conftest import daemon_env
 from tests.deployfiles import DASHBOARDS, DEPLOY, OPS_GUIDE, ROOT, load_yaml
 
 RULES = DEPLOY / "prometheus" / "rules.yml"
@@ -124,26 +124,6 @@ def test_exported_series_maps_suffixes_by_type() -> None:
 
 
 # ----- the daemon, as ops run it
-
-
-def daemon_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The parent environment without its RECD_* variables, plus the test's settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    for name in (
-        "kafka_bootstrap",
-        "redis_url",
-        "redis_cluster",
-        "redis_prefix",
-        "redis_shards",
-        "events_topic",
-        "profiles_topic",
-        "consumer_group",
-        "session_timeout_ms",
-        "model_dir",
-    ):
-        env[env_name(name)] = str(getattr(settings, name))
-    env.update({"RECD_HTTP_HOST": "127.0.0.1", "RECD_METRICS_PORT": "0", **extra})
-    return env
 
 
 def wait_for_http(proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 45.0) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import os
 import re
 import signal
 import subprocess
@@ -17,28 +16,16 @@ from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events
 from daemon.runtime.app import create_topics
 from daemon.runtime.options import keys_of
 from daemon.runtime.redisconn import RedisClient, Topology
-from daemon.runtime.settings import Settings, env_name
+from daemon.runtime.settings import Settings
 from daemon.runtime.state import StateReader
+from tests.conftest import daemon_env
 from tests.kafkatools import produce_raw
 
 pytestmark = pytest.mark.integration
 
 
 def spawn(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    for name in (
-        "kafka_bootstrap",
-        "redis_url",
-        "redis_cluster",
-        "redis_shards",
-        "redis_prefix",
-        "events_topic",
-        "profiles_topic",
-        "consumer_group",
-        "model_dir",
-    ):
-        env[env_name(name)] = str(getattr(settings, name))
-    env.update({"RECD_SESSION_TIMEOUT_MS": "6000", "RECD_METRICS_PORT": "0", "RECD_POLL_MAX_RECORDS": "200"})
+    env = daemon_env(settings, RECD_METRICS_PORT="0", RECD_POLL_MAX_RECORDS="200")
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "daemon", "run", "--roles", "ingest,serve"],

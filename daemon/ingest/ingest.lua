@@ -2,13 +2,14 @@
 -- Every key is in KEYS and carries the shard's hash tag (one slot):
 --   1 pop, 2 trend, 3 trend:epoch, 4 dirty, 5 stats, 6 segs,
 --   then for the i-th user of b.u: 6 + 2i - 1 its history, 6 + 2i its profile,
---   then for the j-th name of b.sn: 6 + 2 * #b.u + j that segment's popularity zset.
--- ARGV: 1 JSON {rec = {record, key, key_item, size}, now, ttl, hl, n, max_sec,
---       items = [[item id, item number], ...], sn = [segment names],
---       u = [[user, sec, crc24, item index (1-based), code, w, msg_ms, sec, ...], ...],
---       es = [the segment index (in sn, 0 = none) each user's profile is expected to name],
---       check = whether segments are configured at all}
---       (each user's events flat, six fields apiece, in arrival order)
+--   then for the j-th name of ARGV[3]: 6 + 2 * #b.u + j that segment's popularity zset.
+-- ARGV: 1 JSON {rec = {record, key, key_item, size}, now, ttl, hl, n, max_sec, check (whether segments
+--       are configured at all), items = [item ids],
+--       u = [[user, sec, crc24, item index (1-based), code, w, msg_ms, sec, ...], ...]}
+--       (each user's events flat, six fields apiece, in arrival order);
+--       2 JSON [the number of each item, from the item dictionary]; 3 JSON [segment names];
+--       4 JSON [the segment index (in ARGV 3, 0 = none) each user's profile is expected to name]
+--       (1 is encoded while the previous batch runs; 2-4 are small and made just before the call)
 -- Returns {applied, duplicates, stale, {i, segment, ...}}: the last lists the users whose profile names
 -- another finest segment than expected (its '_seg' field): nothing of theirs is applied; the caller sends
 -- them again with the right segment key.
@@ -30,7 +31,8 @@ local b = cjson.decode(ARGV[1])
 -- the record layout, given by daemon/runtime/history.py (its one owner)
 local R, FMT, KEY, KEY_ITEM = b.rec.size, b.rec.record, b.rec.key, b.rec.key_item
 local CHUNK = 1000  -- values per multi-member call (Lua's unpack() gives at most 8000)
-local ttl, hl, n, seg_names, expected = b.ttl, b.hl, b.n, b.sn, b.es
+local numbers, seg_names, expected = cjson.decode(ARGV[2]), cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
+local ttl, hl, n = b.ttl, b.hl, b.n
 local items, incr = b.items, {}
 local applied, dups, stale, last_ts = 0, 0, 0, 0
 local USERS = 6  -- KEYS before the users'
@@ -38,7 +40,7 @@ local SEGS = USERS + 2 * #b.u  -- KEYS before the segments'
 
 -- The number of batch item i (assigned by the item dictionary before this call).
 local function item_number(i)
-  return items[i][2]
+  return numbers[i]
 end
 
 local function less(t1, f1, t2, f2)
@@ -183,7 +185,7 @@ local function count_applied(u, j, first)
   if sec > last_ts then last_ts = sec end
   if first ~= nil and first < msg then msg = first end
   if w <= 0 then return msg end
-  local item = items[u[j + 2]][1]
+  local item = items[u[j + 2]]
   add(KEYS[1], item, w)
   add(KEYS[2], item, w * 2 ^ ((sec - epoch) / hl))
   if user_seg then add(user_seg, item, w) end

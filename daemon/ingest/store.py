@@ -62,6 +62,8 @@ class ShardBatch:
     users: list[list[Any]] = field(default_factory=list)  # [user, sec, crc24, item index, code, w, msg_ms, ...]
     items: list[str] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)  # the script's keys up to the segments' (every user's)
+    payload: bytes = b""  # the script's document of every user
 
 
 @dataclass(frozen=True)
@@ -124,15 +126,19 @@ class RedisStore:
     def prepare(self, events: Iterable[tuple[InteractionEvent, int]], now_ms: int) -> Prepared:
         """Group (event, message ms) pairs by shard and user, in arrival order."""
         shards: dict[int, ShardBatch] = {}
-        by_user: dict[str, list[Any]] = {}
+        by_user: dict[str, tuple[list[Any], ShardBatch]] = {}
         batch_items: dict[str, None] = {}
         weight_of, crc32, codes, max_sec = self._weight_of_code, zlib.crc32, TYPE_CODES, 0
         for event, msg_ms in events:  # the ingest hot path: kept flat on purpose
-            user = by_user.get(event.user_id)
-            shard = shards.setdefault(self.keys.shard_of(event.user_id), ShardBatch())
-            if user is None:
-                user = by_user[event.user_id] = [event.user_id]
+            found = by_user.get(event.user_id)
+            if found is None:
+                number = self.keys.shard_of(event.user_id)
+                shard = shards.get(number) or shards.setdefault(number, ShardBatch())
+                user: list[Any] = [event.user_id]
                 shard.users.append(user)
+                by_user[event.user_id] = (user, shard)
+            else:
+                user, shard = found
             pos = shard.index.get(event.item_id)
             if pos is None:
                 shard.items.append(event.item_id)
@@ -142,6 +148,8 @@ class RedisStore:
             sec = event.ts // 1000
             max_sec = max(max_sec, sec)
             user.extend((sec, crc32(event.event_id.encode()) & CRC_MASK, pos, code, weight_of[code], msg_ms))
+        for number, batch in shards.items():  # encoded here, on the caller's thread, while Redis runs the last batch
+            self._encode(number, batch, batch.users, (now_ms, max_sec))
         return Prepared(shards, list(batch_items), max_sec, now_ms)
 
     def apply_events(self, events: Iterable[tuple[InteractionEvent, int]], now_ms: int) -> BatchResult:
@@ -178,41 +186,47 @@ class RedisStore:
             again.append(user)
         return again
 
-    def _call(
-        self, shard: int, batch: ShardBatch, users: list[list[Any]], prepared: Prepared, numbers: dict[str, int]
-    ) -> Call:
-        """The script call of ``users`` of one shard, with each user's expected segment key."""
-        names: dict[str, int] = {}
-        expected = []
-        for user in users:
-            segment = self.segments.get(user[0], "")
-            expected.append(names.setdefault(segment, len(names) + 1) if segment else 0)
+    def _encode(self, shard: int, batch: ShardBatch, users: list[list[Any]], prepared_at: tuple[int, int]) -> None:
+        """The shard's keys (without the segments') and document for ``users``, into ``batch``."""
         k = self.keys
         keys = [k.popularity(shard), k.trending(shard), k.trending_epoch(shard), k.dirty(shard), k.stats(shard)]
         keys.append(k.segments(shard))
         for user in users:
             keys += [k.history(user[0]), k.profile(user[0])]
-        keys += [k.segment(shard, name) for name in names]
-        doc = self._document(prepared, [[item, numbers[item]] for item in batch.items], list(names), users)
-        doc["es"] = expected
-        return Call(self._ingest, keys, [orjson.dumps(doc)])
-
-    def _document(
-        self, prepared: Prepared, items: list[list[Any]], segments: list[str], users: list[list[Any]]
-    ) -> dict[str, Any]:
         opts = self.options
-        return {
+        doc = {
             "rec": LUA_FORMATS,
-            "now": prepared.now_ms,
+            "now": prepared_at[0],
             "ttl": opts.history_ttl_s,
             "hl": opts.trending_half_life_s,
             "n": opts.history_len,
-            "max_sec": prepared.max_sec,
+            "max_sec": prepared_at[1],
             "check": bool(opts.segment_keys),
-            "items": items,
-            "sn": segments,
+            "items": batch.items,
             "u": users,
         }
+        batch.keys, batch.payload = keys, orjson.dumps(doc)
+
+    def _call(
+        self, shard: int, batch: ShardBatch, users: list[list[Any]], prepared: Prepared, numbers: dict[str, int]
+    ) -> Call:
+        """The script call of ``users`` of one shard, with each user's expected segment key."""
+        if users is not batch.users:  # a round for some users only: their own keys and document
+            batch = ShardBatch(users, batch.items, batch.index)
+            self._encode(shard, batch, users, (prepared.now_ms, prepared.max_sec))
+        names: dict[str, int] = {}
+        expected = []
+        for user in users:
+            segment = self.segments.get(user[0], "")
+            expected.append(names.setdefault(segment, len(names) + 1) if segment else 0)
+        keys = batch.keys + [self.keys.segment(shard, name) for name in names]
+        args = [
+            batch.payload,
+            orjson.dumps([numbers[i] for i in batch.items]),
+            orjson.dumps(list(names)),
+            orjson.dumps(expected),
+        ]
+        return Call(self._ingest, keys, args)
 
     def _number_items(self, ids: list[str], now_ms: int) -> tuple[dict[str, int], int]:
         """The number of every id of the batch, and how many ids were new to Redis. The cache may forget ids

@@ -62,7 +62,7 @@ class Settings:
     kafka_ssl_cafile: str = _s("", "CA bundle to verify the brokers")
     kafka_ssl_certfile: str = _s("", "client certificate (mutual TLS)")
     kafka_ssl_keyfile: str = _s("", "client key (mutual TLS)")
-    poll_max_records: int = _s(5000, "most records taken in one poll (one Redis batch)")
+    poll_max_records: int = _s(20000, "most records in one poll, one Redis batch (larger: fewer scripts per event)")
     poll_timeout_ms: int = _s(200, "poll timeout; the loop never blocks longer on the broker")
     session_timeout_ms: int = _s(10000, "consumer session timeout (>= 6000 for Apache Kafka)")
     # --- Redis

@@ -5,7 +5,7 @@
 -- swap refreshes. A user another worker holds (an unexpired lease) stays queued, with its
 -- score, until that worker acknowledges: two workers serving one user at once could write
 -- the list from the older history last. A user in both queues is claimed once, as a fresh
--- change; its swap entry is dropped. Returns {user, score, from_swap (0/1), ...}; score is
+-- change; its swap entry is dropped. Returns {users still queued, user, score, from_swap (0/1), ...}; score is
 -- the message time of the user's earliest unserved change (dirty) or minus the last activity
 -- time (swap).
 local call = redis.call
@@ -65,4 +65,5 @@ for i = 1, #out, 3 do
   leased[#leased + 1] = out[i]
 end
 chunked(leased, 2, 'ZADD', KEYS[2])
+table.insert(out, 1, call('ZCARD', KEYS[1]) + call('ZCARD', KEYS[3]))
 return out

@@ -8,9 +8,10 @@ loses work. A user changed again while one worker holds it stays queued until th
 second worker serving the newer history at the same time could finish first and have its list overwritten
 by the older one.
 
-A step claims from every shard that had work lately, in one pipeline per node; a shard found empty is asked
-again after a back-off that doubles up to ``IDLE_MAX_S``, so an idle worker costs Redis little and a change
-waits at most that long for its shard's next claim.
+A step claims from the shards with the most users waiting (each claim reports how many stay queued) and
+from shards not asked lately, at most ``n / MIN_PER_SHARD`` shards a step, in one pipeline per node; a shard
+found empty is asked again after a back-off that doubles up to ``IDLE_MAX_S``, so an idle worker costs Redis
+little and a change waits at most that long for its shard's next claim.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from daemon.serve.wire import RoutedCommands
 
 IDLE_FIRST_S = 0.01  # an empty shard is claimed from again after this...
 IDLE_MAX_S = 0.2  # ...doubling up to this
+MIN_PER_SHARD = 16  # a step asks at most n / this many shards (fewer, larger claims cost Redis less)
 
 
 class Claim(NamedTuple):
@@ -48,15 +50,17 @@ class WorkQueue:
         self._refresh = Script.load("daemon.serve", "refresh.lua")
         self._due = [0.0] * keys.shards  # monotonic time each shard is next asked
         self._idle = [IDLE_FIRST_S] * keys.shards
+        self._backlog = [0] * keys.shards  # users each shard still held at its last claim
         self._start = random.randrange(keys.shards)  # workers start their rounds at different shards
 
     def claim(self, n: int, now_ms: int, with_history: bool = False) -> list[Claim]:
         """Up to n users (a few more when n does not divide among the shards asked), fresh changes first in
         each shard; ``with_history`` reads their histories too."""
         now = time.monotonic()
-        shards = [s for s in self._order() if self._due[s] <= now]
-        if not shards:
+        due = [s for s in self._order() if self._due[s] <= now]
+        if not due:
             return []
+        shards = self._choose(due, max(1, n // MIN_PER_SHARD))
         per_shard = -(-n // len(shards))  # at most n (and a few) in all
         k = self.keys
         calls = [
@@ -64,8 +68,9 @@ class WorkQueue:
             for s in shards
         ]
         claims: list[Claim] = []
-        for shard, flat in zip(shards, run(self.topology, calls, wait=False), strict=True):
-            self._pace(shard, bool(flat), now)
+        for shard, reply in zip(shards, run(self.topology, calls, wait=False), strict=True):
+            self._backlog[shard], flat = int(reply[0]), reply[1:]
+            self._pace(shard, bool(flat) or self._backlog[shard] > 0, now)
             claims += [
                 Claim(text(u), float(s), w == 1) for u, s, w in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
             ]
@@ -73,6 +78,13 @@ class WorkQueue:
             blobs = self.reader.history_blobs([c.user_id for c in claims])
             claims = [c._replace(history=b) for c, b in zip(claims, blobs, strict=True)]
         return claims
+
+    def _choose(self, due: list[int], most: int) -> list[int]:
+        """Half of ``most`` shards with the longest queues, the rest in this worker's rotation: deep queues
+        drain in large claims, and no shard waits behind them for long."""
+        deepest = sorted(due, key=lambda s: -self._backlog[s])[: most // 2]
+        taken = set(deepest)
+        return deepest + [s for s in due if s not in taken][: most - len(deepest)]
 
     def _order(self) -> list[int]:
         """Every shard, starting where this worker's last round left off."""
