@@ -126,7 +126,31 @@ def _load_slowly(raw: bytes) -> Any:
         raise InvalidEvent("invalid_json", f"line {exc.lineno} col {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise InvalidEvent("invalid_json", "nesting too deep") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4,300 by default)
+        raise InvalidEvent("invalid_json", f"number out of range: {str(exc)[:80]}") from None
+    bad = _lone_surrogate(doc)
+    if bad is not None:
+        raise InvalidEvent("invalid_utf8", f"string {bad[:40]!r} holds a lone surrogate escape: not Unicode text")
     return doc
+
+
+def _lone_surrogate(doc: Any) -> str | None:
+    """The first string (key or value) holding a lone UTF-16 surrogate, which a ``\\ud800`` escape
+    decodes to and which has no UTF-8 form (no id, key or Redis command could carry it), else None."""
+    stack: list[Any] = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, str) and not node.isascii():
+            try:
+                node.encode()
+            except UnicodeEncodeError:
+                return node
+    return None
 
 
 def _id(doc: dict[str, Any], name: str, limits: Limits) -> str:
@@ -148,6 +172,8 @@ def _kind(val: object) -> str:
 
 def parse_ts(val: object, limits: Limits, now_ms: int) -> int:
     """Epoch-ms int, or an RFC 3339 string with a zone, within sane bounds."""
+    if isinstance(val, float) and abs(val) >= 2**63:  # an integer beyond 64 bits reads as a float: out of range
+        raise InvalidEvent("bad_timestamp", f"'ts' {val!r} is out of range (epoch ms expected)", "ts")
     if isinstance(val, bool) or not isinstance(val, int | str):
         raise InvalidEvent("wrong_type", f"'ts' must be epoch-ms int or RFC 3339 string, got {_kind(val)}", "ts")
     if isinstance(val, str):
@@ -175,7 +201,7 @@ def _value(doc: dict[str, Any], etype: str) -> float | None:
         return None
     if isinstance(val, bool) or not isinstance(val, int | float):
         raise InvalidEvent("wrong_type", f"'value' must be a number, got {_kind(val)}", "value")
-    if not math.isfinite(val) or abs(val) > 1e6:
+    if abs(val) > 1e6 or not math.isfinite(val):  # in this order: a huge int has no float
         raise InvalidEvent("bad_value", f"'value' {val!r} is not a finite number within ±1e6", "value")
     return float(val)
 
@@ -209,6 +235,7 @@ def _plain_event(doc: dict[str, Any], limits: Limits, now_ms: int) -> Interactio
         and type(user_id) is str
         and type(item_id) is str
         and type(ts) is int
+        and type(etype) is str
         and etype in _TYPES
         and etype != "rating"
         and "value" not in doc
@@ -252,6 +279,8 @@ def decode_profile(raw: bytes, limits: Limits, now_ms: int) -> ProfileEvent:
     user_id = _id(doc, "user_id", limits)
     if "attributes" not in doc:
         raise InvalidEvent("missing_field", "'attributes' is required", "attributes")
+    if doc["attributes"] is None:  # required: null must not pass as an empty profile (that would wipe one)
+        raise InvalidEvent("wrong_type", "'attributes' must be an object of strings, got null", "attributes")
     attributes = _str_map(doc, "attributes", limits.max_attributes, limits.max_context_len)
     reserved = [name for name in attributes if name.startswith("_")]
     if reserved:
