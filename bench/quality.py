@@ -11,7 +11,8 @@ inside train unless ``--no-tune``. A model that fails is
 reported with its error and the others still run. Progress goes to stderr, a
 table to stdout, and the LAST stdout line is one JSON object::
 
-    {"dataset": name, "models": {"<model>": {"recall@20": .., "ndcg@20": .., "hr@10_sampled": ..,
+    {"dataset": name, "models": {"<model>": {"recall@10": .., "ndcg@10": .., "recall@20": .., "ndcg@20": ..,
+     "recall@40": .., "ndcg@40": .., "hr@10_sampled": ..,
      "ndcg@10_sampled": .., "coverage": .., "tail_share": .., "auc": .., "fit_s": ..}, ...}}
 """
 
@@ -42,7 +43,18 @@ DEFAULT_MODELS = (
     "popularity",
     "gensim",
 )
-METRICS = ("recall@20", "ndcg@20", "hr@10_sampled", "ndcg@10_sampled", "coverage", "tail_share")
+METRICS = (
+    "recall@10",
+    "ndcg@10",
+    "recall@20",
+    "ndcg@20",
+    "recall@40",
+    "ndcg@40",
+    "hr@10_sampled",
+    "ndcg@10_sampled",
+    "coverage",
+    "tail_share",
+)
 EXTRA = ("auc", "fit_s")  # reported when present
 
 log = logging.getLogger("bench.quality")
@@ -60,10 +72,10 @@ def dataset_path(arg: str) -> Path:
     raise SystemExit(f"no dataset {arg!r} (neither a path nor a folder of {DATA_ROOT}: {known})")
 
 
-def evaluate_one(path: Path, name: str, seed: int, tune: bool) -> tuple[dict[str, Any], str]:
+def evaluate_one(path: Path, name: str, seed: int, tune: bool, fmt: str | None = None) -> tuple[dict[str, Any], str]:
     """(one model's figures, dataset name) from ``run_evaluation``; {"error": ...} when it fails."""
     try:
-        result = run_evaluation(path, models=[name], seed=seed, tune=tune, with_auc=True)
+        result = run_evaluation(path, models=[name], seed=seed, tune=tune, with_auc=True, fmt=fmt)
     except Exception as exc:  # one broken model must not sink the whole comparison
         log.error("%s failed:\n%s", name, traceback.format_exc())
         return {"error": f"{type(exc).__name__}: {exc}"}, ""
@@ -100,13 +112,13 @@ def _cell(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def run(path: Path, models: Sequence[str], seed: int, tune: bool) -> dict[str, Any]:
+def run(path: Path, models: Sequence[str], seed: int, tune: bool, fmt: str | None = None) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     dataset = path.name
     for name in models:
         started = time.perf_counter()
         log.info("%s: fitting and evaluating %s ...", dataset, name)
-        figures, named = evaluate_one(path, name, seed, tune)
+        figures, named = evaluate_one(path, name, seed, tune, fmt)
         dataset = named or dataset
         results[name] = figures
         log.info("%s: %s done in %.1f s", dataset, name, time.perf_counter() - started)
@@ -119,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated presets and baselines")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--format", help="the dataset's file format: recbole, csv, triples or adjacency (default: detect)"
+    )
+    parser.add_argument(
         "--tune",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -128,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     started = time.perf_counter()
-    result = run(dataset_path(args.dataset), models, args.seed, args.tune)
+    result = run(dataset_path(args.dataset), models, args.seed, args.tune, args.format)
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(
         f"\n{result['dataset']} (seed {args.seed}, tune {'on' if args.tune else 'off'}, "

@@ -47,9 +47,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", help="the dataset's file format (default: detect)")
     args = p.parse_args(argv)
     grid = parse_grid(args.grid)
-    data = load_dataset(dataset_path(args.dataset))
+    data = load_dataset(dataset_path(args.dataset), fmt=args.format)
     train, test, protocol = protocol_split(data, args.seed)
     print(f"{data.name}: {protocol}; preset {args.preset}; device {resolve_device(args.device)}", flush=True)
 
@@ -61,11 +62,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  fitted {params} in {time.perf_counter() - started:.1f}s", flush=True)
         return scorer
 
-    best, trials = tune(make, train, grid, seed=args.seed)
+    best, trials = tune(make, train, grid, seed=args.seed, valid=data.valid)  # the dataset's valid split if any
     for params, recall in trials:
         print(f"  validation recall@20 {recall:.4f}  {params}", flush=True)
     scorer = make(train, best)
-    figures = evaluate(scorer, train, test, ks=(20,), seed=args.seed)
+    figures = evaluate(scorer, train, test, ks=(10, 20, 40), seed=args.seed)
     return {
         "dataset": data.name,
         "preset": args.preset,
@@ -73,7 +74,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": str(resolve_device(args.device)),
         "trials": [{"params": t, "validation_recall@20": round(r, 5)} for t, r in trials],
         "chosen": best,
-        "test": {k: round(float(figures[k]), 5) for k in ("recall@20", "ndcg@20", "coverage", "tail_share")},
+        "test": {
+            k: round(float(figures[k]), 5)
+            for k in ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@40", "ndcg@40", "coverage", "tail_share")
+        },
     }
 
 

@@ -93,6 +93,11 @@ def _data_commands(sub: Adder) -> None:
     ev.add_argument("--models", default=DEFAULT_EVALUATION, help=f"comma-separated names: {_model_names()}")
     ev.add_argument("--plots", type=Path, metavar="DIR", help="write an embedding map and training curves here")
     ev.add_argument("--seed", type=int, default=0, help="seed of the splits and fits")
+    ev.add_argument(
+        "--format",
+        choices=("recbole", "csv", "triples", "adjacency"),
+        help="the dataset's file format (default: detected from the files)",
+    )
     ev.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
 
 

@@ -172,7 +172,7 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from trainer.evaluation.table import format_table
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    result = run_evaluation(args.dataset, models=models, plots_dir=args.plots, seed=args.seed)
+    result = run_evaluation(args.dataset, models=models, plots_dir=args.plots, seed=args.seed, fmt=args.format)
     if args.json:
         _print(result)
     else:

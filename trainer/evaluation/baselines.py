@@ -162,11 +162,22 @@ def make_baseline(name: str, train: Interactions, *, seed: int = 0, **params: An
 
 
 def tune_baseline(
-    name: str, train: Interactions, *, seed: int = 0, max_users: int = 5000, grid: dict[str, list[Any]] | None = None
+    name: str,
+    train: Interactions,
+    *,
+    seed: int = 0,
+    max_users: int = 5000,
+    grid: dict[str, list[Any]] | None = None,
+    valid: Interactions | None = None,
 ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]]]:
     """Pick the baseline's parameters by validation Recall@20 inside ``train`` (see ``tune``)."""
     grid = TUNING_GRIDS.get(name, {}) if grid is None else grid
 
     return tune(
-        lambda part, params: make_baseline(name, part, seed=seed, **params), train, grid, seed=seed, max_users=max_users
+        lambda part, params: make_baseline(name, part, seed=seed, **params),
+        train,
+        grid,
+        seed=seed,
+        max_users=max_users,
+        valid=valid,
     )

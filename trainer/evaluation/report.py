@@ -32,6 +32,7 @@ def run_evaluation(
     tune: bool = False,
     with_auc: bool = True,
     factories: Mapping[str, ModelFactory] | None = None,
+    fmt: str | None = None,
 ) -> dict[str, Any]:
     """Load a dataset, fit each named model on its train split and evaluate it (``recd evaluate``).
 
@@ -39,10 +40,11 @@ def run_evaluation(
     ``factories``, or presets of ``trainer.models.registry``. With ``tune``,
     ALS/BPR/gensim and the presets in ``registry.TUNING_GRIDS`` pick their
     parameters on a validation split inside train first. Returns a JSON-able
-    dict: dataset, protocol, sizes and ``models`` -> metrics plus ``fit_s`` /
-    ``eval_s``.
+    dict: dataset, protocol, sizes and ``models`` -> metrics (Recall/NDCG @10, @20,
+    @40 and @k) plus ``fit_s`` / ``eval_s``. A dataset's own ``valid`` split is the
+    tuning split; ``fmt`` names the file format instead of detecting it.
     """
-    data = load_dataset(dataset_path)
+    data = load_dataset(dataset_path, fmt=fmt)
     train, test, protocol = protocol_split(data, seed)
     log.info("%s: %s, %d train rows, %d test rows", data.name, protocol, len(train), len(test))
     results: dict[str, dict[str, Any]] = {}
@@ -50,7 +52,7 @@ def run_evaluation(
     curves: dict[str, FitReport] = {}  # model name -> its fit's report (loss curve)
     for name in models:
         results[name], model, curve = _fit_and_evaluate(
-            name, train, test, k=k, seed=seed, tune=tune, with_auc=with_auc, factories=factories or {}
+            name, train, test, k=k, seed=seed, tune=tune, with_auc=with_auc, factories=factories or {}, valid=data.valid
         )
         if model is not None and curve is not None:
             fitted[name], curves[name] = model, curve
@@ -71,17 +73,18 @@ def _fit_and_evaluate(
     tune: bool,
     with_auc: bool,
     factories: Mapping[str, ModelFactory],
+    valid: Interactions | None = None,
 ) -> tuple[dict[str, Any], EmbeddingModel | None, FitReport | None]:
     """Fit one named model on train and evaluate it: (its result row, the fitted embedding model and its fit report)."""
     started = time.perf_counter()
-    scorer, extra = _fit_named(name, train, seed, tune, factories)
+    scorer, extra = _fit_named(name, train, seed, tune, factories, valid)
     fit_s = time.perf_counter() - started
     model: EmbeddingModel | None = None
     curve: FitReport | None = None
     if isinstance(scorer, EmbeddingScorer):
         model, curve = scorer.model, extra.pop("report")  # _fit_named: every fitted model has one
     started = time.perf_counter()
-    metrics = evaluate(scorer, train, test, ks=sorted({10, k}), seed=seed, with_auc=with_auc)
+    metrics = evaluate(scorer, train, test, ks=sorted({10, 20, 40, k}), seed=seed, with_auc=with_auc)
     row = {**metrics, "fit_s": round(fit_s, 3), "eval_s": round(time.perf_counter() - started, 3), **extra}
     log.info("%s: %s", name, {key: round(v, 4) for key, v in metrics.items()})
     return row, model, curve
@@ -104,11 +107,16 @@ def _summary(
 
 
 def _fit_named(
-    name: str, train: Interactions, seed: int, tune: bool, factories: Mapping[str, ModelFactory]
+    name: str,
+    train: Interactions,
+    seed: int,
+    tune: bool,
+    factories: Mapping[str, ModelFactory],
+    valid: Interactions | None = None,
 ) -> tuple[Scorer, dict[str, Any]]:
     """(scorer, extra result fields) for one model name."""
     if name in factories or name not in BASELINES:
-        tuned = tune_preset(name, train, seed) if tune and name not in factories else {}
+        tuned = tune_preset(name, train, seed, valid) if tune and name not in factories else {}
         model = factories[name]() if name in factories else _registry_model(name, seed, **tuned)
         report = model.fit(train)
         extra: dict[str, Any] = {"report": report, "device": report.device}
@@ -117,7 +125,7 @@ def _fit_named(
         return EmbeddingScorer(model, train, name=name), extra
     params: dict[str, Any] = {}
     if tune and name != "popularity":
-        params, trials = tune_baseline(name, train, seed=seed)
+        params, trials = tune_baseline(name, train, seed=seed, valid=valid)
         log.info("%s tuning: %s", name, trials)
     return make_baseline(name, train, seed=seed, **params), ({"params": params} if params else {})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from trainer.datasets import Dataset, concat_interactions
+from trainer.datasets import Dataset
 from trainer.interactions import Interactions
 
 
@@ -50,10 +50,11 @@ def random_holdout(data: Interactions, frac: float = 0.2, seed: int = 0) -> tupl
 
 def protocol_split(data: Dataset, seed: int = 0) -> tuple[Interactions, Interactions, str]:
     """The split this dataset is evaluated with: given split, leave-latest-out, or random holdout."""
-    if data.test is not None:
-        parts = [data.train] if data.valid is None else [data.train, data.valid]
-        name = "given split (train+valid / test)" if data.valid is not None else "given split (train / test)"
-        return concat_interactions(*parts), data.test, name
+    if data.test is not None:  # a given valid split is for tuning only (``Dataset.valid``), never trained on
+        name = (
+            "given split (train / test; valid for tuning)" if data.valid is not None else "given split (train / test)"
+        )
+        return data.train, data.test, name
     if data.has_timestamps:
         train, test = leave_latest_out(data.train)
         return train, test, "leave-latest-out by timestamp"

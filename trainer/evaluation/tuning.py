@@ -32,10 +32,13 @@ def tune(
     *,
     seed: int = 0,
     max_users: int = 5000,
+    valid: Interactions | None = None,
 ) -> tuple[dict[str, Any], Trials]:
     """Grid search by validation Recall@20 inside ``train``; the test split is never looked at.
 
-    The validation split is leave-latest-out when ``train`` has timestamps,
+    With ``valid`` (a dataset's own validation split) candidates fit on all of
+    ``train`` and are scored on ``valid``. Otherwise the validation split is
+    leave-latest-out when ``train`` has timestamps,
     else a seeded random 80/20 per-user holdout; scored on up to ``max_users``
     users. ``make(fit_part, params)`` fits one candidate. Returns (best
     params, [(params, recall@20), ...]); ({}, []) for an empty grid.
@@ -44,7 +47,12 @@ def tune(
 
     if not grid:
         return {}, []
-    fit_part, valid = leave_latest_out(train) if bool((train.ts > 0).any()) else random_holdout(train, 0.2, seed + 1)
+    if valid is not None:
+        fit_part = train
+    elif bool((train.ts > 0).any()):
+        fit_part, valid = leave_latest_out(train)
+    else:
+        fit_part, valid = random_holdout(train, 0.2, seed + 1)
     users = np.unique(valid.users[valid.weights > 0])
     if len(users) > max_users:
         users = np.random.default_rng(seed).choice(users, max_users, replace=False)
@@ -56,7 +64,7 @@ def tune(
     return max(trials, key=lambda t: t[1])[0], trials
 
 
-def tune_preset(name: str, train: Interactions, seed: int) -> dict[str, Any]:
+def tune_preset(name: str, train: Interactions, seed: int, valid: Interactions | None = None) -> dict[str, Any]:
     """Overrides for registry preset ``name`` chosen on validation ({} when it has no grid or tail sweep).
 
     A preset in ``registry.TAIL_SWEEPS`` first tunes its base preset's grid,
@@ -69,16 +77,16 @@ def tune_preset(name: str, train: Interactions, seed: int) -> dict[str, Any]:
     sweep = registry.TAIL_SWEEPS.get(name)
     base_name = sweep[0] if sweep else name
     grid = registry.TUNING_GRIDS.get(base_name, {})
-    memo = (base_name, seed, repr(grid), _fingerprint(train))
+    memo = (base_name, seed, repr(grid), _fingerprint(train) + ("" if valid is None else _fingerprint(valid)))
     if memo not in _TUNED:  # a tail preset reuses its base's search from the same run
-        _TUNED[memo] = tune(preset_maker(base_name, seed), train, grid, seed=seed)
+        _TUNED[memo] = tune(preset_maker(base_name, seed), train, grid, seed=seed, valid=valid)
         log.info("%s tuning: %s", base_name, _TUNED[memo][1])
     best = _TUNED[memo][0]
     if sweep is None:
         return best
     _, key, values = sweep
     tilt = {**{k: [v] for k, v in best.items()}, key: [0.0, *values]}
-    _, tilted = tune(preset_maker(name, seed), train, tilt, seed=seed)
+    _, tilted = tune(preset_maker(name, seed), train, tilt, seed=seed, valid=valid)
     log.info("%s tail sweep: %s", name, tilted)
     floor = registry.TAIL_RECALL_FLOOR * tilted[0][1]
     return max((p for p, recall in tilted if recall >= floor), key=lambda p: float(p[key]))
