@@ -169,3 +169,22 @@ def test_claims_spread_over_shards_lease_and_ack_per_shard(
     queue.reset_pacing()
     again = queue.claim(1000, now_ms=1500)  # the rest's leases expired: they come back, the acked ones do not
     assert sorted(c.user_id for c in again) == sorted(users[1::2])
+
+
+def test_small_claims_visit_every_shard_in_one_round(rclient: RedisClient, topology: Topology, keys: Keys) -> None:
+    """A step asks a few shards: the deepest queues and the next ones of the worker's rotation. The rotation
+    goes on where the last step left it, so a change in any shard waits at most one round of steps."""
+    keys = Keys(keys.prefix, 64)
+    users, k = {}, 0
+    while len(users) < keys.shards:  # one queued user in every shard
+        users.setdefault(keys.shard_of(f"u{k}"), f"u{k}")
+        k += 1
+    for shard, user in users.items():
+        rclient.zadd(keys.dirty(shard), {user: 1.0})
+    queue = WorkQueue(topology, keys)
+    claimed: set[str] = set()
+    per_step = 4  # claim(64) asks 64 // MIN_PER_SHARD = 4 shards: 2 deepest, 2 of the rotation
+    for _ in range(keys.shards // (per_step // 2)):
+        claimed.update(c.user_id for c in queue.claim(64, now_ms=0))
+        queue.reset_pacing()  # an empty shard's back-off aside: the order alone is tested
+    assert claimed == set(users.values())

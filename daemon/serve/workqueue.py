@@ -84,11 +84,13 @@ class WorkQueue:
         drain in large claims, and no shard waits behind them for long."""
         deepest = sorted(due, key=lambda s: -self._backlog[s])[: most // 2]
         taken = set(deepest)
-        return deepest + [s for s in due if s not in taken][: most - len(deepest)]
+        rotation = [s for s in due if s not in taken][: most - len(deepest)]
+        if rotation:  # the next step's rotation goes on after these: every shard is asked within a round
+            self._start = (rotation[-1] + 1) % self.keys.shards
+        return deepest + rotation
 
     def _order(self) -> list[int]:
-        """Every shard, starting where this worker's last round left off."""
-        self._start = (self._start + 1) % self.keys.shards
+        """Every shard, starting where this worker's last rotation left off."""
         return [(self._start + s) % self.keys.shards for s in range(self.keys.shards)]
 
     def _pace(self, shard: int, found: bool, now: float) -> None:
