@@ -18,6 +18,11 @@ T0 = 1_700_000_000_000
 WEIGHTS = {"view": 1.0, "click": 2.0, "rating": 4.0, "dislike": -3.0}
 
 
+OPTIONS = StoreOptions(
+    history_len=100, history_ttl_s=0, trending_half_life_s=86400, rating_threshold=4.0, weights=WEIGHTS, segment_keys=()
+)
+
+
 def random_events(rng: np.random.Generator) -> list[tuple[InteractionEvent, int]]:
     """3000 events of 150 users (over every shard) and 90 items."""
     kinds = ["view", "click", "rating", "dislike"]
@@ -33,16 +38,8 @@ def random_events(rng: np.random.Generator) -> list[tuple[InteractionEvent, int]
 def test_snapshot_holds_every_record_as_the_per_record_decoder_reads_it(
     rclient: RedisClient, topology: Topology, keys: Keys
 ) -> None:
-    options = StoreOptions(
-        history_len=100,
-        history_ttl_s=0,
-        trending_half_life_s=86400,
-        rating_threshold=4.0,
-        weights=WEIGHTS,
-        segment_keys=(),
-    )
     events = random_events(np.random.default_rng(3))
-    RedisStore(topology, keys, options).apply_events(events, T0)
+    RedisStore(topology, keys, OPTIONS).apply_events(events, T0)
     snap = read_snapshot(topology, keys, weight_table(WEIGHTS, 4.0), chunk=37)  # many chunks, a short last one
     data = snap.data
     assert snap.applied_events == 3000 == len(data)  # 100 kept per user: nobody has that many here
@@ -69,3 +66,17 @@ def test_snapshot_holds_every_record_as_the_per_record_decoder_reads_it(
 def test_an_empty_store_gives_an_empty_snapshot(topology: Topology, keys: Keys) -> None:
     snap = read_snapshot(topology, keys, weight_table(WEIGHTS, 4.0))
     assert len(snap.data) == 0 and snap.data.user_ids == [] and snap.applied_events == 0
+
+
+def test_records_of_an_item_the_dictionary_lost_are_left_out(
+    rclient: RedisClient, topology: Topology, keys: Keys
+) -> None:
+    events = random_events(np.random.default_rng(4))
+    store = RedisStore(topology, keys, OPTIONS)
+    store.apply_events(events, T0)
+    rclient.hdel(keys.item_ids, str(store.item_numbers.numbers["i7"]))
+    data = read_snapshot(topology, keys, weight_table(WEIGHTS, 4.0)).data
+    assert "i7" not in data.item_ids and len(data.item_ids) == 89
+    assert len(data) == sum(1 for e, _ in events if e.item_id != "i7")
+    kept = sorted((data.user_ids[u], data.item_ids[i]) for u, i in zip(data.users, data.items, strict=True))
+    assert kept == sorted((e.user_id, e.item_id) for e, _ in events if e.item_id != "i7")

@@ -51,6 +51,14 @@ class _Columns:
             self.parts.append(np.frombuffer(b"".join(b for b in kept if b), RECORD))
             self.owners.append(np.repeat(np.arange(first, len(self.users), dtype=np.int32), counts))
 
+    def columns(self) -> tuple[npt.NDArray[np.void], npt.NDArray[np.int32]]:
+        """(every record, its owner's row), the chunks released as they are joined."""
+        records = np.concatenate(self.parts) if self.parts else np.zeros(0, RECORD)
+        self.parts = []
+        owner = np.concatenate(self.owners) if self.owners else np.zeros(0, np.int32)
+        self.owners = []
+        return records, owner
+
 
 def read_snapshot(topology: Topology, keys: Keys, weights: npt.NDArray[np.float64], chunk: int = 2000) -> Snapshot:
     """Scan all histories into aligned arrays (users in scan order, items sorted by id); ``weights`` is
@@ -71,16 +79,18 @@ def read_snapshot(topology: Topology, keys: Keys, weights: npt.NDArray[np.float6
     except redis.RedisError:
         topology.refresh()
         raise
-    records = np.concatenate(cols.parts) if cols.parts else np.zeros(0, RECORD)
-    owner = np.concatenate(cols.owners) if cols.owners else np.zeros(0, np.int32)
-    items, item_ids, known = _item_positions(reader, records["item"].astype(np.int64))
-    code = records["code"][known]
+    records, owner = cols.columns()
+    items, item_ids = _item_positions(reader, records["item"])
+    keep: slice | npt.NDArray[np.bool_] = slice(None)  # every record's item known: views, no copies
+    if not (items >= 0).all():
+        keep = items >= 0
+    code = records["code"][keep]
     data = Interactions(
-        owner[known],
-        items[known],
-        weights[code].astype(np.float32),
-        np.where(code >= RATING_CODE, (code.astype(np.float32) - RATING_CODE) / 2, np.nan).astype(np.float32),
-        records["ts"][known].astype(np.int64) * 1000,
+        owner[keep],
+        items[keep],
+        weights.astype(np.float32)[code],
+        _ratings(code),
+        np.multiply(records["ts"][keep], 1000, dtype=np.int64),
         cols.users,
         item_ids,
     )
@@ -104,15 +114,25 @@ def _read_chunk(node: redis.Redis, keys: Keys, found: list[bytes]) -> tuple[list
     return users, blobs
 
 
-def _item_positions(
-    reader: StateReader, numbers: npt.NDArray[np.int64]
-) -> tuple[npt.NDArray[np.int32], list[str], npt.NDArray[np.bool_]]:
-    """(each record's item position, item ids sorted, which records name an item the dictionary knows)."""
-    uniq, inverse = np.unique(numbers, return_inverse=True)
-    names = reader.item_ids(uniq.tolist())
-    uniq_names = [names.get(n) for n in uniq.tolist()]
-    item_ids = sorted({n for n in uniq_names if n is not None})
+def _ratings(code: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """Each record's rating (NaN for other event types)."""
+    values = np.full(len(code), np.nan, np.float32)
+    rated = code >= RATING_CODE
+    values[rated] = (code[rated].astype(np.float32) - RATING_CODE) / 2
+    return values
+
+
+def _item_positions(reader: StateReader, numbers: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.int32], list[str]]:
+    """(each record's item position, -1 where the dictionary does not know it; the item ids, sorted). Item
+    numbers are dense, so a table indexed by number maps them without sorting the records."""
+    if not len(numbers):
+        return np.zeros(0, np.int32), []
+    present = np.zeros(int(numbers.max()) + 1, np.bool_)
+    present[numbers] = True
+    uniq = np.flatnonzero(present).tolist()
+    names = reader.item_ids(uniq)
+    item_ids = sorted({names[n] for n in uniq if n in names})
     pos = {item: k for k, item in enumerate(item_ids)}
-    uniq_pos = np.asarray([pos[n] if n is not None else -1 for n in uniq_names], np.int32)
-    items = uniq_pos[inverse] if len(numbers) else np.zeros(0, np.int32)
-    return items, item_ids, items >= 0
+    table = np.full(len(present), -1, np.int32)
+    table[uniq] = [pos[names[n]] if n in names else -1 for n in uniq]
+    return table[numbers], item_ids
