@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import redis
 from redis import exceptions as rex
 
 from daemon.runtime.settings import Settings
+
+T = TypeVar("T")
+MAX_NODE_THREADS = 32  # nodes written to at once by one process
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +121,7 @@ class Topology:
         self.wait_setting = wait_replicas  # -1: auto (1 where the primary has a replica, else 0)
         self._waits: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None  # made on the first work for several nodes
 
     @property
     def cluster(self) -> bool:
@@ -141,6 +147,19 @@ class Topology:
         if isinstance(self.client, redis.RedisCluster):
             self.client.nodes_manager.initialize()
 
+    def on_each(self, tasks: Sequence[Callable[[], T]]) -> list[T | Exception]:
+        """Run one task per node at once (the first on the caller's thread) and return each one's result or
+        the exception it raised, in order: several primaries then work on one batch together, and every task
+        has ended when this returns."""
+        if len(tasks) == 1:
+            return [_outcome(tasks[0])]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(MAX_NODE_THREADS, thread_name_prefix="recd-redis-node")
+            pool = self._pool
+        futures = [pool.submit(_outcome, task) for task in tasks[1:]]
+        return [_outcome(tasks[0]), *(f.result() for f in futures)]
+
     def wait_count(self, node: redis.Redis) -> int:
         """Replicas a write on ``node`` waits for: the setting, or (auto) 1 when the node has a replica."""
         if self.wait_setting >= 0:
@@ -154,6 +173,13 @@ class Topology:
             with self._lock:
                 self._waits[name] = known
         return known
+
+
+def _outcome(task: Callable[[], T]) -> T | Exception:
+    try:
+        return task()
+    except Exception as exc:  # handed to the caller, who raises it
+        return exc
 
 
 def _name(node: redis.Redis) -> str:

@@ -1,8 +1,9 @@
 """Running Lua scripts on the nodes that own their keys: per node one pipeline, then ``WAIT``.
 
 Every call names its keys (all in one slot); calls are grouped by the primary that owns the slot, sent in
-one pipeline per node, and followed there by ``WAIT`` for the replicas the topology asks for - on the same
-connection, since WAIT counts that connection's writes. A node that lacks a script (a fresh primary after a
+one pipeline per node (every node's at once, from a thread each: the primaries work on a batch together),
+and followed there by ``WAIT`` for the replicas the topology asks for - on the same connection, since WAIT
+counts that connection's writes. A node that lacks a script (a fresh primary after a
 failover) gets ``SCRIPT LOAD`` and the calls again. An error retrying cannot heal raises
 ``FatalRedisError``; a transient one refreshes the slot map and is raised for the caller to retry (the
 scripts are idempotent).
@@ -14,6 +15,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -67,15 +69,19 @@ def run(topology: Topology, calls: Sequence[Call], wait: bool = True) -> list[An
     for position, call in enumerate(calls):
         node = topology.node_of(call.keys[0])
         groups.setdefault(id(node), (node, []))[1].append(position)
+    jobs = list(groups.values())
+    outcomes = topology.on_each(
+        [partial(_run_on, topology, node, [calls[p] for p in positions], wait) for node, positions in jobs]
+    )
+    errors = [o for o in outcomes if isinstance(o, Exception)]
+    if errors:  # one that cannot heal first: the role must stop rather than retry
+        if any(isinstance(e, rex.RedisError) for e in errors):
+            topology.refresh()
+        raise next((e for e in errors if not isinstance(e, rex.RedisError)), errors[0])
     replies: list[Any] = [None] * len(calls)
-    try:
-        for node, positions in groups.values():
-            got = _run_on(topology, node, [calls[p] for p in positions], wait)
-            for position, reply in zip(positions, got, strict=True):
-                replies[position] = reply
-    except rex.RedisError:
-        topology.refresh()
-        raise
+    for (_, positions), got in zip(jobs, outcomes, strict=True):
+        for position, reply in zip(positions, got, strict=True):  # type: ignore[arg-type]  # not an error here
+            replies[position] = reply
     return replies
 
 

@@ -14,6 +14,7 @@ sends each on its node.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import redis
@@ -93,13 +94,13 @@ class RoutedCommands:
         return self._by_node.setdefault(id(node), (node, Commands()))[1]
 
     def send(self) -> None:
-        """Send every node's commands on that node (raises the first refusal, as ``send``)."""
+        """Send every node's commands on that node, all nodes at once (raises the first refusal, as ``send``)."""
         if self._single is not None:
             send(self.topology.node_of(""), self._single)  # a single Redis is its own one node
             return
-        try:
-            for node, commands in self._by_node.values():
-                send(node, commands)
-        except redis.RedisError:
-            self.topology.refresh()
-            raise
+        outcomes = self.topology.on_each([partial(send, node, cmds) for node, cmds in self._by_node.values()])
+        errors = [o for o in outcomes if isinstance(o, Exception)]
+        if errors:
+            if any(isinstance(e, redis.RedisError) for e in errors):
+                self.topology.refresh()
+            raise errors[0]
