@@ -113,9 +113,15 @@ def _lookup_commands(sub: Adder) -> None:
     rec.add_argument("user_id")
     sim = _add(sub, "similar", "print the items most like an item")
     sim.add_argument("item_id")
-    model = _add(sub, "model", "list, roll back or describe model versions")
-    model.add_argument("action", choices=("list", "rollback", "presets"))
+    model = _add(sub, "model", "list, roll back, inspect or describe model versions")
+    model.add_argument("action", choices=("list", "rollback", "presets", "inspect"))
     model.add_argument("--to", help="version to roll back to (default: the previously published one)")
+    model.add_argument("--version", help="inspect: the model version (default: the current one)")
+    model.add_argument("--items", help="inspect: comma-separated item ids to show neighbours of")
+    model.add_argument("--top", type=int, default=10, help="inspect: items at each end of the biases")
+    model.add_argument("-k", type=int, default=10, help="inspect: neighbours per item")
+    model.add_argument("--titles", type=Path, help="inspect: a file of item ids and titles (a RecBole .item)")
+    model.add_argument("--json", action="store_true", help="inspect: print JSON instead of text")
     demo = _add(sub, "demo", "run everything on an embedded broker and print recommendations")
     demo.add_argument(
         "--events",

@@ -6,12 +6,14 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from daemon.runtime.settings import Settings
 
 if TYPE_CHECKING:
     from daemon.api.lookup import Lookup
+    from trainer.models.base import EmbeddingModel
+    from trainer.snapshot import ModelStore
 
 Command = Callable[[Settings, argparse.Namespace], int]
 
@@ -157,6 +159,8 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
         _print(PRESETS)
         return 0
     store = ModelStore(Path(settings.model_dir))
+    if args.action == "inspect":
+        return _inspect(store, args)
     if args.action == "list":
         current = store.current()
         _print([{**json.loads(m.to_json()), "current": m.version == current} for m in store.list()])
@@ -165,6 +169,62 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
     pointer = publish(redis_client(settings), keys_of(settings), store, version)
     _print({"rolled_back_to": pointer.version, "path": pointer.path})
     return 0
+
+
+def _inspect(store: ModelStore, args: argparse.Namespace) -> int:
+    """``recd model inspect``: the biases' extremes and items' nearest neighbours of a saved model."""
+    from trainer.inspect import bias_extremes, item_biases, named, neighbours, read_titles
+    from trainer.snapshot import ModelStoreError, load_snapshot
+
+    version = args.version or store.current()
+    if version is None or not store.exists(version):
+        raise ModelStoreError(f"no model {'version ' + repr(version) if version else 'published yet'} in {store.root}")
+    model, manifest = load_snapshot(store.path(version))
+    titles = read_titles(args.titles) if args.titles else {}
+    biases = item_biases(model)
+    doc: dict[str, object] = {"version": version, "model_type": manifest.model_type, "items": model.n_items}
+    if biases is not None:
+        high, low = bias_extremes(model.item_ids, biases, args.top)
+        doc["highest_bias"], doc["lowest_bias"] = (
+            [{"item_id": i, "title": titles.get(i), "bias": round(b, 4)} for i, b in part] for part in (high, low)
+        )
+    shown = [i.strip() for i in args.items.split(",") if i.strip()] if args.items else _default_items(model, biases)
+    index = model.item_index()
+    unknown = [i for i in shown if i not in index]
+    if unknown:
+        raise ModelStoreError(f"items not in model {version}: {', '.join(unknown[:5])}")
+    found = neighbours(model, [index[i] for i in shown], args.k)
+    doc["neighbours"] = {
+        i: [{"item_id": n.item_id, "title": titles.get(n.item_id), "cosine": round(n.cosine, 4)} for n in near]
+        for i, near in zip(shown, found, strict=True)
+    }
+    if args.json:
+        _print(doc)
+    else:
+        print(_inspect_text(doc, titles, named), end="")
+    return 0
+
+
+def _default_items(model: EmbeddingModel, biases: object) -> list[str]:
+    """Without --items: the ten items of highest bias, or the model's first ten."""
+    import numpy as np
+
+    if isinstance(biases, np.ndarray):
+        return [model.item_ids[i] for i in np.argsort(-biases, kind="stable")[:10]]
+    return model.item_ids[:10]
+
+
+def _inspect_text(doc: dict[str, Any], titles: dict[str, str], named: Callable[[str, dict[str, str]], str]) -> str:
+    lines = [f"model {doc['version']} ({doc['model_type']}, {doc['items']} items)"]
+    for key, heading in (("highest_bias", "highest item bias"), ("lowest_bias", "lowest item bias")):
+        if key in doc:
+            lines += ["", f"{heading}:"] + [f"  {r['bias']:+.4f}  {named(r['item_id'], titles)}" for r in doc[key]]
+    if "highest_bias" not in doc:
+        lines += ["", "this model learns no item bias"]
+    for item, near in doc["neighbours"].items():
+        lines += ["", f"nearest to {named(item, titles)}:"]
+        lines += [f"  {n['cosine']:.3f}  {named(n['item_id'], titles)}" for n in near] or ["  (none: a zero vector)"]
+    return "\n".join(lines) + "\n"
 
 
 def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
