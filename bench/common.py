@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import redis
+
+from daemon.runtime.settings import Settings, load_settings
 
 
 def drop_prefix(client: redis.Redis | redis.RedisCluster, prefix: str) -> int:
@@ -56,3 +60,20 @@ def python_loop_seconds(n: int = 10_000_000) -> float:
     for i in range(n):
         total += i
     return round(time.perf_counter() - started, 3)
+
+
+def isolated_settings(bootstrap: str, name: str, **overrides: Any) -> Settings:
+    """Settings for one benchmark run: topics, consumer group and Redis prefix of its own (``name`` and a
+    random tag), so runs never see each other's data; ``overrides`` as ``load_settings`` takes them."""
+    tag = uuid.uuid4().hex[:8]
+    return load_settings(
+        **{
+            "kafka_bootstrap": bootstrap,
+            "redis_prefix": f"{name}-{tag}:",
+            "events_topic": f"{name}-ev-{tag}",
+            "profiles_topic": f"{name}-prof-{tag}",
+            "consumer_group": f"{name}-{tag}",
+            "session_timeout_ms": 6000,
+            **overrides,
+        }
+    )

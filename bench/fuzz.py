@@ -17,7 +17,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import drop_prefix
+from bench.common import drop_prefix, isolated_settings
 from bench.groundtruth import replay
 from daemon.dev.embedded import LocalProcess, redis_answers, start_broker, start_redis
 from daemon.dev.publish import make_producer
@@ -37,7 +36,7 @@ from daemon.ingest.deadletters import DETAIL, REASON, SOURCE_OFFSET, SOURCE_PART
 from daemon.runtime.app import build_ingest, create_topics
 from daemon.runtime.metrics import Metrics
 from daemon.runtime.options import keys_of, limits, topology_of
-from daemon.runtime.settings import Settings, load_settings
+from daemon.runtime.settings import Settings
 from daemon.runtime.state import StateReader
 from schemas.events import REASONS, InteractionEvent, ProfileEvent
 from tests.fuzzcases import EVENTS, Case, Fuzzer
@@ -244,19 +243,8 @@ def fuzz(settings: Settings, cases: Sequence[Case], timeout_s: float) -> Report:
 
 
 def settings_for(bootstrap: str, redis_url: str, **extra: Any) -> Settings:
-    """Settings for one run: topics, consumer group and Redis prefix of its own."""
-    tag = uuid.uuid4().hex[:8]
-    return load_settings(
-        environ={},
-        kafka_bootstrap=bootstrap,
-        redis_url=redis_url,
-        redis_prefix=f"fuzz-{tag}:",
-        events_topic=f"fuzz-ev-{tag}",
-        profiles_topic=f"fuzz-prof-{tag}",
-        consumer_group=f"fuzz-{tag}",
-        session_timeout_ms=6000,
-        **extra,
-    )
+    """Settings for one run, apart from the environment's RECD_* variables."""
+    return isolated_settings(bootstrap, "fuzz", environ={}, redis_url=redis_url, **extra)
 
 
 def parse_args() -> argparse.Namespace:

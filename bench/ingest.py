@@ -36,7 +36,7 @@ from bench.cluster import (
     redis_target,
     topology_figures,
 )
-from bench.common import drop_prefix, process_cpu_seconds, python_loop_seconds
+from bench.common import drop_prefix, isolated_settings, process_cpu_seconds, python_loop_seconds
 from bench.groundtruth import replay
 from daemon.dev.embedded import LocalProcess, redis_answers, start_broker, start_redis
 from daemon.dev.publish import make_producer
@@ -206,17 +206,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def run_settings(bootstrap: str, target: RedisTarget) -> Settings:
-    """Settings for one run on these servers: topics, consumer group and Redis prefix of its own."""
-    tag = uuid.uuid4().hex[:8]
-    return load_settings(
-        kafka_bootstrap=bootstrap,
-        **target.settings(),
-        redis_prefix=f"bench-{tag}:",
-        events_topic=f"bench-ev-{tag}",
-        profiles_topic=f"bench-prof-{tag}",
-        consumer_group=f"bench-{tag}",
-        session_timeout_ms=6000,
-    )
+    """Settings for one run on these servers (bench.common.isolated_settings)."""
+    return isolated_settings(bootstrap, "bench", **target.settings())
 
 
 def dead_letters(metrics: Metrics) -> int:
