@@ -113,3 +113,55 @@ def test_first_model_rewrites_every_list_whatever_the_event_times(
     finally:
         ingest.shutdown()
         server.shutdown()
+
+
+def test_a_replica_started_while_a_model_is_published_rewrites_what_it_served_during_its_build(
+    settings: Settings, rclient: RedisClient
+) -> None:
+    """Another replica already swapped to the model and queued its refresh; this one serves changed users with
+    no model while its index builds, then must rewrite their lists with the model."""
+    settings = settings.replace(train_min_events=1, quality_tolerance=0.5, model_poll_s=0.0)
+    spec = SyntheticSpec(users=60, items=80, clusters=3, seed=3)
+    sent = publish_synthetic(settings, spec, 2500, profiles=False)[1]
+    keys, metrics = keys_of(settings), Metrics(CollectorRegistry())
+    reader = StateReader(Topology(rclient, -1), keys)
+    ingest = build_ingest(settings, metrics)
+    first = build_server(settings, metrics, build_watcher(settings, metrics))
+    try:
+        _ingest_all(ingest, reader, sent)
+        outcome = build_trainer(settings, metrics).run_once()
+        assert outcome.status == "published", outcome
+        _serve_until(first, lambda: first.watcher.current is not None and not _dirty(reader))  # refresh queued
+        more = publish_synthetic(settings, SyntheticSpec(users=60, items=80, clusters=3, seed=4), 600, profiles=False)[
+            1
+        ]
+        _ingest_all(ingest, reader, sent + more)
+        watcher = build_watcher(settings, metrics)
+        load = watcher.loader
+        watcher.loader = lambda path: (time.sleep(1.5), load(path))[1]  # a build that takes a while
+        second = build_server(settings, metrics, watcher)
+        seen: set[str] = set()  # list versions in Redis after each step of the build
+        _serve_until(second, lambda: seen.update(_versions(rclient, keys).values()) or not watcher.building)
+        assert "none" in seen  # the changed users were served during the build, without a model
+        _serve_until(second, lambda: set(_versions(rclient, keys).values()) == {outcome.version})
+        second.shutdown()
+    finally:
+        ingest.shutdown()
+        first.shutdown()
+
+
+def _ingest_all(ingest: Any, reader: StateReader, total: int) -> None:
+    deadline = time.monotonic() + 60
+    while _handled(reader) < total:
+        assert time.monotonic() < deadline, "events not ingested"
+        ingest.step()
+
+
+def _serve_until(server: Any, done: Callable[[], bool], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        server.step()
+        server.flush()
+        if done():
+            return
+        assert time.monotonic() < deadline, f"lists of models {Counter(_versions(server.client, server.keys).values())}"

@@ -27,6 +27,7 @@ from daemon.runtime.redisconn import Topology
 from daemon.runtime.state import StateReader
 from daemon.serve.coldstart import ColdStart
 from daemon.serve.histories import HistoryBatch
+from daemon.serve.index import ServingIndex
 from daemon.serve.lists import ListMaker, ServeOptions
 from daemon.serve.wire import RoutedCommands
 from daemon.serve.workqueue import Claim, WorkQueue
@@ -67,16 +68,20 @@ class Server:
         # A step's lists go out on this thread while the next step claims and computes (see step()).
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="recd-serve-write")
         self._writing: Future[None] | None = None
+        # Wall ms when this process began building a newer model's index, and whether it served users since
+        # (with the older model, or none): they are refreshed again after its own swap.
+        self._build_started_ms: int | None = None
+        self._served_while_building = False
 
     def step(self) -> int:
         now_ms = int(self.clock() * 1000)
         swapped = self.watcher.poll()
         if swapped is not None:
-            queued = self.queue.enqueue_refresh(swapped.version, now_ms - self.options.refresh_window_ms)
-            self.queue.reset_pacing()
-            self._similar_todo = list(range(len(swapped.item_ids)))
-            log.info("model %s: refreshing %d active users' lists", swapped.version, queued)
+            self._after_swap(swapped, now_ms)
+        elif self.watcher.building and self._build_started_ms is None:
+            self._build_started_ms = now_ms
         claims = self.queue.claim(self.options.batch, now_ms, with_history=True)
+        self._served_while_building |= bool(claims) and self.watcher.building
         if not claims:
             self.flush()
             self._write_similar()
@@ -86,6 +91,20 @@ class Server:
         lists = self.serve(claims, now_ms)
         self.metrics.serve_seconds.observe(time.perf_counter() - started)
         return len(lists)
+
+    def _after_swap(self, swapped: ServingIndex, now_ms: int) -> None:
+        """Queue the lists the new model must rewrite: once per version across replicas, every user served
+        within the refresh window; and, by this process, the users it served while it built the index (another
+        replica may have swapped and queued the refresh before they were served, e.g. a replica starting while
+        a model is published serves without one until its build ends)."""
+        queued = self.queue.enqueue_refresh(swapped.version, now_ms - self.options.refresh_window_ms)
+        if self._served_while_building and self._build_started_ms is not None:
+            self.flush()  # their activity is recorded with their lists
+            queued += self.queue.queue_refresh(self._build_started_ms)
+        self._build_started_ms, self._served_while_building = None, False
+        self.queue.reset_pacing()
+        self._similar_todo = list(range(len(swapped.item_ids)))
+        log.info("model %s: refreshing %d active users' lists", swapped.version, queued)
 
     def serve(self, claims: list[Claim], now_ms: int) -> list[RecommendationList]:
         """Lists for the claimed users, handed to the writer thread (with the claims' acknowledgement) before

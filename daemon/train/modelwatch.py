@@ -57,6 +57,11 @@ class ModelWatcher:
             self.metrics.errors.labels("serve").inc()
             self._failed.add(pointer.version)
 
+    @property
+    def building(self) -> bool:
+        """Whether a newer model's index is being built (the current one, if any, still serves)."""
+        return self._building is not None
+
     def poll(self, wait: bool = False) -> ServingIndex | None:
         """Swap in a finished build (returned once), or start one when the pointer moved."""
         if self._building is not None and (wait or not self._building.is_alive()):
