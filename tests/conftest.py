@@ -145,29 +145,6 @@ def make_settings(target: RedisTarget, broker: str, prefix: str, folder: Path) -
     )
 
 
-# Settings a daemon subprocess must share with its test (passed as RECD_* variables).
-PASSED_TO_DAEMONS = (
-    "kafka_bootstrap",
-    "redis_url",
-    "redis_cluster",
-    "redis_shards",
-    "redis_prefix",
-    "events_topic",
-    "profiles_topic",
-    "consumer_group",
-    "session_timeout_ms",
-    "model_dir",
-)
-
-
-def daemon_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The parent environment without its RECD_* variables, plus the test's settings and ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECD_")}
-    env.update({"RECD_" + name.upper(): str(getattr(settings, name)) for name in PASSED_TO_DAEMONS})
-    env.update(extra)
-    return env
-
-
 @pytest.fixture
 def settings(redis_target: RedisTarget, broker: str, prefix: str, tmp_path: Path) -> Settings:
     """Settings with this test's own topics, group, prefix and model folder, on this run's Redis."""

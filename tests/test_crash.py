@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 
 from bench.groundtruth import replay
-from daemon.dev.embedded import free_port
+from daemon.dev.embedded import daemon_env, free_port
 from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events, synthetic_profiles
 from daemon.runtime.options import keys_of
 from daemon.runtime.profiles import finest_segment
 from daemon.runtime.redisconn import RedisClient, Topology
 from daemon.runtime.settings import Settings
 from daemon.runtime.state import StateReader
-from tests.conftest import daemon_env
 from tests.kafkatools import committed_total, produce_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

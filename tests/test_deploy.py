@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.dev.embedded import daemon_env
 from daemon.runtime.settings import Settings
-from tests.conftest import daemon_env
 from tests.deployfiles import DASHBOARDS, DEPLOY, OPS_GUIDE, ROOT, load_yaml
 
 RULES = DEPLOY / "prometheus" / "rules.yml"

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from daemon.dev.embedded import daemon_env
 from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events
 from daemon.runtime.app import create_topics
 from daemon.runtime.options import keys_of
 from daemon.runtime.redisconn import RedisClient, Topology
 from daemon.runtime.settings import Settings
 from daemon.runtime.state import StateReader
-from tests.conftest import daemon_env
 from tests.kafkatools import produce_raw
 
 pytestmark = pytest.mark.integration

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import redis
 
+from daemon.runtime.settings import ENV_PREFIX, Settings
+
 log = logging.getLogger(__name__)
 
 
@@ -166,3 +168,28 @@ def start_redis(log_dir: Path | None = None) -> LocalProcess:
         time.sleep(0.05)
     server.stop()
     raise EmbeddedError(f"redis-server did not start; see {log_path}")
+
+
+# Settings a daemon started as a child process must share with its parent (a test or a benchmark): where the
+# servers are, which topics, group, prefix and shards, and where models go.
+SHARED_WITH_DAEMONS = (
+    "kafka_bootstrap",
+    "redis_url",
+    "redis_cluster",
+    "redis_shards",
+    "redis_prefix",
+    "events_topic",
+    "profiles_topic",
+    "consumer_group",
+    "session_timeout_ms",
+    "model_dir",
+)
+
+
+def daemon_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a daemon child process: the parent's without its RECD_* variables, plus the
+    parent's ``SHARED_WITH_DAEMONS`` settings and ``extra`` (RECD_* names and values)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env.update({ENV_PREFIX + name.upper(): str(getattr(settings, name)) for name in SHARED_WITH_DAEMONS})
+    env.update(extra)
+    return env
