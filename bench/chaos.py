@@ -56,12 +56,12 @@ from bench.chaos_parts import (
     verify,
     wait_until,
 )
-from bench.common import python_loop_seconds
+from bench.common import isolated_settings, python_loop_seconds
 from daemon.dev.embedded import LocalProcess, start_broker
 from daemon.dev.synthetic import SyntheticSpec, synthetic_profiles
 from daemon.runtime.app import create_topics
 from daemon.runtime.options import keys_of, topology_of
-from daemon.runtime.settings import Settings, load_settings
+from daemon.runtime.settings import Settings
 from daemon.runtime.state import StateReader
 from daemon.train.publish import read_pointer
 
@@ -155,17 +155,12 @@ def run_chaos(config: ChaosConfig, folder: Path) -> dict[str, Any]:
 
 
 def chaos_settings(config: ChaosConfig, bootstrap: str, redis_url: str, folder: Path) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    return load_settings(
+    return isolated_settings(
+        bootstrap,
+        "chaos",
         environ={},
-        kafka_bootstrap=bootstrap,
         redis_url=redis_url,
-        redis_prefix=f"chaos-{tag}:",
         redis_shards=config.shards,
-        events_topic=f"chaos-{tag}",
-        profiles_topic=f"chaos-{tag}.profiles",
-        consumer_group=f"chaos-{tag}",
-        session_timeout_ms=6000,
         model_dir=str(folder / "models"),
     )
 
@@ -218,12 +213,19 @@ def split(events: list[dict[str, Any]], parts: int) -> list[list[dict[str, Any]]
 
 def start(run: Run, profiles: list[dict[str, Any]], first: list[dict[str, Any]]) -> str:
     """Profiles applied, then the first slice ingested, then one model trained and published: its version."""
-    topic, reader = run.settings.profiles_topic, run.reader
-    run.sender.send(topic, profiles)
+    return prime(run.settings, run.reader, run.sender, profiles, first)
+
+
+def prime(
+    settings: Settings, reader: StateReader, sender: Sender, profiles: list[dict[str, Any]], first: list[dict[str, Any]]
+) -> str:
+    """Send the profiles and wait until they are applied, then ``first`` until it is ingested, then train and
+    publish one model with a one-shot ``recd train`` (the daemons must be running); the model's version."""
+    sender.send(settings.profiles_topic, profiles)
     wait_until(lambda: reader.totals()["profiles"] >= len(profiles), 300, "profiles applied", 0.2)
-    run.sender.send(run.settings.events_topic, first)
+    sender.send(settings.events_topic, first)
     wait_until(lambda: handled(reader) >= len(first), 600, "the first slice ingested", 0.2)
-    env = daemon_env(run.settings)
+    env = daemon_env(settings)
     trained = subprocess.run(
         [sys.executable, "-m", "daemon", "train"], env=env, cwd=ROOT, capture_output=True, text=True, check=False
     )
