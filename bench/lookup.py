@@ -1,6 +1,6 @@
 """HTTP lookup latency under concurrent load: GET /recommendations/{user} and /similar/{item}.
 
-    python bench/lookup.py --users 5000 --clients 16 --seconds 20
+    python bench/lookup.py --users 5000 --clients 16 --seconds 20 [--baseline REV --rounds 2]
 
 Fills Redis (prefix of its own) with stored lists for ``--users`` users plus
 similar-item lists, starts the daemon's HTTP server with the lookup routes in a
@@ -8,6 +8,11 @@ child process (as ``recd serve`` does), and runs ``--clients`` threads here,
 each a keep-alive client issuing requests back to back: 80% stored user lists,
 10% unknown users (the cold-start path), 10% similar items. Last line: JSON
 with requests/s and latency percentiles per route.
+
+``--baseline REV`` measures the server of git revision REV too, side by side on
+the same data: its tree is exported (``git archive``) to a temporary folder and
+its own ``bench/lookup.py`` serves there; the two servers take turns for
+``--rounds`` rounds and the JSON has a ``baseline`` and a ``current`` section.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import random
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -101,8 +107,58 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--baseline", default="", help="git revision whose server is measured beside this tree's")
+    ap.add_argument("--rounds", type=int, default=2, help="turns each server takes with --baseline")
     ap.add_argument("--serve-prefix", help=argparse.SUPPRESS)
     return ap.parse_args()
+
+
+def measure(script: Path, prefix: str, args: argparse.Namespace) -> tuple[dict[str, list[float]], list[int]]:
+    """Start ``script``'s server child (in its tree) on ``prefix``, load it, stop it."""
+    child = subprocess.Popen(
+        [sys.executable, str(script), "--serve-prefix", prefix],
+        cwd=script.parent.parent,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = int(child.stdout.readline()) if child.stdout else 0
+        return load(port, args)
+    finally:
+        if child.stdin:
+            child.stdin.close()
+        child.wait(10)
+
+
+def export_tree(rev: str, into: Path) -> Path:
+    """The tree of git revision ``rev`` under ``into``; its bench/lookup.py."""
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "bench" / "lookup.py"
+
+
+def compare(prefix: str, args: argparse.Namespace, loop_before: float) -> dict[str, Any]:
+    """The baseline's server and this tree's, taking turns for ``args.rounds`` rounds."""
+    runs: dict[str, tuple[dict[str, list[float]], list[int]]] = {}
+    with tempfile.TemporaryDirectory(prefix="recd-baseline-") as folder:
+        scripts = {"baseline": export_tree(args.baseline, Path(folder)), "current": Path(__file__).resolve()}
+        for _ in range(args.rounds):
+            for name, script in scripts.items():
+                lat, errors = measure(script, prefix, args)
+                merged = runs.setdefault(name, ({route: [] for route in lat}, []))
+                for route, values in lat.items():
+                    merged[0][route].extend(values)
+                merged[1].extend(errors)
+    seconds = args.seconds * args.rounds
+    report = {name: summary(lat, errors, seconds) for name, (lat, errors) in runs.items()}
+    head = {"baseline_rev": args.baseline, "rounds": args.rounds, "clients": args.clients}
+    return {**head, **report, **loop(loop_before)}
+
+
+def loop(before: float) -> dict[str, Any]:
+    return {"python_loop_s": [before, python_loop_seconds()]}
 
 
 def main() -> None:
@@ -114,35 +170,23 @@ def main() -> None:
     settings = load_settings(redis_prefix=f"bench-lookup-{uuid.uuid4().hex[:8]}:")
     client = topology_of(settings).client
     fill(client, keys_of(settings), args.users, args.items)
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--serve-prefix", settings.redis_prefix],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     try:
-        port = int(child.stdout.readline()) if child.stdout else 0
-        lat, errors = load(port, args)
+        if args.baseline:
+            report = compare(settings.redis_prefix, args, loop_before)
+        else:
+            lat, errors = measure(Path(__file__).resolve(), settings.redis_prefix, args)
+            report = {"clients": args.clients, "seconds": args.seconds, **summary(lat, errors, args.seconds)}
+            report.update(loop(loop_before))
     finally:
-        if child.stdin:
-            child.stdin.close()
-        child.wait(10)
         drop_prefix(client, settings.redis_prefix)
-    print(json.dumps(summary(lat, errors, args, loop_before)))
+    print(json.dumps(report))
 
 
-def summary(
-    lat: dict[str, list[float]], errors: list[int], args: argparse.Namespace, loop_before: float
-) -> dict[str, Any]:
-    """The last line's JSON: requests/s, errors and each route's latency percentiles."""
+def summary(lat: dict[str, list[float]], errors: list[int], seconds: float) -> dict[str, Any]:
+    """Requests/s, errors, and each route's and all requests' latency percentiles."""
     total = sum(len(v) for v in lat.values())
-    report: dict[str, Any] = {
-        "clients": args.clients,
-        "seconds": args.seconds,
-        "requests_per_s": round(total / args.seconds),
-        "errors": len(errors),
-        "python_loop_s": [loop_before, python_loop_seconds()],
-    }
+    report: dict[str, Any] = {"requests_per_s": round(total / seconds), "errors": len(errors)}
+    lat = {**lat, "all": [x for values in lat.values() for x in values]}
     for route, values in lat.items():
         ms = np.asarray(values) * 1000
         report[route] = {"n": len(ms), **{f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)}}

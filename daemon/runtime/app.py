@@ -35,7 +35,7 @@ from daemon.runtime.options import (
     topology_of,
     train_options,
 )
-from daemon.runtime.redisconn import Topology, redis_check
+from daemon.runtime.redisconn import Topology, async_redis_client, redis_check
 from daemon.runtime.service import Service
 from daemon.runtime.settings import Settings
 from daemon.runtime.state import StateReader, check_layout
@@ -82,7 +82,7 @@ def build_server(settings: Settings, metrics: Metrics, watcher: ModelWatcher) ->
 def build_lookup(settings: Settings, current: Callable[[], ServingIndex | None]) -> Lookup:
     reader = StateReader(topology_of(settings), keys_of(settings), settings.segment_keys)
     cold = ColdStart(reader, float(settings.trending_half_life_s))
-    return Lookup(reader, cold, settings.top_k, current)
+    return Lookup(reader, cold, settings.top_k, current, lambda: async_redis_client(settings))
 
 
 def create_topics(settings: Settings, partitions: int = 4) -> dict[str, bool]:
@@ -189,7 +189,9 @@ class App:
         return cls(settings, metrics, service, routes)
 
     def start_http(self) -> HttpHandle:
-        self.http = start_http(self.routes, self.settings.http_host, self.settings.metrics_port)
+        self.http = start_http(
+            self.routes, self.settings.http_host, self.settings.metrics_port, self.settings.http_token
+        )
         return self.http
 
     def stop_http(self) -> None:

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import redis
+import redis.asyncio as aioredis
 from redis import exceptions as rex
 
 from daemon.runtime.settings import Settings
@@ -31,6 +32,7 @@ MAX_NODE_THREADS = 32  # nodes written to at once by one process
 log = logging.getLogger(__name__)
 
 RedisClient = redis.Redis | redis.RedisCluster
+AsyncRedisClient = aioredis.Redis | aioredis.RedisCluster
 
 # Redis being away (down, restarting, loading its data, timing out) or a cluster moving (MOVED/ASK during a
 # resharding, TRYAGAIN mid-migration, CLUSTERDOWN and READONLY around a failover): retried with backoff by the
@@ -95,6 +97,16 @@ def redis_client(settings: Settings, timeout_s: float = 30.0) -> RedisClient:
     if settings.redis_cluster:
         return redis.RedisCluster.from_url(settings.redis_url, **options)
     return redis.Redis.from_url(settings.redis_url, health_check_interval=30, **options)
+
+
+def async_redis_client(settings: Settings, timeout_s: float = 5.0) -> AsyncRedisClient:
+    """The asyncio client of ``RECD_REDIS_URL`` (the HTTP lookups'), with the same TLS and cluster choice;
+    made inside the event loop that uses it."""
+    options: dict[str, Any] = {"socket_connect_timeout": min(5.0, timeout_s), "socket_timeout": timeout_s}
+    options.update(tls_options(settings))
+    if settings.redis_cluster:
+        return aioredis.RedisCluster.from_url(settings.redis_url, **options)
+    return aioredis.Redis.from_url(settings.redis_url, health_check_interval=30, **options)
 
 
 def redis_check(settings: Settings) -> tuple[bool, str]:

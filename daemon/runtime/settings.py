@@ -95,6 +95,11 @@ class Settings:
     # --- HTTP and metrics
     http_host: str = _s("127.0.0.1", "address of the /metrics, /healthz, /readyz and lookup HTTP server")
     metrics_port: int = _s(9108, "port of that server (0 = any free port)")
+    http_token: str = _s(
+        "",
+        "bearer token the lookup routes require (Authorization: Bearer ...); several comma-separated while"
+        " rotating; empty = open. /metrics, /healthz, /readyz and /openapi.json stay open",
+    )
     # --- Training
     model_dir: str = _s("var/models", "folder of versioned model snapshots")
     model_kind: str = _s("ials", "model preset trained by the scheduler (see `recd model presets`)")
