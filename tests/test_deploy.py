@@ -209,6 +209,8 @@ DASHBOARD_NEEDS = [
     ("model version", "recd_model_info", "version"),
     ("model age", "recd_model_published_timestamp_seconds", None),
     ("training loss", "recd_train_loss", None),
+    ("progress of long steps", "recd_step_progress_ratio", "step"),
+    ("time left of long steps", "recd_step_eta_seconds", "step"),
     ("training duration", "recd_train_seconds_sum", None),
     ("held-out metrics", "recd_model_quality", "metric"),
     ("Redis memory", "recd_redis_used_memory_bytes", None),

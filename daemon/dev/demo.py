@@ -190,13 +190,12 @@ def _demo(settings: Settings, args: argparse.Namespace, out: Path, stop: Stop) -
     add_roles(app)
     http = app.start_http()
     reader = StateReader(topology_of(settings), keys_of(settings), settings.segment_keys)
-    client, keys = reader.client, reader.keys
     try:
         app.service.stop.clear()
         runner = _start(app)
         wait_for("ingesting", sent, lambda: handled(reader), stop)
         add_cold_user(settings)
-        wait_for("training the first model", 1, lambda: int(client.exists(keys.model_current)), stop)
+        wait_for("training the first model", 100, lambda: _training(app, reader), stop)
         wait_for("serving fresh lists", 1, lambda: int(_settled(reader, app)), stop)
         url = f"http://127.0.0.1:{http.port}"
         print_report(settings, app, reader, titles, COLD_USER, out, url, live=args.keep_serving)
@@ -220,6 +219,14 @@ def _start(app: App) -> Callable[[], int]:
         return result[0] if result else 1
 
     return join
+
+
+def _training(app: App, reader: StateReader) -> int:
+    """Percent of the first training run done: its fit's epochs until a model is published."""
+    if reader.client.exists(reader.keys.model_current):
+        return 100
+    fit = app.metrics.registry.get_sample_value("recd_step_progress_ratio", {"step": "fit"})
+    return int(99 * (fit or 0.0))
 
 
 def _settled(reader: StateReader, app: App) -> bool:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import redis
 from prometheus_client import CollectorRegistry
@@ -90,10 +91,11 @@ def create_topics(settings: Settings, partitions: int = 4) -> dict[str, bool]:
     return ensure_topics(kafka_options(settings), topic_names(settings), partitions)
 
 
-def build_trainer(settings: Settings, metrics: Metrics) -> TrainRole:
+def build_trainer(settings: Settings, metrics: Metrics, terminal: TextIO | None = None) -> TrainRole:
+    """The train role; ``terminal`` shows its steps' progress bars."""
     topology, keys = topology_of(settings), keys_of(settings)
     check_layout(topology, keys)
-    return TrainRole(train_options(settings), topology, keys, metrics)
+    return TrainRole(train_options(settings), topology, keys, metrics, terminal=terminal)
 
 
 def broker_check(settings: Settings) -> tuple[bool, str]:

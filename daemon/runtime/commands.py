@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +46,8 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.runtime.app import build_trainer
     from daemon.runtime.metrics import Metrics
 
-    outcome = build_trainer(settings, Metrics(CollectorRegistry())).run_once()
+    terminal = sys.stderr if sys.stderr.isatty() else None  # progress bars on a terminal; log lines elsewhere
+    outcome = build_trainer(settings, Metrics(CollectorRegistry()), terminal).run_once()
     _print(outcome.__dict__)
     return 0 if outcome.status in ("published", "skipped") else 1
 

@@ -87,6 +87,15 @@ class Metrics:
         )
         self.train_speed = Gauge("recd_train_samples_per_second", "Training pairs/examples per second", registry=r)
         self.train_loss = Gauge("recd_train_loss", "Final mean loss of the last training run", registry=r)
+        self.step_progress = Gauge(
+            "recd_step_progress_ratio",
+            "Share done of a long step (snapshot, fit, evaluate, index_build): 1 when over",
+            ["step"],
+            registry=r,
+        )
+        self.step_eta = Gauge(
+            "recd_step_eta_seconds", "Estimated seconds left of a long step (0 when over)", ["step"], registry=r
+        )
         self.model_quality = Gauge(
             "recd_model_quality", "Held-out quality of the last trained model, by metric", ["metric"], registry=r
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ FLAT_MAX_ITEMS = 50_000  # up to this many items exact search is fast enough
 SCORE_BUDGET = 1 << 23  # scores (float32: 32 MB) exact search holds at once: a serve batch goes in row chunks
 KINDS = ("auto", "flat", "hnsw", "ivf")
 IVF_MAX_LISTS = 16_384
+ADD_CHUNK = 65536  # vectors added to an index at a time (the build reports progress between chunks)
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,11 @@ def _ivf(vectors: npt.NDArray[np.float32], spec: IndexSpec) -> Any:
     return index
 
 
-def build_index(vectors: npt.NDArray[np.float32], spec: IndexSpec) -> Any:
-    """An inner-product faiss index over ``vectors`` (n, d); search it with ``search``."""
+def build_index(
+    vectors: npt.NDArray[np.float32], spec: IndexSpec, on_progress: Callable[[int], None] | None = None
+) -> Any:
+    """An inner-product faiss index over ``vectors`` (n, d); search it with ``search``. Vectors are added in
+    chunks of ``ADD_CHUNK``; ``on_progress`` gets the count added so far after each."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     kind = choose_kind(spec, n)
@@ -94,7 +98,10 @@ def build_index(vectors: npt.NDArray[np.float32], spec: IndexSpec) -> Any:
         index = _hnsw(vectors, spec)
     else:
         index = _ivf(vectors, spec)
-    index.add(vectors)
+    for start in range(0, n, ADD_CHUNK):
+        index.add(vectors[start : start + ADD_CHUNK])
+        if on_progress is not None:
+            on_progress(min(n, start + ADD_CHUNK))
     return index
 
 
@@ -179,13 +186,23 @@ class ServingIndex:
     kind: str = "flat"
 
     @classmethod
-    def build(cls, version: str, model: EmbeddingModel, published_at: int, spec: IndexSpec) -> ServingIndex:
+    def build(
+        cls,
+        version: str,
+        model: EmbeddingModel,
+        published_at: int,
+        spec: IndexSpec,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> ServingIndex:
+        """The two indexes of ``model`` (lists, then similar items); ``on_progress`` gets the vectors added
+        to both so far, out of twice the items."""
         started = time.perf_counter()
         faiss.omp_set_num_threads(max(1, spec.threads))
+        report = on_progress or (lambda _n: None)
         rec_vectors = np.ascontiguousarray(model.index_vectors(), dtype=np.float32)
-        rec = build_index(rec_vectors, spec)
+        rec = build_index(rec_vectors, spec, report)
         sim_vectors = np.ascontiguousarray(model.similar_vectors(), dtype=np.float32)
-        sim = build_index(sim_vectors, spec)
+        sim = build_index(sim_vectors, spec, lambda n: report(len(rec_vectors) + n))
         ids = list(model.item_ids)
         seconds = time.perf_counter() - started
         kind = choose_kind(spec, len(ids))

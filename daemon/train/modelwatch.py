@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
+from daemon.runtime.progress import Progress
 from daemon.runtime.redisconn import RedisClient
 from daemon.serve.index import IndexSpec, ServingIndex
 from daemon.train.publish import Pointer, read_pointer
@@ -51,7 +52,9 @@ class ModelWatcher:
     def _build(self, pointer: Pointer) -> None:
         try:
             model = self.loader(pointer.path)
-            self._built = ServingIndex.build(pointer.version, model, pointer.published_at, self.spec)
+            progress = Progress(self.metrics, "index_build", 2 * model.n_items, "vectors")
+            self._built = ServingIndex.build(pointer.version, model, pointer.published_at, self.spec, progress.advance)
+            progress.finish()
         except Exception:
             log.exception("cannot serve model %s from %s", pointer.version, pointer.path)
             self.metrics.errors.labels("serve").inc()

@@ -18,11 +18,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from daemon.runtime.history import weight_table
 from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
+from daemon.runtime.progress import Progress
 from daemon.runtime.redisconn import Topology
 from daemon.runtime.settings import ConfigError
 from daemon.runtime.state import StateReader
@@ -33,7 +34,7 @@ from trainer.evaluation.scoring import holdout_metrics
 from trainer.evaluation.splits import holdout_split
 from trainer.models.base import EmbeddingModel
 from trainer.models.registry import build_preset
-from trainer.snapshot import ModelStore, load_snapshot, save_snapshot
+from trainer.snapshot import ModelStore, load_snapshot, read_manifest, save_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,10 @@ class TrainRole:
         keys: Keys,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        terminal: TextIO | None = None,
     ) -> None:
         self.options = options
+        self.terminal = terminal  # progress bars go here (``recd train`` on a terminal)
         self.topology = topology
         self.client = topology.client
         self.reader = StateReader(topology, keys)
@@ -135,7 +138,7 @@ class TrainRole:
     def run_once(self) -> Outcome:
         started = time.perf_counter()
         try:
-            snap = read_snapshot(self.topology, self.keys, self.weights)
+            snap = self._snapshot()
             if len(snap.data.positives()) < 2:
                 self.metrics.train_runs.labels("skipped").inc()
                 return Outcome("skipped", reason="no positive events yet")
@@ -149,15 +152,36 @@ class TrainRole:
         self.metrics.train_runs.labels(outcome.status).inc()
         return outcome
 
-    def _train(self, snap: Snapshot) -> Outcome:
-        current, current_metrics, current_version = self._current()
-        model = self._new_model()
+    def _progress(self, step: str, total: int | None, unit: str) -> Progress:
+        return Progress(self.metrics, step, total, unit, self.terminal)
+
+    def _snapshot(self) -> Snapshot:
+        """Every history from Redis; progress counted against the users the current model saw."""
+        version = self.store.current()
+        seen = read_manifest(self.store.path(version)).data_watermark.get("users") if version else None
+        progress = self._progress("snapshot", int(seen) if seen else None, "users")
+        snap = read_snapshot(self.topology, self.keys, self.weights, on_progress=progress.advance)
+        progress.finish()
+        return snap
+
+    def _fit(self, model: EmbeddingModel, snap: Snapshot, current: EmbeddingModel | None) -> dict[str, float]:
+        """Fit on all but the hold-out, then score on it; each a step with its progress."""
         train_part, _ = holdout_split(snap.data)
-        report = model.fit(train_part, warm_from=current)
-        scores = holdout_metrics(model, snap.data)
+        progress = self._progress("fit", model.planned_epochs(current is not None), "epochs")
+        report = model.fit(train_part, warm_from=current, on_epoch=lambda epoch, _loss: progress.advance(epoch + 1))
+        progress.finish()
         self.metrics.train_speed.set(report.samples_per_s)
         if report.losses:
             self.metrics.train_loss.set(report.losses[-1])
+        progress = self._progress("evaluate", None, "models")
+        scores = holdout_metrics(model, snap.data)
+        progress.finish()
+        return scores
+
+    def _train(self, snap: Snapshot) -> Outcome:
+        current, current_metrics, current_version = self._current()
+        model = self._new_model()
+        scores = self._fit(model, snap, current)
         for name, value in scores.items():
             self.metrics.model_quality.labels(name).set(value)
         self.client.set(self.keys.train_watermark, snap.applied_events)

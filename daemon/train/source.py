@@ -10,6 +10,7 @@ watermark (events applied before the scan started) says what the model saw.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,12 +61,20 @@ class _Columns:
         return records, owner
 
 
-def read_snapshot(topology: Topology, keys: Keys, weights: npt.NDArray[np.float64], chunk: int = 2000) -> Snapshot:
+def read_snapshot(
+    topology: Topology,
+    keys: Keys,
+    weights: npt.NDArray[np.float64],
+    chunk: int = 2000,
+    on_progress: Callable[[int], None] | None = None,
+) -> Snapshot:
     """Scan all histories into aligned arrays (users in scan order, items sorted by id); ``weights`` is
-    ``history.weight_table``: an event's weight by its code byte."""
+    ``history.weight_table``: an event's weight by its code byte. ``on_progress`` gets the users read so far
+    after each chunk."""
     reader = StateReader(topology, keys)
     totals = reader.totals()
     cols = _Columns()
+    report = on_progress or (lambda _users: None)
     try:
         for node in topology.primaries():
             batch: list[bytes] = []
@@ -73,9 +82,11 @@ def read_snapshot(topology: Topology, keys: Keys, weights: npt.NDArray[np.float6
                 batch.append(key)
                 if len(batch) >= chunk:
                     cols.add(*_read_chunk(node, keys, batch))
+                    report(len(cols.users))
                     batch = []
             if batch:
                 cols.add(*_read_chunk(node, keys, batch))
+                report(len(cols.users))
     except redis.RedisError:
         topology.refresh()
         raise

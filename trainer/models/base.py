@@ -78,6 +78,11 @@ class EmbeddingModel(ABC):
     ) -> FitReport:
         """Train on ``data`` (warm-starting from ``warm_from`` when given)."""
 
+    def planned_epochs(self, warm: bool) -> int | None:
+        """Epochs the next ``fit`` runs (a warm start when ``warm``), for progress and ETA; None when the
+        model does not count in epochs."""
+        return None
+
     @abstractmethod
     def index_vectors(self) -> FloatArray:
         """(n_items, d) float32 rows for the inner-product ANN index."""

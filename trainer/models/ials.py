@@ -189,6 +189,9 @@ class ImplicitALS(EmbeddingModel):
         self.counts = np.zeros(0, np.float32)  # (n_items,) users per item in the last fit
         self._fold: FoldIn | None = None  # serving's fold-in, for the current items table
 
+    def planned_epochs(self, warm: bool) -> int:
+        return self.config.warm_epochs if warm else self.config.epochs
+
     def fit(
         self, data: Interactions, *, warm_from: EmbeddingModel | None = None, on_epoch: EpochCallback | None = None
     ) -> FitReport:
@@ -203,7 +206,7 @@ class ImplicitALS(EmbeddingModel):
         )
         users, items, w = _cells(data, plan.data_to_model, cfg.alpha)
         started = time.perf_counter()
-        epochs = cfg.warm_epochs if warm_from else cfg.epochs
+        epochs = self.planned_epochs(warm_from is not None)
         with torch_threads(self.threads):
             y = torch.from_numpy(table).to(dev)
             by_user = _Csr.build(users, items, w, data.n_users, dev)

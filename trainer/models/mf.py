@@ -133,6 +133,9 @@ class MatrixFactorization(EmbeddingModel):
 
     # ------------------------------------------------------------ training
 
+    def planned_epochs(self, warm: bool) -> int:
+        return self.epochs
+
     def fit(
         self, data: Interactions, *, warm_from: EmbeddingModel | None = None, on_epoch: EpochCallback | None = None
     ) -> FitReport:

@@ -95,6 +95,9 @@ class _AutoencoderBase(EmbeddingModel):
 
     # ------------------------------------------------------------ training
 
+    def planned_epochs(self, warm: bool) -> int:
+        return self.config.warm_epochs if warm else self.config.epochs
+
     def fit(
         self, data: Interactions, *, warm_from: EmbeddingModel | None = None, on_epoch: EpochCallback | None = None
     ) -> FitReport:
@@ -106,7 +109,7 @@ class _AutoencoderBase(EmbeddingModel):
         pos = data.positives()
         sets = UserSets.build(pos.users, plan.data_to_model[pos.items], data.n_users)
         users = np.flatnonzero(sets.lengths() > 0)
-        epochs = cfg.warm_epochs if warm_from is not None else cfg.epochs
+        epochs = self.planned_epochs(warm_from is not None)
         started = time.perf_counter()
         with torch_threads(self.threads):
             self.net = self._grow(warm_from, len(plan.item_ids)).to(dev)
