@@ -48,3 +48,11 @@ def test_a_nan_current_figure_does_not_block() -> None:
 def test_tolerance_must_be_in_0_1(tolerance: float) -> None:
     with pytest.raises(ValueError, match="tolerance"):
         gate({M: 0.2}, {M: 0.2}, metric=M, tolerance=tolerance)
+
+
+def test_the_gate_scores_a_large_catalogue_in_smaller_chunks() -> None:
+    from trainer.evaluation.scoring import GATE_CELLS, gate_chunk
+
+    assert gate_chunk(1_000) == 512
+    assert gate_chunk(280_000) * 280_000 <= GATE_CELLS < (gate_chunk(280_000) + 1) * 280_000
+    assert gate_chunk(50_000_000) == 8

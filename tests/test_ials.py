@@ -200,3 +200,14 @@ def test_cholesky_batches_capped_by_matrix_memory_give_the_same_rows(monkeypatch
     whole = solve_rows(csr, other, 0.1, reg, torch.arange(40))
     monkeypatch.setattr(ials, "CHOLESKY_FLOATS", 3 * 16)  # three 4x4 matrices per batch
     torch.testing.assert_close(solve_rows(csr, other, 0.1, reg, torch.arange(40)), whole)
+
+
+def test_the_loss_is_the_same_scored_in_chunks_of_cells(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    rows, cols = rng.integers(0, 50, 700), rng.integers(0, 40, 700)
+    csr = _Csr.build(rows, cols, rng.random(700).astype(np.float32) + 0.5, 50, torch.device("cpu"))
+    x, y = torch.randn(50, 8), torch.randn(40, 8)
+    whole = ials._loss(x, y, csr, torch.arange(50), 0.01)
+    monkeypatch.setattr(ials, "LOSS_CHUNK", 64)  # 11 chunks, the last one short
+    assert ials._loss(x, y, csr, torch.arange(50), 0.01) == pytest.approx(whole, rel=1e-5)
+    assert whole > 0

@@ -315,4 +315,12 @@ def holdout_metrics(
     """
     train, test = holdout_split(data, max_users, seed)
     scorer = EmbeddingScorer(model, train)
-    return evaluate(scorer, train, test, ks=(k,), seed=seed, chunk_size=512)
+    return evaluate(scorer, train, test, ks=(k,), seed=seed, chunk_size=gate_chunk(train.n_items))
+
+
+GATE_CELLS = 1 << 24  # (users x items) scores the gate holds per chunk: 64 MB of float32 per array
+
+
+def gate_chunk(n_items: int) -> int:
+    """Users scored per chunk by ``holdout_metrics``: 512, fewer on a large catalogue (8 at the fewest)."""
+    return max(8, min(512, GATE_CELLS // max(1, n_items)))

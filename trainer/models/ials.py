@@ -308,11 +308,17 @@ def _reg(counts: torch.Tensor, cfg: IALSConfig, n_other: int) -> torch.Tensor:
     return cfg.reg * ((counts.to(torch.float32) + base) / base) ** cfg.nu
 
 
+LOSS_CHUNK = 1 << 18  # observed cells scored at a time: the loss holds 2 x this x dim floats, not cells x dim
+
+
 def _loss(x: torch.Tensor, y: torch.Tensor, csr: _Csr, active: torch.Tensor, a0: float) -> float:
     """Mean squared error on observed cells plus the unobserved term, per observed cell."""
     users = torch.repeat_interleave(torch.arange(len(csr.counts()), device=x.device), csr.counts())
-    pred = (x[users] * y[csr.col]).sum(1)
-    observed = float((csr.weight * (pred - 1) ** 2).sum())
+    observed = 0.0
+    for lo in range(0, len(csr.col), LOSS_CHUNK):
+        part = slice(lo, lo + LOSS_CHUNK)
+        pred = (x[users[part]] * y[csr.col[part]]).sum(1)
+        observed += float((csr.weight[part] * (pred - 1) ** 2).sum())
     unobserved = a0 * float(((x[active] @ y.T) ** 2).sum()) if len(active) * len(y) < 5e7 else 0.0
     return (observed + unobserved) / max(1, len(csr.col))
 
