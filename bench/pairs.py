@@ -6,7 +6,8 @@
 A seeded share of users is held out; every model is fitted on the other users'
 events only and scores each held-out consecutive-positive pair, and as many
 uniformly random item pairs, by the cosine of its item vectors. Models: any
-preset (``trainer.models.registry``, built on the CPU), the baselines with item
+preset (``trainer.models.registry``, built on the CPU; ``side_info`` given the dataset's item attributes,
+``trainer.dataset_attributes``, where it has them), the baselines with item
 vectors (``gensim``, ``als``, ``bpr``) and ``random`` (seeded Gaussian vectors:
 the chance level). A model that fails is reported with its error and the others
 still run. Progress goes to stderr, a table to stdout, and the LAST stdout line
@@ -35,11 +36,13 @@ from typing import Any
 import numpy as np
 
 from bench.quality import dataset_path
+from trainer.attributes import ItemAttributes
+from trainer.dataset_attributes import load_attributes
 from trainer.datasets import load_dataset
 from trainer.evaluation.pairs import HOLDOUT_USERS, PairTest, aligned_vectors, build_pair_test, pair_auc
 from trainer.interactions import FloatArray, Interactions
 
-DEFAULT_MODELS = ("mf_bpr", "item2vec", "gensim", "deepwalk", "node2vec", "random")
+DEFAULT_MODELS = ("mf_bpr", "item2vec", "gensim", "deepwalk", "node2vec", "side_info", "random")
 BASELINES_WITH_VECTORS = ("gensim", "als", "bpr")
 RANDOM_DIM = 64
 """Dimension of the ``random`` model's vectors."""
@@ -47,8 +50,11 @@ RANDOM_DIM = 64
 log = logging.getLogger("bench.pairs")
 
 
-def item_vectors(name: str, train: Interactions, *, seed: int, threads: int) -> FloatArray:
-    """(train.n_items, d) item vectors of model ``name`` fitted on ``train``."""
+def item_vectors(
+    name: str, train: Interactions, *, seed: int, threads: int, attributes: ItemAttributes | None = None
+) -> FloatArray:
+    """(train.n_items, d) item vectors of model ``name`` fitted on ``train``; a model that takes item
+    ``attributes`` (``side_info``) is given them."""
     if name == "random":
         return np.random.default_rng(seed).standard_normal((train.n_items, RANDOM_DIM)).astype(np.float32)
     if name in BASELINES_WITH_VECTORS:
@@ -61,15 +67,20 @@ def item_vectors(name: str, train: Interactions, *, seed: int, threads: int) -> 
     from trainer.models.registry import build_preset
 
     model = build_preset(name, seed=seed, device="cpu", threads=threads)
+    set_attributes = getattr(model, "set_attributes", None)
+    if attributes is not None and callable(set_attributes):
+        set_attributes(attributes)
     model.fit(train)
     return aligned_vectors(model.similar_vectors(), model.item_ids, train.item_ids)
 
 
-def evaluate_one(name: str, train: Interactions, test: PairTest, *, seed: int, threads: int) -> dict[str, Any]:
+def evaluate_one(
+    name: str, train: Interactions, test: PairTest, *, seed: int, threads: int, attributes: ItemAttributes | None = None
+) -> dict[str, Any]:
     """One model's ``auc``, ``auc_all``, ``pairs`` and ``seconds``; ``{"error": ...}`` when it fails."""
     started = time.perf_counter()
     try:
-        figures = pair_auc(item_vectors(name, train, seed=seed, threads=threads), test)
+        figures = pair_auc(item_vectors(name, train, seed=seed, threads=threads, attributes=attributes), test)
     except Exception as exc:  # one broken model must not sink the comparison
         log.error("%s failed:\n%s", name, traceback.format_exc())
         return {"error": f"{type(exc).__name__}: {exc}"}
@@ -85,12 +96,13 @@ def evaluate_one(name: str, train: Interactions, test: PairTest, *, seed: int, t
 def run(path: Path, models: Sequence[str], *, seed: int, holdout: float, threads: int) -> dict[str, Any]:
     """Load ``path``, build the pair test once, evaluate every model on it."""
     dataset = load_dataset(path)
+    attributes = load_attributes(path)  # side_info's item attributes, where the dataset has them
     train, test = build_pair_test(dataset.all(), frac=holdout, seed=seed)
     log.info("%s: %s", dataset.name, test.counts())
     results: dict[str, dict[str, Any]] = {}
     for name in models:
         log.info("%s: fitting %s ...", dataset.name, name)
-        results[name] = evaluate_one(name, train, test, seed=seed, threads=threads)
+        results[name] = evaluate_one(name, train, test, seed=seed, threads=threads, attributes=attributes)
         log.info("%s: %s %s", dataset.name, name, results[name])
     return {"dataset": dataset.name, "seed": seed, "holdout_users": holdout, "pairs": test.counts(), "models": results}
 

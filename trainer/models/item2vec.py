@@ -241,10 +241,18 @@ class Item2Vec(EmbeddingModel):
             raise RuntimeError("item2vec model is not fitted")
         return np.ascontiguousarray(tensor.detach().cpu().numpy(), np.float32).copy()
 
+    def input_rows(self) -> FloatArray:
+        """(n_items, dim) the item vectors queries and similar-items are made of: the input table here."""
+        return self.table("in")
+
+    def output_rows(self) -> FloatArray:
+        """(n_items, dim) the item vectors ``in_out`` scoring ranks by: the output table here."""
+        return self.table("out")
+
     def index_vectors(self) -> FloatArray:
         if self.config.scoring == "in_in":
-            return self.table("in")
-        return np.asarray(np.hstack([self.table("out"), self.log_prior()[:, None]]), np.float32)  # (n, dim + 1)
+            return self.input_rows()
+        return np.asarray(np.hstack([self.output_rows(), self.log_prior()[:, None]]), np.float32)  # (n, dim + 1)
 
     def log_prior(self) -> FloatArray:
         """(n_items,) ``pop_weight * log(negatives * q(item))``: the score term SGNS trains away.
@@ -260,7 +268,7 @@ class Item2Vec(EmbeddingModel):
         return np.asarray(self.config.pop_weight * np.log(self.config.negatives * np.maximum(q, floor)), np.float32)
 
     def query_vectors(self, histories: Sequence[History]) -> FloatArray:
-        win = self.table("in")
+        win = self.input_rows()
         out = np.zeros((len(histories), self.config.dim + 1), np.float32)  # (B, dim + 1)
         for row, hist in enumerate(histories):
             w = np.asarray(hist.weights, np.float32)
@@ -271,7 +279,7 @@ class Item2Vec(EmbeddingModel):
         return out[:, :-1].copy() if self.config.scoring == "in_in" else out
 
     def similar_vectors(self) -> FloatArray:
-        win = self.table("in")
+        win = self.input_rows()
         norms = np.linalg.norm(win, axis=1, keepdims=True)
         return np.asarray(win / np.maximum(norms, 1e-12), np.float32)
 

@@ -11,7 +11,7 @@ Constructor kwargs every model class takes: ``seed``, ``device``, ``threads``,
 ``dim``, ``epochs``; item2vec also ``context, negatives, sampler, tied, lr,
 batch``; mf ``loss, rating_range, negatives, lr, weight_decay``; ncf
 ``variant, layers, negatives, lr``; ials ``reg, unobserved, nu, alpha, tail_weight``;
-gfcf ``ideal_dim, alpha, beta``.
+gfcf ``ideal_dim, alpha, beta``; side (preset ``side_info``) item2vec's and ``id_dropout``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ MODEL_CLASSES: dict[str, tuple[str, str]] = {
     "multvae": ("trainer.models.vae", "MultVAE"),
     "deepwalk": ("trainer.models.deepwalk", "DeepWalk"),
     "node2vec": ("trainer.models.deepwalk", "Node2Vec"),
+    "side": ("trainer.models.side_info", "SideInfo"),
 }
 
 # Tail-favouring settings (measured on ML-100K: docs/benchmarks.md): log-uniform negatives
@@ -56,6 +57,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "multvae": {"model": "multvae"},
     "deepwalk": {"model": "deepwalk"},
     "node2vec": {"model": "node2vec"},
+    "side_info": {"model": "side"},  # needs ``set_attributes`` before ``fit`` to use item attributes
 }
 
 # Presets ``run_evaluation(tune=True)`` / ``bench.quality --tune`` tune like the ALS baseline: validation
