@@ -4,12 +4,17 @@
 
     python bench/ingest.py --events 1000000 --redis-cluster 3 [--cluster-replicas 1 --wait-replicas 1]
 
+    python bench/ingest.py --events 1000000 --rebuild
+
 Uses RECD_KAFKA_BOOTSTRAP / RECD_REDIS_URL when set, else starts the embedded
 broker (and a local redis-server if none answers); ``--redis-cluster N`` starts
 a local Redis Cluster of N primaries instead (bench/cluster.py). The last line
 printed is one JSON object: events_per_s, lost, duplicated, dlq,
 redis_bytes_per_user, redis_cpu_us_per_event, primary_write_share,
-max_slot_write_share, shards, primaries, replicas, wait_replicas, ...
+max_slot_write_share, shards, primaries, replicas, wait_replicas, ...; with
+``--rebuild``, a ``rebuild`` entry: ``recd rebuild`` of the same topics into a
+new prefix (seconds, seconds per million events, lost and duplicated against
+the ground truth).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
 from daemon.runtime.options import keys_of, store_options, topology_of
 from daemon.runtime.profiles import finest_segment
+from daemon.runtime.rebuild import rebuild
 from daemon.runtime.redisconn import Topology
 from daemon.runtime.settings import Settings, load_settings
 from daemon.runtime.state import StateReader, each_shard
@@ -201,6 +207,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="then `recd rebuild` the topics into a new prefix, timed, and check that state against the ground truth",
+    )
     add_cluster_args(parser)
     return parser.parse_args()
 
@@ -240,6 +251,8 @@ def measure(settings: Settings, topology: Topology, args: argparse.Namespace) ->
     }
     print("verifying against the ground truth ...", flush=True)
     result = verify(settings, topology, list(synthetic_events(spec, args.events)), profiles)
+    if args.rebuild:
+        result["rebuild"] = measure_rebuild(settings, topology, spec, args.events, profiles)
     result.update(
         {
             **load,
@@ -255,6 +268,29 @@ def measure(settings: Settings, topology: Topology, args: argparse.Namespace) ->
         }
     )
     return result
+
+
+def measure_rebuild(
+    settings: Settings, topology: Topology, spec: SyntheticSpec, n: int, profiles: dict[str, str]
+) -> dict[str, object]:
+    """``recd rebuild`` of the topics into a new prefix (what the command runs), timed and checked against
+    the ground truth; the new prefix is dropped after."""
+    prefix = f"{settings.redis_prefix.rstrip(':')}-rebuilt:"
+    print(f"rebuilding into {prefix} ...", flush=True)
+    started = time.perf_counter()
+    done = rebuild(settings, prefix)
+    seconds = time.perf_counter() - started
+    try:
+        check = verify(settings.replace(redis_prefix=prefix), topology, list(synthetic_events(spec, n)), profiles)
+    finally:
+        drop_prefix(topology.client, prefix)
+    return {
+        "seconds": round(seconds, 2),
+        "events_per_s": round(n / seconds),
+        "seconds_per_million_events": round(seconds * 1_000_000 / n, 1),
+        "events_read": done["events_read"],
+        **{k: check[k] for k in ("lost", "duplicated", "popularity_matches", "applied", "expected_applied")},
+    }
 
 
 def main() -> None:
