@@ -6,24 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.interactions import Interactions
+from tests.planted import CLUSTERS, PER_CLUSTER, planted
 from trainer.models import registry
 from trainer.models.base import History
 from trainer.models.vae import MultVAE
 
-CLUSTERS, PER_CLUSTER = 4, 12
 FAST = {"dim": 8, "hidden": 32, "epochs": 30, "batch": 32, "lr": 3e-3, "anneal_steps": 200}
-
-
-def planted(n_users: int = 160, per_user: int = 6, clusters: range = range(CLUSTERS), seed: int = 0) -> Interactions:
-    rng = np.random.default_rng(seed)
-    users, items = [], []
-    for u in range(n_users):
-        c = list(clusters)[u % len(clusters)]
-        for k in rng.choice(PER_CLUSTER, per_user, replace=False):
-            users.append(f"u{seed}_{u}")
-            items.append(f"i{c}_{k}")
-    return Interactions.from_ids(users, items)
 
 
 def cluster(item: str) -> str:

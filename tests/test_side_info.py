@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.planted import CLUSTERS, PER_CLUSTER, planted
 from trainer.attributes import ItemAttributes
 from trainer.evaluation.cold_items import BASELINES, baseline_scores, ranking_figures, split_cold_items
 from trainer.interactions import Interactions
@@ -13,20 +14,7 @@ from trainer.models import registry
 from trainer.models.side_info import SideInfo
 from trainer.snapshot import load_snapshot, save_snapshot
 
-CLUSTERS, PER_CLUSTER = 4, 12
 FAST = {"dim": 16, "epochs": 30, "batch": 256, "lr": 0.03}
-
-
-def planted(n_users: int = 160, per_user: int = 6, clusters: range = range(CLUSTERS), seed: int = 0) -> Interactions:
-    """Users who only consume inside one cluster; item ``i{c}_{k}`` is item k of cluster c (k < PER_CLUSTER)."""
-    rng = np.random.default_rng(seed)
-    users, items = [], []
-    for u in range(n_users):
-        c = list(clusters)[u % len(clusters)]
-        for k in rng.choice(PER_CLUSTER, per_user, replace=False):
-            users.append(f"u{seed}_{u}")
-            items.append(f"i{c}_{k}")
-    return Interactions.from_ids(users, items)
 
 
 def catalogue(clusters: range = range(CLUSTERS), extra: int = 1) -> ItemAttributes:

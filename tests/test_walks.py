@@ -5,25 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.interactions import Interactions
+from tests.planted import PER_CLUSTER, planted
 from trainer.models import registry
 from trainer.models.deepwalk import DeepWalk
 from trainer.models.walks import Graph, biased_step, cooccurrence_graph, is_edge, walk_starts, walks, window_pairs
 
-CLUSTERS, PER_CLUSTER = 4, 12
 FAST = {"dim": 16, "epochs": 4, "batch": 256, "group": 64, "shared": 32, "lr": 0.05, "walks_per_node": 4}
-
-
-def planted(n_users: int = 160, per_user: int = 6, clusters: range = range(CLUSTERS), seed: int = 0) -> Interactions:
-    """Users who only consume inside one cluster; item ``i{c}_{k}`` is item k of cluster c."""
-    rng = np.random.default_rng(seed)
-    users, items = [], []
-    for u in range(n_users):
-        c = list(clusters)[u % len(clusters)]
-        for k in rng.choice(PER_CLUSTER, per_user, replace=False):
-            users.append(f"u{seed}_{u}")
-            items.append(f"i{c}_{k}")
-    return Interactions.from_ids(users, items, ts=list(range(len(users))))
 
 
 def cluster(item: str) -> str:
