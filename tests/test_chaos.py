@@ -14,7 +14,7 @@ from bench.chaos import ChaosConfig, run_chaos
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CI_SIZE = ChaosConfig(
-    events=30_000, kills=5, users=2_000, items=500, seed=3, broker_pause_s=5.0, shards=16, drain_timeout_s=120.0
+    events=100_000, kills=5, users=2_000, items=500, seed=3, broker_pause_s=5.0, shards=16, drain_timeout_s=120.0
 )
 
 
