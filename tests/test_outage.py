@@ -180,7 +180,7 @@ def test_broker_outage_keeps_the_loop_alive_and_not_ready(settings: Settings, tm
             worker.step()  # must not raise
         ok, detail = broker_check(settings)
         assert not ok and "no broker reachable" in detail
-        status, body, _ = app.routes.dispatch("/readyz", {})
+        status, body = app.routes.health(app.routes.ready)
         assert status == 503 and body["checks"]["kafka"]["ok"] is False
     finally:
         worker.shutdown(timeout_s=2)
