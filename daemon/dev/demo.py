@@ -233,9 +233,9 @@ def _settled(reader: StateReader, app: App) -> bool:
     """A model is served, no user waits, and what the report prints was written by that model."""
     index = app.watcher.current if app.watcher is not None else None
     client, keys = reader.client, reader.keys
-    if index is None or reader.queued() or not client.exists(keys.rec(COLD_USER)):
+    if index is None or reader.queued():
         return False
-    users = reader.recently_served(3)
+    users = [*reader.recently_served(3), COLD_USER]  # the report prints the cold user's list too
     lists: Any = [client.get(keys.rec(u)) for u in users]
     versions = {json.loads(raw)["model_version"] for raw in lists if raw}
     top = reader.popularity(1)
