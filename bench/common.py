@@ -72,6 +72,7 @@ def isolated_settings(bootstrap: str, name: str, **overrides: Any) -> Settings:
             "redis_prefix": f"{name}-{tag}:",
             "events_topic": f"{name}-ev-{tag}",
             "profiles_topic": f"{name}-prof-{tag}",
+            "items_topic": f"{name}-items-{tag}",
             "consumer_group": f"{name}-{tag}",
             "session_timeout_ms": 6000,
             **overrides,

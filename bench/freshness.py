@@ -70,6 +70,7 @@ def env_for(settings: Settings, model_dir: Path, target: RedisTarget) -> dict[st
         "RECD_REDIS_PREFIX": settings.redis_prefix,
         "RECD_EVENTS_TOPIC": settings.events_topic,
         "RECD_PROFILES_TOPIC": settings.profiles_topic,
+        "RECD_ITEMS_TOPIC": settings.items_topic,
         "RECD_CONSUMER_GROUP": settings.consumer_group,
         "RECD_MODEL_DIR": str(model_dir),
         "RECD_METRICS_PORT": "0",
@@ -220,6 +221,7 @@ def main() -> None:
             redis_prefix=f"bench-fresh-{tag}:",
             events_topic=f"fresh-{tag}",
             profiles_topic=f"fresh-{tag}.profiles",
+            items_topic=f"fresh-{tag}.items",
             consumer_group=f"fresh-{tag}",
         )
         try:

@@ -7,13 +7,19 @@ Each model is fitted on the dataset's protocol split (given split, else
 leave-latest-out, else a seeded random holdout; see ``trainer.evaluation.splits``) through
 ``trainer.evaluation.report.run_evaluation``; baselines (ALS, BPR, gensim) and recd
 presets with a grid (``registry.TUNING_GRIDS``) are tuned on a validation split
-inside train unless ``--no-tune``. A model that fails is
+inside train unless ``--no-tune``. ``side_info`` is given the dataset's item
+attributes (``trainer.dataset_attributes``) and fits on ids alone, as plain
+skip-gram, where the dataset has none: its row's ``attributes`` note says which,
+under the table and in the JSON. A model that fails is
 reported with its error and the others still run. Progress goes to stderr, a
 table to stdout, and the LAST stdout line is one JSON object::
 
     {"dataset": name, "models": {"<model>": {"recall@10": .., "ndcg@10": .., "recall@20": .., "ndcg@20": ..,
      "recall@40": .., "ndcg@40": .., "hr@10_sampled": ..,
-     "ndcg@10_sampled": .., "coverage": .., "tail_share": .., "auc": .., "fit_s": ..}, ...}}
+     "ndcg@10_sampled": .., "coverage": .., "tail_share": .., "auc": .., "fit_s": ..,
+     "attributes": "3 fields, 134 values, 9064/9066 items", "field_weights": {..}}, ...}}
+
+(``attributes`` and ``field_weights`` for a model that takes item attributes only.)
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ DEFAULT_MODELS = (
     "ials_tail",
     "item2vec",
     "item2vec_tail",
+    "side_info",
     "mf_bpr",
     "ncf",
     "als",
@@ -56,6 +63,7 @@ METRICS = (
     "tail_share",
 )
 EXTRA = ("auc", "fit_s")  # reported when present
+NOTES = ("attributes", "field_weights")  # a model that takes item attributes: what it got, what it learned
 
 log = logging.getLogger("bench.quality")
 
@@ -84,8 +92,9 @@ def evaluate_one(path: Path, name: str, seed: int, tune: bool, fmt: str | None =
     missing = [key for key in METRICS if key not in figures]
     if missing:
         out["error"] = f"run_evaluation returned no {missing}"
-    if "params" in figures:
-        out["params"] = figures["params"]
+    for key in ("params", *NOTES):
+        if key in figures:
+            out[key] = figures[key]
     return out, str(result["dataset"])
 
 
@@ -105,7 +114,20 @@ def table(models: Mapping[str, Mapping[str, Any]]) -> str:
             continue
         cells = "".join(f"{_cell(figures.get(c)):>16}" for c in columns)
         rows.append(f"{name:<16}{cells}")
-    return "\n".join(rows)
+    notes = _notes(models)
+    return "\n".join(rows + (["", *notes] if notes else []))
+
+
+def _notes(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per model that takes item attributes: what it was given and its largest learned field weights."""
+    lines = []
+    for name, figures in models.items():
+        if "attributes" in figures:
+            weights = ", ".join(f"{field} {w:.2f}" for field, w in (figures.get("field_weights") or {}).items())
+            lines.append(
+                f"{name}: attributes {figures['attributes']}" + (f"; field weights {weights}" if weights else "")
+            )
+    return lines
 
 
 def _cell(value: Any) -> str:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from schemas.catalogue import MAX_FIELDS, MAX_NAME_CHARS, MAX_VALUES_PER_FIELD, MAX_VALUES_PER_ITEM
 from schemas.events import EVENT_TYPES, MIN_TS_MS, Limits
 from schemas.records import MANIFEST_SCHEMA_VERSION
 
@@ -81,6 +82,36 @@ def profile_event(limits: Limits | None = None) -> dict[str, Any]:
     }
 
 
+def catalogue_event(limits: Limits | None = None) -> dict[str, Any]:
+    lim = limits or Limits()
+    name = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS, "pattern": r"\S"}
+    values = {
+        "oneOf": [name, {"type": "array", "maxItems": MAX_VALUES_PER_FIELD, "items": name}],
+        "description": "one value or a list of them",
+    }
+    return {
+        "$schema": DRAFT,
+        "$id": BASE_ID + "catalogue_event.schema.json",
+        "title": "recd item catalogue event",
+        "description": "An item's attributes and availability; Kafka key = item_id; the newest ts wins. "
+        f"At most {MAX_VALUES_PER_ITEM} values per item in all. available=false takes the item out of "
+        "every list until a newer record makes it available again.",
+        "type": "object",
+        "required": ["item_id", "attributes", "ts"],
+        "properties": {
+            "item_id": _id_string(lim),
+            "attributes": {
+                "type": "object",
+                "maxProperties": MAX_FIELDS,
+                "propertyNames": name | {"pattern": r"^[^_]"},
+                "additionalProperties": values,
+            },
+            "available": {"type": "boolean", "default": True},
+            "ts": _ts(),
+        },
+    }
+
+
 def _list_record(name: str, owner: str, extra: dict[str, Any]) -> dict[str, Any]:
     props: dict[str, Any] = {
         owner: {"type": "string"},
@@ -139,7 +170,14 @@ def model_manifest() -> dict[str, Any]:
 
 def all_schemas() -> dict[str, dict[str, Any]]:
     """File name -> schema document."""
-    docs = [interaction_event(), profile_event(), recommendation_list(), similar_list(), model_manifest()]
+    docs = [
+        interaction_event(),
+        profile_event(),
+        catalogue_event(),
+        recommendation_list(),
+        similar_list(),
+        model_manifest(),
+    ]
     return {str(doc["$id"]).rsplit("/", 1)[1]: doc for doc in docs}
 
 

@@ -138,6 +138,7 @@ def make_settings(target: RedisTarget, broker: str, prefix: str, folder: Path) -
         redis_shards=SHARDS,
         events_topic=f"ev-{tag}",
         profiles_topic=f"prof-{tag}",
+        items_topic=f"items-{tag}",
         consumer_group=f"g-{tag}",
         session_timeout_ms=6000,
         metrics_port=0,

@@ -68,7 +68,7 @@ def ensure_big_topics(settings: Settings, max_message_bytes: int, partitions: in
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), api_version=(2, 1))
     configs = {"max.message.bytes": str(max_message_bytes)}
     try:
-        for name in (settings.events_topic, settings.profiles_topic):
+        for name in (settings.events_topic, settings.profiles_topic, settings.items_topic):
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
     finally:

@@ -120,12 +120,14 @@ def test_topics_prints_each_topic(settings: object) -> None:
         "RECD_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "RECD_EVENTS_TOPIC": settings.events_topic,
         "RECD_PROFILES_TOPIC": settings.profiles_topic,
+        "RECD_ITEMS_TOPIC": settings.items_topic,
     }
     first, again = recd("topics", env=env), recd("topics", env=env)
     assert first.returncode == 0 and again.returncode == 0, first.stderr
     assert f"{settings.events_topic}: created" in first.stdout
     assert f"{settings.events_topic}.dlq: created" in first.stdout
     assert f"{settings.profiles_topic}: exists" in again.stdout
+    assert f"{settings.items_topic}.dlq: created" in first.stdout
 
 
 @pytest.mark.integration

@@ -249,7 +249,7 @@ SPAWN_SETTINGS = ("kafka_bootstrap", "redis_url", "redis_cluster", "redis_shards
 def spawn_ingest(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     """``python -m daemon ingest`` with these settings (their Redis, single or cluster), logging to ``log``."""
     env = dict(os.environ)
-    for name in (*SPAWN_SETTINGS, "events_topic", "profiles_topic"):
+    for name in (*SPAWN_SETTINGS, "events_topic", "profiles_topic", "items_topic"):
         env[env_name(name)] = str(getattr(settings, name))
     env.update({"RECD_SESSION_TIMEOUT_MS": "6000", "RECD_METRICS_PORT": "0", "RECD_POLL_MAX_RECORDS": "500"})
     with log.open("ab") as out:

@@ -105,7 +105,7 @@ def recorded_lag(base: str) -> dict[str, float]:
 def publish(settings: Settings) -> None:
     now = int(time.time() * 1000)
     spec = SyntheticSpec(users=500, items=300, seed=7, start_ms=now - 600_000, step_ms=10)
-    assert publish_synthetic(settings, spec, EVENTS, profiles=False) == (0, EVENTS)
+    assert publish_synthetic(settings, spec, EVENTS, profiles=False, catalogue=False) == (0, EVENTS, 0)
 
 
 def watch_catch_up(base: str, settings: Settings) -> dict[str, float]:

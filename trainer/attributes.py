@@ -11,10 +11,10 @@ array operations and never builds a Python object per pair:
   ``"<field>=<value>"`` (``"genre=Comedy"``): a value token belongs to exactly
   one field, so "Drama" as a genre and "Drama" as a tag are different values.
 
-Within an item, pairs are sorted by (field, value) and distinct. Bounds
-(enforced by ``from_mapping``, documented for the catalogue topic that will
-fill this): at most ``MAX_VALUES_PER_ITEM`` pairs per item and
-``MAX_VALUES_PER_FIELD`` per field of an item (the first ones given are kept);
+Within an item, pairs are sorted by (field, value) and distinct. Bounds (the
+catalogue topic's, schemas/catalogue.py; enforced here by ``from_mapping``): at
+most ``MAX_VALUES_PER_ITEM`` pairs per item and ``MAX_VALUES_PER_FIELD`` per
+field of an item (the first ones given are kept);
 field names and values longer than ``MAX_NAME_CHARS`` characters, or blank,
 are dropped, never truncated (a cut name could merge two distinct values).
 """
@@ -27,14 +27,17 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from schemas.catalogue import MAX_NAME_CHARS, MAX_VALUES_PER_FIELD, MAX_VALUES_PER_ITEM
 from trainer.interactions import IntArray
 
-MAX_VALUES_PER_ITEM = 64
-"""Most (field, value) pairs kept per item."""
-MAX_VALUES_PER_FIELD = 32
-"""Most values kept per field of one item (a multi-valued field: genres, tags, actors)."""
-MAX_NAME_CHARS = 200
-"""Longest field name or value kept; longer ones are dropped whole."""
+__all__ = [
+    "MAX_NAME_CHARS",
+    "MAX_VALUES_PER_FIELD",
+    "MAX_VALUES_PER_ITEM",
+    "AttributeMapping",
+    "ItemAttributes",
+    "value_token",
+]
 
 AttributeMapping = Mapping[str, Mapping[str, "str | Sequence[str]"]]
 

@@ -1,5 +1,7 @@
 """What every recd model's training shares: device choice, seeds, thread caps,
-NaN checks and the warm-start row mapping.
+NaN checks, the warm-start row mapping, and the capability of taking item
+attributes (``TakesAttributes``: a model that has ``set_attributes`` is given
+the attributes of the data's items before ``fit``; other models never see them).
 
 Warm start keeps every item of the previous model (its row is copied and then
 refined), appends rows for items the new data brings, and keeps old items the
@@ -13,11 +15,13 @@ import contextlib
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from trainer.attributes import ItemAttributes
 from trainer.interactions import FloatArray, IntArray
 
 
@@ -60,6 +64,14 @@ def check_finite(name: str, value: float | torch.Tensor) -> None:
     ok = bool(torch.isfinite(value.sum())) if isinstance(value, torch.Tensor) else bool(np.isfinite(value))
     if not ok:
         raise FloatingPointError(f"{name} is not finite; lower the learning rate or check the data")
+
+
+@runtime_checkable
+class TakesAttributes(Protocol):
+    """A model that learns from item attributes: ``set_attributes`` before ``fit`` (any item order; items the
+    data lacks are ignored). ``isinstance(model, TakesAttributes)`` tells a trainer whether to read them."""
+
+    def set_attributes(self, attributes: ItemAttributes) -> None: ...
 
 
 @dataclass(frozen=True)

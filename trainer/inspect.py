@@ -4,7 +4,9 @@
 per item (``mf``'s ``EmbeddingDotBias`` of seed 003, ``ncf``): an item's bias is its popularity that the
 taste vectors do not explain, so the highest are the items liked beyond their genre and the lowest the ones
 shown and passed over. Neighbours are computed over the vectors the model serves similar items with
-(``similar_vectors``), exactly, in blocks of rows (memory: block x items floats).
+(``similar_vectors``), exactly, in blocks of rows (memory: block x items floats). Items are named by their
+titles where a titles file or the item catalogue has them (``catalogue_titles``: a ``title`` or ``name``
+attribute).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import numpy.typing as npt
 from trainer.models.base import Arrays, EmbeddingModel
 
 BLOCK = 1024  # query rows per matrix product
+TITLE_FIELDS = ("title", "name")
+"""Catalogue attributes that name an item, the first an item has winning."""
 
 
 @dataclass(frozen=True)
@@ -93,3 +97,14 @@ def named(item_id: str, titles: Mapping[str, str]) -> str:
     """The item id, with its title where one is known."""
     title = titles.get(item_id)
     return f"{item_id} ({title})" if title else item_id
+
+
+def catalogue_titles(attributes: Mapping[str, Mapping[str, Sequence[str]]]) -> dict[str, str]:
+    """Item id -> title from catalogue attributes (item -> field -> values): the first value of the first of
+    ``TITLE_FIELDS`` the item has; items with neither are left out."""
+    out: dict[str, str] = {}
+    for item, attrs in attributes.items():
+        title = next((attrs[f][0] for f in TITLE_FIELDS if attrs.get(f)), None)
+        if title:
+            out[item] = title
+    return out

@@ -99,7 +99,7 @@ class Lookup:
     def index_similar(self, item_id: str, k: int) -> SimilarList | None:
         """The served index's neighbours of an item without a stored list; None when the model lacks it."""
         index = self.current()
-        if index is None or item_id not in index.item_pos:
+        if index is None or not index.knows(item_id):
             return None
         items, scores = index.similar(item_id, k)
         return SimilarList(item_id, items, scores, index.version, int(time.time() * 1000))

@@ -112,8 +112,10 @@ def produce(settings: Settings, args: argparse.Namespace, stop: Stop) -> tuple[i
         from trainer.datasets import load_dataset
 
         titles = load_dataset(args.dataset).item_titles
-        _, sent = publish_dataset(settings, args.dataset, limit=args.events, progress=lambda _n: stop.check())
-        return sent, titles
+        sent = publish_dataset(
+            settings, args.dataset, limit=args.events, progress=lambda _n: stop.check(), catalogue=False
+        )
+        return sent.events, titles
     spec = SyntheticSpec(
         users=args.users,
         items=args.items,
@@ -127,9 +129,9 @@ def produce(settings: Settings, args: argparse.Namespace, stop: Stop) -> tuple[i
         stop.check()
         bar.update(bar.done + n)
 
-    _, sent = publish_synthetic(settings, spec, args.events, progress=progress)
+    sent = publish_synthetic(settings, spec, args.events, progress=progress, catalogue=False)
     bar.close()
-    return sent, {}
+    return sent.events, {}
 
 
 def add_cold_user(settings: Settings) -> None:

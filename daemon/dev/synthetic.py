@@ -2,8 +2,9 @@
 
 Synthetic users have clustered tastes (a home cluster of items, Zipf-like
 popularity inside it), profiles that correlate with the cluster (so profile
-segments carry signal for cold start), and a realistic mix of event types.
-Everything is a deterministic function of the seed.
+segments carry signal for cold start), item catalogue attributes that name the
+item's cluster (so attributes carry signal for new items), and a realistic mix
+of event types. Everything is a deterministic function of the seed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from schemas.catalogue import CatalogueEvent
 
 TYPE_MIX = {
     "view": 0.55,
@@ -29,6 +32,11 @@ TYPE_MIX = {
 COUNTRIES = ("US", "GB", "DE", "FR", "IN", "BR", "JP", "CA")
 AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55+")
 GENDERS = ("F", "M", "X")
+PRICE_BANDS = ("budget", "mid", "premium")
+PRICE_IN_CLUSTER = 0.7
+"""Share of items whose price band is their cluster's (the rest draw one at random)."""
+CATALOGUE_STREAM = 1
+"""Spawn key of the catalogue's random stream, apart from the streams of the events and profiles."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,20 @@ def synthetic_profiles(spec: SyntheticSpec, ts_ms: int) -> Iterator[dict[str, An
     world = SyntheticWorld(spec)
     for u in range(spec.users):
         yield {"user_id": world.user_id(u), "attributes": world.profile(u), "ts": ts_ms}
+
+
+def synthetic_catalogue(spec: SyntheticSpec, ts_ms: int) -> Iterator[CatalogueEvent]:
+    """A record for every synthetic item: ``genre`` names its taste cluster (``g3``) and ``price_band`` is the
+    cluster's band for ``PRICE_IN_CLUSTER`` of the items, so item attributes predict who takes to an item."""
+    world = SyntheticWorld(spec)
+    rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(CATALOGUE_STREAM,)))
+    home = rng.random(spec.items) < PRICE_IN_CLUSTER
+    drawn = rng.integers(0, len(PRICE_BANDS), spec.items)
+    for i in range(spec.items):
+        cluster = int(world.item_cluster[i])
+        band = PRICE_BANDS[cluster % len(PRICE_BANDS) if home[i] else int(drawn[i])]
+        attributes: dict[str, tuple[str, ...]] = {"genre": (f"g{cluster}",), "price_band": (band,)}
+        yield CatalogueEvent(world.item_id(i), attributes, True, ts_ms)
 
 
 def encode(doc: dict[str, Any]) -> bytes:

@@ -63,7 +63,7 @@ class KafkaOptions:
 @dataclass(frozen=True)
 class SourceOptions:
     kafka: KafkaOptions
-    topics: tuple[str, ...]  # events, profiles
+    topics: tuple[str, ...]  # events, profiles, catalogue
     group: str
     poll_max_records: int
     session_timeout_ms: int
@@ -91,7 +91,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaSource:
-    """A consumer-group member on the events and profiles topics."""
+    """A consumer-group member on the events, profiles and catalogue topics."""
 
     def __init__(self, options: SourceOptions, on_revoked: Callable[[list[TopicPartition]], None]) -> None:
         self.consumer = KafkaConsumer(

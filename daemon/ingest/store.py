@@ -25,11 +25,13 @@ from typing import Any
 import orjson
 from redis import exceptions as rex
 
+from daemon.ingest.catalogue import CatalogueStore
 from daemon.runtime.history import CRC_MASK, LUA_FORMATS, TYPE_CODES, code_of, weight_table
 from daemon.runtime.keys import Keys, text
 from daemon.runtime.profiles import finest_segment
 from daemon.runtime.redisconn import Topology
 from daemon.runtime.scripts import Call, Script, run
+from schemas.catalogue import CatalogueEvent
 from schemas.events import InteractionEvent, ProfileEvent
 
 # A batch whose item ids this process knows asks the item dictionary nothing, but checks at most this often
@@ -53,6 +55,7 @@ class StoreOptions:
     rating_threshold: float
     weights: Mapping[str, float]  # by event type (history.event_weight)
     segment_keys: tuple[str, ...]  # profile attributes forming segments, coarsest first
+    catalogue_log_len: int = 10_000  # approximate cap of each shard's catalogue change stream
 
 
 @dataclass
@@ -122,6 +125,7 @@ class RedisStore:
         self._ingest = Script.load("daemon.ingest", "ingest.lua")
         self._profile = Script.load("daemon.ingest", "profile.lua")
         self._items = Script.load("daemon.ingest", "items.lua")
+        self.catalogue = CatalogueStore(topology, keys, options.catalogue_log_len)
 
     def prepare(self, events: Iterable[tuple[InteractionEvent, int]], now_ms: int) -> Prepared:
         """Group (event, message ms) pairs by shard and user, in arrival order."""
@@ -255,6 +259,10 @@ class RedisStore:
         if not self.item_numbers.generation:
             self.item_numbers.generation = text(reply[0])
         return text(reply[0]), dict(zip(ids, (int(n) for n in reply[2:]), strict=True)), int(reply[1])
+
+    def apply_catalogue(self, records: list[CatalogueEvent]) -> tuple[int, int]:
+        """Apply catalogue records (newest ts wins): (applied, unchanged)."""
+        return self.catalogue.apply(records)
 
     def apply_profiles(self, profiles: Iterable[tuple[ProfileEvent, int]]) -> BatchResult:
         """Apply profile events (newest event time wins); returns applied and 'duplicates' (older)."""

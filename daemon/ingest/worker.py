@@ -25,6 +25,7 @@ from daemon.ingest.store import BatchResult, Prepared
 from daemon.runtime.metrics import Metrics
 from daemon.runtime.redisconn import TRANSIENT, fatal
 from daemon.runtime.service import backoff_delays
+from schemas.catalogue import CatalogueEvent, decode_catalogue
 from schemas.events import InteractionEvent, InvalidEvent, Limits, ProfileEvent, decode_interaction, decode_profile
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Store(Protocol):
     def prepare(self, events: list[tuple[InteractionEvent, int]], now_ms: int) -> Prepared: ...
     def apply_prepared(self, prepared: Prepared) -> BatchResult: ...
     def apply_profiles(self, profiles: list[tuple[ProfileEvent, int]]) -> BatchResult: ...
+    def apply_catalogue(self, records: list[CatalogueEvent]) -> tuple[int, int]: ...
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Batch:
     events: list[tuple[InteractionEvent, int]] = field(default_factory=list)
     prepared: Prepared | None = None  # events encoded for the script, done on the polling thread
     profiles: list[tuple[ProfileEvent, int]] = field(default_factory=list)
+    catalogue: list[CatalogueEvent] = field(default_factory=list)
     offsets: Offsets = field(default_factory=dict)
     size: int = 0
     started: float = 0.0
@@ -66,7 +69,8 @@ class Batch:
 @dataclass(frozen=True)
 class IngestOptions:
     poll_timeout_ms: int  # the loop never blocks longer on the broker
-    profiles_topic: str  # records of this topic are profiles; all others interaction events
+    profiles_topic: str  # records of this topic are profiles
+    items_topic: str  # records of this topic are catalogue events; all others interaction events
     limits: Limits  # what a valid event may be
 
 
@@ -124,6 +128,9 @@ class IngestWorker:
             if tp.topic == self.options.profiles_topic:
                 self._decode_profiles(records, batch, now_ms)
                 continue
+            if tp.topic == self.options.items_topic:
+                self._decode_catalogue(records, batch, now_ms)
+                continue
             for msg in records:
                 try:
                     event = decode_interaction(msg.value or b"", self.limits, now_ms)
@@ -144,6 +151,13 @@ class IngestWorker:
         for msg in records:
             try:
                 batch.profiles.append((decode_profile(msg.value or b"", self.limits, now_ms), msg.timestamp))
+            except InvalidEvent as exc:
+                self._dead_letter(msg, exc)
+
+    def _decode_catalogue(self, records: list[Record], batch: Batch, now_ms: int) -> None:
+        for msg in records:
+            try:
+                batch.catalogue.append(decode_catalogue(msg.value or b"", self.limits, now_ms))
             except InvalidEvent as exc:
                 self._dead_letter(msg, exc)
 
@@ -180,6 +194,11 @@ class IngestWorker:
 
     def _write_once(self, batch: Batch) -> BatchResult:
         result = BatchResult()
+        if batch.catalogue:
+            with self.metrics.redis_seconds.labels("catalogue").time():
+                applied, unchanged = self.store.apply_catalogue(batch.catalogue)
+            self.metrics.catalogue.labels("applied").inc(applied)
+            self.metrics.catalogue.labels("unchanged").inc(unchanged)
         if batch.profiles:
             with self.metrics.redis_seconds.labels("profiles").time():
                 result = self.store.apply_profiles(batch.profiles)

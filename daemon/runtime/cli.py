@@ -56,7 +56,7 @@ def _daemon_commands(sub: Adder) -> None:
     run.add_argument("--roles", help="comma-separated subset of ingest,serve,train (default: env RECD_ROLES)")
     train = _add(sub, "train", "train once from Redis (or keep training with --watch)")
     train.add_argument("--watch", action="store_true", help="run the training scheduler until stopped")
-    _add(sub, "topics", "create the events, profiles and dead-letter topics (prints each)")
+    _add(sub, "topics", "create the events, profiles, catalogue and dead-letter topics (prints each)")
     relist = _add(sub, "refresh-lists", "queue every recently served user's list to be rewritten (after exclusions)")
     relist.add_argument("--days", type=float, default=30.0, help="users served within this many days")
     rebuild = _add(sub, "rebuild", "replay the topics into Redis (after Redis lost its data, or into a new prefix)")
@@ -82,12 +82,16 @@ def _daemon_commands(sub: Adder) -> None:
 def _data_commands(sub: Adder) -> None:
     prod = _add(sub, "produce", "publish synthetic events or replay a dataset")
     what = prod.add_mutually_exclusive_group(required=True)
-    what.add_argument("--synthetic", type=int, metavar="N", help="publish N synthetic events (+ profiles)")
+    what.add_argument("--synthetic", type=int, metavar="N", help="publish N synthetic events (+ profiles, catalogue)")
     what.add_argument("--dataset", type=Path, metavar="PATH", help="replay a dataset file or folder")
     prod.add_argument("--users", type=int, default=2000, help="synthetic users")
     prod.add_argument("--items", type=int, default=1000, help="synthetic items")
     prod.add_argument("--seed", type=int, default=0, help="seed of the synthetic stream")
-    prod.add_argument("--limit", type=int, help="replay at most this many events of the dataset (default: all)")
+    prod.add_argument(
+        "--limit",
+        type=int,
+        help="replay at most this many events of the dataset (default: all); profiles and catalogue are sent whole",
+    )
     ev = _add(sub, "evaluate", "offline evaluation of models and baselines on a dataset")
     ev.add_argument("dataset", type=Path, help="dataset file or folder")
     ev.add_argument("--models", default=DEFAULT_EVALUATION, help=f"comma-separated names: {_model_names()}")

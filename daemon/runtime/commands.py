@@ -60,12 +60,12 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     wait_for_broker(settings, 0)
     create_topics(settings)
     if args.synthetic is not None:
-        n_prof, n_ev = publish_synthetic(
+        sent = publish_synthetic(
             settings, SyntheticSpec(users=args.users, items=args.items, seed=args.seed), args.synthetic
         )
     else:
-        n_prof, n_ev = publish_dataset(settings, args.dataset, args.limit)
-    _print({"profiles": n_prof, "events": n_ev, "topic": settings.events_topic})
+        sent = publish_dataset(settings, args.dataset, args.limit)
+    _print({**sent._asdict(), "topic": settings.events_topic, "items_topic": settings.items_topic})
     return 0
 
 
@@ -162,7 +162,7 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     store = ModelStore(Path(settings.model_dir))
     if args.action == "inspect":
-        return _inspect(store, args)
+        return _inspect(settings, store, args)
     if args.action == "list":
         current = store.current()
         _print([{**json.loads(m.to_json()), "current": m.version == current} for m in store.list()])
@@ -173,8 +173,9 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _inspect(store: ModelStore, args: argparse.Namespace) -> int:
-    """``recd model inspect``: the biases' extremes and items' nearest neighbours of a saved model."""
+def _inspect(settings: Settings, store: ModelStore, args: argparse.Namespace) -> int:
+    """``recd model inspect``: the biases' extremes and items' nearest neighbours of a saved model, named by
+    the titles of --titles or else of the catalogue in Redis."""
     from trainer.inspect import bias_extremes, item_biases, named, neighbours, read_titles
     from trainer.snapshot import ModelStoreError, load_snapshot
 
@@ -182,20 +183,21 @@ def _inspect(store: ModelStore, args: argparse.Namespace) -> int:
     if version is None or not store.exists(version):
         raise ModelStoreError(f"no model {'version ' + repr(version) if version else 'published yet'} in {store.root}")
     model, manifest = load_snapshot(store.path(version))
-    titles = read_titles(args.titles) if args.titles else {}
     biases = item_biases(model)
-    doc: dict[str, object] = {"version": version, "model_type": manifest.model_type, "items": model.n_items}
-    if biases is not None:
-        high, low = bias_extremes(model.item_ids, biases, args.top)
-        doc["highest_bias"], doc["lowest_bias"] = (
-            [{"item_id": i, "title": titles.get(i), "bias": round(b, 4)} for i, b in part] for part in (high, low)
-        )
     shown = [i.strip() for i in args.items.split(",") if i.strip()] if args.items else _default_items(model, biases)
     index = model.item_index()
     unknown = [i for i in shown if i not in index]
     if unknown:
         raise ModelStoreError(f"items not in model {version}: {', '.join(unknown[:5])}")
-    found = neighbours(model, [index[i] for i in shown], args.k)
+    found = list(neighbours(model, [index[i] for i in shown], args.k))
+    ends = bias_extremes(model.item_ids, biases, args.top) if biases is not None else None
+    listed = shown + [n.item_id for near in found for n in near] + [i for part in ends or () for i, _ in part]
+    titles = {**_catalogue_titles(settings, listed), **(read_titles(args.titles) if args.titles else {})}
+    doc: dict[str, object] = {"version": version, "model_type": manifest.model_type, "items": model.n_items}
+    if ends is not None:
+        doc["highest_bias"], doc["lowest_bias"] = (
+            [{"item_id": i, "title": titles.get(i), "bias": round(b, 4)} for i, b in part] for part in ends
+        )
     doc["neighbours"] = {
         i: [{"item_id": n.item_id, "title": titles.get(n.item_id), "cosine": round(n.cosine, 4)} for n in near]
         for i, near in zip(shown, found, strict=True)
@@ -205,6 +207,33 @@ def _inspect(store: ModelStore, args: argparse.Namespace) -> int:
     else:
         print(_inspect_text(doc, titles, named), end="")
     return 0
+
+
+def _catalogue_titles(settings: Settings, item_ids: list[str]) -> dict[str, str]:
+    """Titles of ``item_ids`` from their catalogue records in Redis (one HMGET per shard); none, with a note on
+    stderr, when Redis does not answer: a saved model is inspected without it."""
+    import redis
+
+    from daemon.runtime.options import keys_of, topology_of
+    from schemas.catalogue import from_stored
+    from trainer.inspect import catalogue_titles
+
+    keys = keys_of(settings)
+    by_shard: dict[int, list[str]] = {}
+    for item in dict.fromkeys(item_ids):
+        by_shard.setdefault(keys.shard_of(item), []).append(item)
+    attributes: dict[str, dict[str, tuple[str, ...]]] = {}
+    try:
+        topology = topology_of(settings)
+        for shard, items in sorted(by_shard.items()):
+            key = keys.catalogue(shard)
+            for item, raw in zip(items, topology.node_of(key).hmget(key, items), strict=True):
+                if raw:
+                    attributes[item] = from_stored(raw).attributes
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+        print(f"recd: no titles from the catalogue (Redis: {exc})", file=sys.stderr)
+        return {}
+    return catalogue_titles(attributes)
 
 
 def _default_items(model: EmbeddingModel, biases: object) -> list[str]:

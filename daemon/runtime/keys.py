@@ -4,7 +4,8 @@ All names start with the configured prefix (``RECD_REDIS_PREFIX``, default ``rec
 ``RECD_REDIS_SHARDS`` virtual shards (a hash of the user id); a user's keys and every per-shard aggregate
 (popularity, trending, segment popularity, the changed-user queues, stats) carry their shard's hash tag
 ``s{<n>}``, so one batch of events applies as one atomic script per shard, and on a Redis Cluster each shard
-is one slot. The item dictionary shares the tag ``{items}``. Lists (``rec:``, ``sim:``) and the model
+is one slot. The item catalogue uses the same shards, by item id. The item dictionary shares the tag
+``{items}``. Lists (``rec:``, ``sim:``) and the model
 pointer carry no tag: applications read them with one GET wherever they live.
 
 The table of every key, its type and value is docs/contracts.md (tests/test_contracts.py keeps the two in
@@ -39,7 +40,8 @@ class Keys:
     shards: int
 
     def shard_of(self, user_id: str) -> int:
-        """The virtual shard of a user: stable across processes and restarts."""
+        """The virtual shard of a user (or, for the catalogue, of an item): stable across processes and
+        restarts."""
         return zlib.crc32(user_id.encode()) % self.shards
 
     def _shard(self, shard: int) -> str:
@@ -104,6 +106,19 @@ class Keys:
 
     def stats(self, shard: int) -> str:
         return f"{self._shard(shard)}stats"
+
+    # --- the item catalogue, spread over the shards by item id (``shard_of(item_id)``)
+    def catalogue(self, shard: int) -> str:
+        """Hash: item id -> its newest catalogue record (schemas/catalogue.py's JSON)."""
+        return f"{self._shard(shard)}cat"
+
+    def unavailable(self, shard: int) -> str:
+        """Set: the shard's items whose newest record says ``available: false``."""
+        return f"{self._shard(shard)}cat:off"
+
+    def catalogue_log(self, shard: int) -> str:
+        """Stream (capped): one entry per catalogue change (new item, availability, attributes), read by serve."""
+        return f"{self._shard(shard)}cat:log"
 
     # --- the item dictionary, in one slot
     @property

@@ -32,6 +32,12 @@ class Metrics:
         self.duplicates = Counter("recd_events_duplicate", "Replayed events skipped (already applied)", registry=r)
         self.stale = Counter("recd_events_stale", "Events older than a full history window, skipped", registry=r)
         self.profiles = Counter("recd_profiles_applied", "Profile events applied", registry=r)
+        self.catalogue = Counter(
+            "recd_catalogue_records",
+            "Catalogue records consumed, by outcome (applied, unchanged)",
+            ["outcome"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "recd_ingest_batch_size", "Messages per ingest batch", buckets=BATCH_BUCKETS, registry=r
         )

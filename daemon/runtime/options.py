@@ -53,15 +53,15 @@ def kafka_options(settings: Settings) -> KafkaOptions:
 
 
 def topic_names(settings: Settings) -> list[str]:
-    """The topics recd reads and writes: events, profiles and their dead-letter topics."""
-    sources = [settings.events_topic, settings.profiles_topic]
+    """The topics recd reads and writes: events, profiles, the catalogue and their dead-letter topics."""
+    sources = [settings.events_topic, settings.profiles_topic, settings.items_topic]
     return sources + [topic + settings.dlq_suffix for topic in sources]
 
 
 def source_options(settings: Settings) -> SourceOptions:
     return SourceOptions(
         kafka_options(settings),
-        (settings.events_topic, settings.profiles_topic),
+        (settings.events_topic, settings.profiles_topic, settings.items_topic),
         settings.consumer_group,
         settings.poll_max_records,
         settings.session_timeout_ms,
@@ -78,7 +78,7 @@ def limits(settings: Settings) -> Limits:
 
 
 def ingest_options(settings: Settings) -> IngestOptions:
-    return IngestOptions(settings.poll_timeout_ms, settings.profiles_topic, limits(settings))
+    return IngestOptions(settings.poll_timeout_ms, settings.profiles_topic, settings.items_topic, limits(settings))
 
 
 def store_options(settings: Settings) -> StoreOptions:
@@ -89,6 +89,7 @@ def store_options(settings: Settings) -> StoreOptions:
         rating_threshold=settings.rating_threshold,
         weights=settings.event_weights,
         segment_keys=settings.segment_keys,
+        catalogue_log_len=settings.catalogue_log_len,
     )
 
 

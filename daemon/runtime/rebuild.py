@@ -1,6 +1,6 @@
 """``recd rebuild``: Redis state is derived from Kafka, so it can be made again from the topics.
 
-A consumer group of its own reads the profiles topic, then the events and profiles topics, from the
+A consumer group of its own reads the profiles and catalogue topics, then all three topics, from the
 earliest retained offset (or from a time) into the configured Redis - under the daemon's prefix, or a new
 one to switch over to - with recd's ingest path: the same scripts, so whatever is already there changes
 nothing (a replay is idempotent) and a rebuild beside a running daemon is harmless. It stops once it has
@@ -64,7 +64,8 @@ def rebuild(settings: Settings, prefix: str | None = None, start_ms: int | None 
     store = RedisStore(topology, keys, store_options(target))
     metrics = Metrics(CollectorRegistry())
     started = time.monotonic()
-    for topics in ((target.profiles_topic,), (target.events_topic, target.profiles_topic)):
+    first = (target.profiles_topic, target.items_topic)
+    for topics in (first, (target.events_topic, *first)):
         source = dataclasses.replace(source_options(target), topics=topics, start_ms=start_ms)
         worker = IngestWorker(ingest_options(target), _source_factory(source), dead, store, metrics)
         try:

@@ -47,6 +47,7 @@ class Settings:
     kafka_bootstrap: str = _s("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated host:port")
     events_topic: str = _s("recd.events", "topic of interaction events (key = user_id)")
     profiles_topic: str = _s("recd.profiles", "topic of user profile events (key = user_id)")
+    items_topic: str = _s("recd.items", "topic of item catalogue events (key = item_id)")
     dlq_suffix: str = _s(".dlq", "dead-letter topic = source topic + this suffix")
     dlq_max_payload_bytes: int = _s(
         900_000,
@@ -126,6 +127,7 @@ class Settings:
     cold_min_history: int = _s(1, "users with fewer positive history items get cold-start lists")
     new_item_slots: int = _s(1, "slots per list given to new items without embeddings")
     new_item_window_s: int = _s(86400, "items first seen this recently count as new")
+    catalogue_log_len: int = _s(10_000, "approximate cap of each shard's catalogue change stream (serving follows it)")
     recency_half_life_s: int = _s(
         7 * 86400, "half-life of an event's weight in the user vector (age: how much older than the user's newest)"
     )

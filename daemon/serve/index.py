@@ -169,6 +169,53 @@ def search(
     return scores, pos
 
 
+@dataclass(frozen=True)
+class ColdItems:
+    """Items the served model lacks, with vectors from their catalogue attributes (both spaces); searched
+    exactly (they are few). Immutable: a change makes a new one, swapped in by one assignment."""
+
+    ids: list[str]
+    rec: npt.NDArray[np.float32]  # (n, d) in the model's recommendation space
+    sim: npt.NDArray[np.float32]  # (n, d) in its similar-items space
+    pos: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, ids: list[str], rec: npt.NDArray[np.float32], sim: npt.NDArray[np.float32]) -> ColdItems:
+        return cls(ids, rec, sim, {item: k for k, item in enumerate(ids)})
+
+    def changed(
+        self, ids: list[str], rec: npt.NDArray[np.float32], sim: npt.NDArray[np.float32], gone: Collection[str] = ()
+    ) -> ColdItems:
+        """These cold items with ``ids`` added (or their vectors replaced) and ``gone`` removed."""
+        drop = set(ids) | set(gone)
+        keep = [k for k, item in enumerate(self.ids) if item not in drop]
+        return ColdItems.of(
+            [self.ids[k] for k in keep] + list(ids),
+            np.concatenate([self.rec[keep], rec]).astype(np.float32),
+            np.concatenate([self.sim[keep], sim]).astype(np.float32),
+        )
+
+    def ranked(self, queries: npt.NDArray[np.float32], depth: int) -> list[list[str]]:
+        """Per query row, the ``depth`` cold items of the highest score, best first."""
+        if not self.ids:
+            return [[] for _ in range(len(queries))]
+        scores = np.asarray(queries, np.float32) @ self.rec.T
+        depth = min(depth, len(self.ids))
+        top = np.argsort(-scores, axis=1)[:, :depth]
+        return [[self.ids[c] for c in row] for row in top.tolist()]
+
+    def similar(self, vectors: npt.NDArray[np.float32], k: int, banned: set[str]) -> list[list[tuple[str, float]]]:
+        """Per row of ``vectors`` (similar-items space), its k most similar cold items not ``banned``."""
+        if not self.ids:
+            return [[] for _ in range(len(vectors))]
+        scores = np.asarray(vectors, np.float32) @ self.sim.T
+        order = np.argsort(-scores, axis=1)[:, : k + min(len(banned), len(self.ids))]
+        return [
+            [(self.ids[c], float(scores[r, c])) for c in row if self.ids[c] not in banned][:k]
+            for r, row in enumerate(order.tolist())
+        ]
+
+
 @dataclass
 class ServingIndex:
     """One served model version: model, ids, ANN index, similar-items index."""
@@ -184,6 +231,7 @@ class ServingIndex:
     item_pos: dict[str, int] = field(default_factory=dict)
     build_seconds: float = 0.0
     kind: str = "flat"
+    cold: ColdItems | None = None  # items known only by their attributes; replaced whole (daemon/serve/catalogue.py)
 
     @classmethod
     def build(
@@ -231,20 +279,45 @@ class ServingIndex:
             for row_pos, row_scores, row_seen in zip(found, scores, seen, strict=True)
         ]
 
-    def similar_batch(self, positions: npt.NDArray[np.int64], k: int) -> list[tuple[list[str], list[float]]]:
-        """For each item position, the k items most like it (itself excluded)."""
+    def similar_batch(
+        self, positions: npt.NDArray[np.int64], k: int, banned: Collection[str] = ()
+    ) -> list[tuple[list[str], list[float]]]:
+        """For each item position, the k items most like it (itself and ``banned`` excluded), the catalogue's
+        cold items included."""
         if len(positions) == 0:
             return []
-        scores, found = search(self.sim_index, self.sim_vectors[positions], min(k + 1, len(self.item_ids)))
+        owners = [self.item_ids[p] for p in positions.tolist()]
+        return self.similar_to(self.sim_vectors[positions], owners, k, banned)
+
+    def similar_to(
+        self, vectors: npt.NDArray[np.float32], owners: list[str], k: int, banned: Collection[str] = ()
+    ) -> list[tuple[list[str], list[float]]]:
+        """For each row of ``vectors`` (similar-items space), the k items most like it, its owner and
+        ``banned`` excluded: the model's items by the index, merged by score with the cold items."""
+        skip = {self.item_pos[i] for i in banned if i in self.item_pos}
+        depth = min(k + 1 + len(skip), len(self.item_ids))
+        scores, found = search(self.sim_index, vectors, depth)
+        cold = self.cold.similar(vectors, k + 1, set(banned)) if self.cold is not None else None
         out = []
-        for own, row_pos, row_scores in zip(positions.tolist(), found, scores, strict=True):
-            kept, kept_scores = top_unseen(row_pos.tolist(), row_scores.tolist(), {own}, k)
-            out.append(([self.item_ids[p] for p in kept], kept_scores))
+        for row, (owner, row_pos, row_scores) in enumerate(zip(owners, found, scores, strict=True)):
+            own = self.item_pos.get(owner, -1)
+            kept, kept_scores = top_unseen(row_pos.tolist(), row_scores.tolist(), skip | {own}, k)
+            pairs = list(zip((self.item_ids[p] for p in kept), kept_scores, strict=True))
+            if cold is not None:
+                pairs = sorted(pairs + [p for p in cold[row] if p[0] != owner], key=lambda p: -p[1])[:k]
+            out.append(([i for i, _ in pairs], [s for _, s in pairs]))
         return out
 
-    def similar(self, item_id: str, k: int) -> tuple[list[str], list[float]]:
-        """The k items most like ``item_id`` (itself excluded); empty when unknown."""
+    def similar(self, item_id: str, k: int, banned: Collection[str] = ()) -> tuple[list[str], list[float]]:
+        """The k items most like ``item_id`` (itself and ``banned`` excluded); empty when unknown."""
         pos = self.item_pos.get(item_id)
-        if pos is None:
+        if pos is not None:
+            return self.similar_batch(np.asarray([pos], np.int64), k, banned)[0]
+        at = self.cold.pos.get(item_id) if self.cold is not None else None
+        if self.cold is None or at is None:
             return [], []
-        return self.similar_batch(np.asarray([pos], np.int64), k)[0]
+        return self.similar_to(self.cold.sim[at : at + 1], [item_id], k, banned)[0]
+
+    def knows(self, item_id: str) -> bool:
+        """Whether the model or the cold items hold ``item_id``."""
+        return item_id in self.item_pos or (self.cold is not None and item_id in self.cold.pos)

@@ -20,6 +20,8 @@ from daemon.serve.index import ServingIndex
 from schemas.records import RecommendationList
 from trainer.models.base import History
 
+NEW_ITEM_DEPTH = 20  # cold items ranked per user beyond the new-item slots (some may be seen)
+
 
 @dataclass(frozen=True)
 class ServeOptions:
@@ -114,14 +116,17 @@ class ListMaker:
         banned = np.asarray([index.item_pos[i] for i in excluded if i in index.item_pos], np.int64)
         found = index.top_unseen_batch(queries, seen, banned, self.options.top_k)
         fresh = self.cold.new_items(index.item_pos, self.options.new_item_window_ms, now_ms)
+        slots = self.options.new_item_slots
+        ranked = index.cold.ranked(queries, slots + NEW_ITEM_DEPTH) if index.cold is not None and slots else None
         ids, k, out = index.item_ids, self.options.top_k, []
-        for row, (positions, scores) in zip(rows, found, strict=True):
+        for j, (row, (positions, scores)) in enumerate(zip(rows, found, strict=True)):
             user, lo, hi = batch.users[row], bounds[row], bounds[row + 1]
             items = [ids[p] for p in positions]
             if len(items) < k:  # a tiny catalogue or a voracious user: pad from trending
                 items, scores = self._pad(items, scores, self._ids(batch.item[lo:hi]) | excluded)
-            if fresh:  # new items are ones the model lacks: only those of the user's need names
-                self._expose_new(user, items, fresh, self._ids(batch.item[lo:hi][~known[lo:hi]]) | excluded)
+            if fresh or ranked:  # new items are ones the model lacks: only those of the user's need names
+                mine = ranked[j] if ranked else []
+                self._expose_new(user, items, mine, fresh, self._ids(batch.item[lo:hi][~known[lo:hi]]) | excluded)
             out.append(RecommendationList(user, items, scores, "ann", index.version, now_ms))
         return out
 
@@ -130,11 +135,13 @@ class ListMaker:
         extra = [i for i, _ in self.cold.popular() if i not in taken][: self.options.top_k - len(items)]
         return items + extra, scores + [0.0] * len(extra)
 
-    def _expose_new(self, user: str, items: list[str], fresh: list[str], seen: set[str]) -> None:
-        """Give the last ``new_item_slots`` slots of ``items`` (in place) to new items the model lacks."""
+    def _expose_new(self, user: str, items: list[str], ranked: list[str], fresh: list[str], seen: set[str]) -> None:
+        """Give the last ``new_item_slots`` slots of ``items`` (in place) to new items the model lacks: the
+        catalogue's cold items the user's vector ranks best (``ranked``), then recently seen ones (``fresh``)."""
         taken = set(items)
         for slot in range(len(items) - min(self.options.new_item_slots, len(items)), len(items)):
-            item = pick_new_item(user, fresh, seen, taken)
+            item = next((i for i in ranked if i not in seen and i not in taken), None)
+            item = item or pick_new_item(user, fresh, seen, taken)
             if item is None:
                 break
             items[slot] = item

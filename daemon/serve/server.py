@@ -25,6 +25,7 @@ from daemon.runtime.keys import Keys, text
 from daemon.runtime.metrics import Metrics
 from daemon.runtime.redisconn import Topology
 from daemon.runtime.state import StateReader
+from daemon.serve.catalogue import CatalogueFollower
 from daemon.serve.coldstart import ColdStart
 from daemon.serve.histories import HistoryBatch
 from daemon.serve.index import ServingIndex
@@ -63,6 +64,7 @@ class Server:
         self.reader = StateReader(topology, keys, options.segment_keys)
         self.cold = ColdStart(self.reader, options.trending_half_life_s)
         self.maker = ListMaker(options, self.cold, self.reader.item_ids)
+        self.catalogue = CatalogueFollower(topology, keys, options.top_k, self._mark)
         self._similar_todo: list[int] = []
         self._exclusions: tuple[float, set[str]] | None = None  # (read at, items)
         # A step's lists go out on this thread while the next step claims and computes (see step()).
@@ -80,6 +82,7 @@ class Server:
             self._after_swap(swapped, now_ms)
         elif self.watcher.building and self._build_started_ms is None:
             self._build_started_ms = now_ms
+        self.catalogue.poll(self.watcher.current, now_ms)
         claims = self.queue.claim(self.options.batch, now_ms, with_history=True)
         self._served_while_building |= bool(claims) and self.watcher.building
         if not claims:
@@ -103,6 +106,7 @@ class Server:
             queued += self.queue.queue_refresh(self._build_started_ms)
         self._build_started_ms, self._served_while_building = None, False
         self.queue.reset_pacing()
+        self.catalogue.on_swap(swapped)
         self._similar_todo = list(range(len(swapped.item_ids)))
         log.info("model %s: refreshing %d active users' lists", swapped.version, queued)
 
@@ -128,12 +132,17 @@ class Server:
         return {u: p.segments for u, p in self.reader.profiles(users).items() if p is not None}
 
     def _excluded(self) -> set[str]:
-        """Ops' exclusions, re-read at most every ``EXCLUSIONS_REFRESH_S`` (a round trip saved per step)."""
+        """Ops' exclusions, re-read at most every ``EXCLUSIONS_REFRESH_S`` (a round trip saved per step), and
+        the catalogue's unavailable items."""
         now = time.monotonic()
         if self._exclusions is None or now - self._exclusions[0] >= EXCLUSIONS_REFRESH_S:
             reply: Any = self.client.smembers(self.keys.exclusions)
             self._exclusions = (now, {text(m) for m in reply})
-        return self._exclusions[1]
+        unavailable = self.catalogue.unavailable
+        return self._exclusions[1] | unavailable if unavailable else self._exclusions[1]
+
+    def _mark(self, users: list[str]) -> None:
+        self.queue.mark(users, int(self.clock() * 1000))
 
     def _write(self, lists: list[RecommendationList], batch: HistoryBatch, claims: list[Claim]) -> None:
         """The lists, when each changed user was served (for refreshes after a swap) and the claims' acks: one
@@ -180,7 +189,7 @@ class Server:
         now_ms = int(self.clock() * 1000)
         pipe = self.client.pipeline(transaction=False)
         for pos, (items, scores) in zip(
-            chunk, index.similar_batch(np.asarray(chunk, np.int64), self.options.top_k), strict=True
+            chunk, index.similar_batch(np.asarray(chunk, np.int64), self.options.top_k, self._excluded()), strict=True
         ):
             item = index.item_ids[pos]
             pipe.set(self.keys.sim(item), SimilarList(item, items, scores, index.version, now_ms).to_json())

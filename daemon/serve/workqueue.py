@@ -111,6 +111,17 @@ class WorkQueue:
             key = self.keys.dirty_inflight(shard)
             commands.for_key(key).add("ZREM", key, *users)
 
+    def mark(self, user_ids: list[str], now_ms: int) -> None:
+        """Queue ``user_ids`` for a fresh list as if they had just changed (kept where already queued)."""
+        commands = RoutedCommands(self.topology)
+        by_shard: dict[int, list[str | int]] = {}
+        for user in user_ids:
+            by_shard.setdefault(self.keys.shard_of(user), []).extend((now_ms, user))
+        for shard, members in by_shard.items():
+            key = self.keys.dirty(shard)
+            commands.for_key(key).add("ZADD", key, "NX", *members)
+        commands.send()
+
     def depth(self) -> int:
         """Users waiting for a fresh list, over every shard."""
         return sum(int(n) for n in each_shard(self.topology, self.keys, lambda p, s: p.zcard(self.keys.dirty(s))))

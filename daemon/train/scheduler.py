@@ -3,7 +3,9 @@
 A run is due when ``train_min_events`` new events were applied since the last
 run, or ``train_interval_s`` passed and any new event arrived (the first model
 comes as soon as ``train_min_events`` events exist). One replica trains at a
-time (a Redis lock). The candidate warm-starts from the served model, is fitted
+time (a Redis lock). A model that learns from item attributes (``side_info``)
+is given the catalogue's attributes of the snapshot's items, read with the
+snapshot. The candidate warm-starts from the served model, is fitted
 on the data minus a held-out latest event of a sample of users, scored on those,
 and published only if the gate accepts it against the served model's recorded
 score. Publishing = snapshot folder, the store's CURRENT, then the Redis pointer
@@ -16,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,9 +31,10 @@ from daemon.runtime.settings import ConfigError
 from daemon.runtime.state import StateReader
 from daemon.train.gate import gate
 from daemon.train.publish import publish
-from daemon.train.source import Snapshot, read_snapshot
+from daemon.train.source import Snapshot, read_attributes, read_snapshot
 from trainer.evaluation.scoring import holdout_metrics
 from trainer.evaluation.splits import holdout_split
+from trainer.fit import TakesAttributes
 from trainer.models.base import EmbeddingModel
 from trainer.models.registry import build_preset
 from trainer.snapshot import ModelStore, load_snapshot, read_manifest, save_snapshot
@@ -87,7 +90,8 @@ class TrainRole:
         self.weights = weight_table(options.weights, options.rating_threshold)
         self.holder = uuid.uuid4().hex
         self._last_run = 0.0
-        self._new_model()  # a bad RECD_MODEL_KIND / RECD_MODEL_PARAMS fails at start, not at the first fit
+        # a bad RECD_MODEL_KIND / RECD_MODEL_PARAMS fails at start, not at the first fit
+        self.takes_attributes = isinstance(self._new_model(), TakesAttributes)
 
     def _new_model(self) -> EmbeddingModel:
         params: dict[str, Any] = {
@@ -156,11 +160,14 @@ class TrainRole:
         return Progress(self.metrics, step, total, unit, self.terminal)
 
     def _snapshot(self) -> Snapshot:
-        """Every history from Redis; progress counted against the users the current model saw."""
+        """Every history from Redis, and for a model that takes them its items' catalogue attributes; progress
+        counted against the users the current model saw."""
         version = self.store.current()
         seen = read_manifest(self.store.path(version)).data_watermark.get("users") if version else None
         progress = self._progress("snapshot", int(seen) if seen else None, "users")
         snap = read_snapshot(self.topology, self.keys, self.weights, on_progress=progress.advance)
+        if self.takes_attributes:
+            snap = replace(snap, attributes=read_attributes(self.topology, self.keys, snap.data.item_ids))
         progress.finish()
         return snap
 
@@ -181,6 +188,8 @@ class TrainRole:
     def _train(self, snap: Snapshot) -> Outcome:
         current, current_metrics, current_version = self._current()
         model = self._new_model()
+        if isinstance(model, TakesAttributes) and snap.attributes is not None:
+            model.set_attributes(snap.attributes)
         scores = self._fit(model, snap, current)
         for name, value in scores.items():
             self.metrics.model_quality.labels(name).set(value)
@@ -198,6 +207,7 @@ class TrainRole:
                 "last_event_s": snap.last_event_s,
                 "interactions": len(snap.data),
                 "users": snap.data.n_users,
+                **_described(snap),
             },
             metrics=scores,
             parent_version=current_version,
@@ -208,3 +218,10 @@ class TrainRole:
 
     def shutdown(self) -> None:
         """A run in progress finishes inside step(); nothing is held between steps."""
+
+
+def _described(snap: Snapshot) -> dict[str, int]:
+    """The snapshot's items that had catalogue attributes, where they were read (for the manifest)."""
+    if snap.attributes is None:
+        return {}
+    return {"attributed_items": int((snap.attributes.lengths() > 0).sum())}

@@ -6,21 +6,29 @@ user's history is read whole and atomically (one key), so the snapshot is
 consistent per user. A chunk's records are decoded with one ``np.frombuffer``
 (no object per record) and weighed by the history module's rule. The
 watermark (events applied before the scan started) says what the model saw.
+
+For a model that learns from item attributes, ``read_attributes`` adds the
+catalogue's attributes of the snapshot's items (every item's newest record,
+read shard by shard with HSCAN; items without a record have none). An item's
+attributes describe it whether or not it is available: availability is
+serving's concern, not training's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 import redis
 
+from daemon.runtime.catalogue import records
 from daemon.runtime.history import RATING_CODE, RECORD, check_blob
 from daemon.runtime.keys import Keys
 from daemon.runtime.redisconn import Topology
 from daemon.runtime.state import StateReader
+from trainer.attributes import ItemAttributes
 from trainer.interactions import Interactions
 
 
@@ -29,6 +37,7 @@ class Snapshot:
     data: Interactions
     applied_events: int  # recd's applied-event counter before the scan
     last_event_s: int
+    attributes: ItemAttributes | None = None  # the catalogue's, of ``data.item_ids``; None: not read
 
 
 @dataclass
@@ -106,6 +115,21 @@ def read_snapshot(
         item_ids,
     )
     return Snapshot(data, totals["applied"], totals["last_ts"])
+
+
+def read_attributes(topology: Topology, keys: Keys, item_ids: Sequence[str]) -> ItemAttributes:
+    """The catalogue's attributes of ``item_ids`` (in that order; an item without a record has none). The
+    catalogue is streamed and only these items' records are kept."""
+    wanted = set(item_ids)
+    found: dict[str, dict[str, tuple[str, ...]]] = {}
+    try:
+        for rec in records(topology, keys):
+            if rec.item_id in wanted and rec.attributes:
+                found[rec.item_id] = rec.attributes
+    except redis.RedisError:
+        topology.refresh()
+        raise
+    return ItemAttributes.from_mapping(dict(sorted(found.items()))).align(item_ids)  # a vocabulary in item order
 
 
 def _read_chunk(node: redis.Redis, keys: Keys, found: list[bytes]) -> tuple[list[str], list[bytes | None]]:

@@ -1,19 +1,28 @@
 """``recd evaluate``: load a dataset, fit each named model or baseline on its train split, evaluate it,
-and optionally draw plots (the table is ``trainer.evaluation.table``)."""
+and optionally draw plots (the table is ``trainer.evaluation.table``).
+
+A model that takes item attributes (side_info) is given the dataset's
+(``trainer.dataset_attributes``), aligned to the train split's item ids; its
+row says what it got in ``attributes`` (``tuning.NO_ATTRIBUTES`` where the
+dataset has none and it fitted on ids alone) and its learned ``field_weights``.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from trainer.attributes import ItemAttributes
+from trainer.dataset_attributes import load_attributes
 from trainer.datasets import Dataset, load_dataset
 from trainer.evaluation.baselines import BASELINES, make_baseline, tune_baseline
 from trainer.evaluation.scoring import EmbeddingScorer, Scorer, evaluate
 from trainer.evaluation.splits import protocol_split
-from trainer.evaluation.tuning import tune_preset
+from trainer.evaluation.tuning import AttributeLoader, field_weights, give_attributes, tune_preset
 from trainer.interactions import Interactions
 from trainer.models.base import EmbeddingModel, FitReport
 
@@ -42,17 +51,28 @@ def run_evaluation(
     parameters on a validation split inside train first. Returns a JSON-able
     dict: dataset, protocol, sizes and ``models`` -> metrics (Recall/NDCG @10, @20,
     @40 and @k) plus ``fit_s`` / ``eval_s``. A dataset's own ``valid`` split is the
-    tuning split; ``fmt`` names the file format instead of detecting it.
+    tuning split; ``fmt`` names the file format instead of detecting it. A model
+    that takes item attributes gets the dataset's (see the module docstring).
     """
     data = load_dataset(dataset_path, fmt=fmt)
     train, test, protocol = protocol_split(data, seed)
     log.info("%s: %s, %d train rows, %d test rows", data.name, protocol, len(train), len(test))
+    attributes = _attribute_loader(dataset_path, train)
     results: dict[str, dict[str, Any]] = {}
     fitted: dict[str, EmbeddingModel] = {}
     curves: dict[str, FitReport] = {}  # model name -> its fit's report (loss curve)
     for name in models:
         results[name], model, curve = _fit_and_evaluate(
-            name, train, test, k=k, seed=seed, tune=tune, with_auc=with_auc, factories=factories or {}, valid=data.valid
+            name,
+            train,
+            test,
+            k=k,
+            seed=seed,
+            tune=tune,
+            with_auc=with_auc,
+            factories=factories or {},
+            valid=data.valid,
+            attributes=attributes,
         )
         if model is not None and curve is not None:
             fitted[name], curves[name] = model, curve
@@ -74,10 +94,11 @@ def _fit_and_evaluate(
     with_auc: bool,
     factories: Mapping[str, ModelFactory],
     valid: Interactions | None = None,
+    attributes: AttributeLoader | None = None,
 ) -> tuple[dict[str, Any], EmbeddingModel | None, FitReport | None]:
     """Fit one named model on train and evaluate it: (its result row, the fitted embedding model and its fit report)."""
     started = time.perf_counter()
-    scorer, extra = _fit_named(name, train, seed, tune, factories, valid)
+    scorer, extra = _fit_named(name, train, seed, tune, factories, valid, attributes)
     fit_s = time.perf_counter() - started
     model: EmbeddingModel | None = None
     curve: FitReport | None = None
@@ -106,6 +127,21 @@ def _summary(
     }
 
 
+def _attribute_loader(path: str | Path, train: Interactions) -> AttributeLoader:
+    """The dataset's item attributes aligned to ``train``'s item ids, read on the first call (None: it has none)."""
+
+    @functools.cache
+    def load() -> ItemAttributes | None:
+        found = load_attributes(path)
+        if found is None or not found.n_items:
+            return None
+        aligned = found.align(train.item_ids)
+        log.info("%s: item attributes for %d of %d items", path, int((aligned.lengths() > 0).sum()), train.n_items)
+        return aligned
+
+    return load
+
+
 def _fit_named(
     name: str,
     train: Interactions,
@@ -113,13 +149,18 @@ def _fit_named(
     tune: bool,
     factories: Mapping[str, ModelFactory],
     valid: Interactions | None = None,
+    attributes: AttributeLoader | None = None,
 ) -> tuple[Scorer, dict[str, Any]]:
     """(scorer, extra result fields) for one model name."""
     if name in factories or name not in BASELINES:
-        tuned = tune_preset(name, train, seed, valid) if tune and name not in factories else {}
+        tuned = tune_preset(name, train, seed, valid, attributes) if tune and name not in factories else {}
         model = factories[name]() if name in factories else _registry_model(name, seed, **tuned)
+        note = give_attributes(model, attributes)
         report = model.fit(train)
         extra: dict[str, Any] = {"report": report, "device": report.device}
+        if note is not None:
+            extra["attributes"] = note
+            extra["field_weights"] = field_weights(model)
         if tuned:
             extra["params"] = tuned
         return EmbeddingScorer(model, train, name=name), extra

@@ -5,6 +5,8 @@
 preset and a tuned baseline are compared on equal terms. ``tune_preset``
 adds, for tail-favouring presets, the Lit2Vec2 trade: the strongest tail
 setting whose validation recall stays within 95% of the untilted model's.
+A model that takes item attributes (``AttributeModel``: side_info) gets the
+dataset's before every fit, candidates included (``give_attributes``).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from trainer.attributes import ItemAttributes
 from trainer.evaluation.scoring import EmbeddingScorer, Scorer, evaluate
 from trainer.evaluation.splits import leave_latest_out, random_holdout
 from trainer.interactions import Interactions
@@ -23,6 +26,42 @@ from trainer.interactions import Interactions
 log = logging.getLogger(__name__)
 
 Trials = list[tuple[dict[str, Any], float]]
+AttributeLoader = Callable[[], "ItemAttributes | None"]
+"""The dataset's item attributes aligned to the training split's item rows, or None (read on the first call)."""
+NO_ATTRIBUTES = "none: ids only (plain skip-gram)"
+"""The ``attributes`` note of a model that takes attributes, fitted on a dataset that has none."""
+FIELD_WEIGHTS_SHOWN = 6
+"""Largest field weights a result row lists."""
+
+
+@runtime_checkable
+class AttributeModel(Protocol):
+    """A model that uses item attributes given before ``fit`` (``trainer.models.side_info.SideInfo``)."""
+
+    def set_attributes(self, attributes: ItemAttributes) -> None: ...
+
+    def field_weights(self) -> dict[str, float]: ...
+
+
+def give_attributes(model: object, attributes: AttributeLoader | None) -> str | None:
+    """Hand ``model`` the dataset's attributes if it takes any: a note of what it got (``NO_ATTRIBUTES`` when the
+    dataset has none: the model fits on ids alone); None for a model that takes no attributes."""
+    if not isinstance(model, AttributeModel):
+        return None
+    given = attributes() if attributes is not None else None
+    if given is None or not len(given.values):
+        return NO_ATTRIBUTES
+    model.set_attributes(given)
+    described = int((given.lengths() > 0).sum())
+    return f"{len(given.field_names)} fields, {len(given.value_names)} values, {described}/{given.n_items} items"
+
+
+def field_weights(model: object) -> dict[str, float]:
+    """The ``FIELD_WEIGHTS_SHOWN`` largest learned field weights of a fitted ``AttributeModel`` ({} otherwise)."""
+    if not isinstance(model, AttributeModel):
+        return {}
+    ranked = sorted(model.field_weights().items(), key=lambda kv: -kv[1])
+    return {name: round(weight, 4) for name, weight in ranked[:FIELD_WEIGHTS_SHOWN]}
 
 
 def tune(
@@ -64,29 +103,37 @@ def tune(
     return max(trials, key=lambda t: t[1])[0], trials
 
 
-def tune_preset(name: str, train: Interactions, seed: int, valid: Interactions | None = None) -> dict[str, Any]:
+def tune_preset(
+    name: str,
+    train: Interactions,
+    seed: int,
+    valid: Interactions | None = None,
+    attributes: AttributeLoader | None = None,
+) -> dict[str, Any]:
     """Overrides for registry preset ``name`` chosen on validation ({} when it has no grid or tail sweep).
 
     A preset in ``registry.TAIL_SWEEPS`` first tunes its base preset's grid,
     then sweeps its tail setting (0 = no tilt, the reference) at those base
     settings and keeps the largest value whose validation Recall@20 is at
-    least ``TAIL_RECALL_FLOOR`` times the reference's.
+    least ``TAIL_RECALL_FLOOR`` times the reference's. Each candidate of a
+    preset that takes item attributes gets ``attributes`` (``give_attributes``).
     """
     from trainer.models import registry
 
     sweep = registry.TAIL_SWEEPS.get(name)
     base_name = sweep[0] if sweep else name
     grid = registry.TUNING_GRIDS.get(base_name, {})
-    memo = (base_name, seed, repr(grid), _fingerprint(train) + ("" if valid is None else _fingerprint(valid)))
+    data = _fingerprint(train) + ("" if valid is None else _fingerprint(valid))
+    memo = (base_name, seed, repr(grid), data + _attributes_fingerprint(base_name, attributes))
     if memo not in _TUNED:  # a tail preset reuses its base's search from the same run
-        _TUNED[memo] = tune(preset_maker(base_name, seed), train, grid, seed=seed, valid=valid)
+        _TUNED[memo] = tune(preset_maker(base_name, seed, attributes=attributes), train, grid, seed=seed, valid=valid)
         log.info("%s tuning: %s", base_name, _TUNED[memo][1])
     best = _TUNED[memo][0]
     if sweep is None:
         return best
     _, key, values = sweep
     tilt = {**{k: [v] for k, v in best.items()}, key: [0.0, *values]}
-    _, tilted = tune(preset_maker(name, seed), train, tilt, seed=seed, valid=valid)
+    _, tilted = tune(preset_maker(name, seed, attributes=attributes), train, tilt, seed=seed, valid=valid)
     log.info("%s tail sweep: %s", name, tilted)
     floor = registry.TAIL_RECALL_FLOOR * tilted[0][1]
     return max((p for p, recall in tilted if recall >= floor), key=lambda p: float(p[key]))
@@ -103,15 +150,35 @@ def _fingerprint(data: Interactions) -> str:
     return f"{data.n_users}x{data.n_items}:{len(data)}:{digest:08x}"
 
 
-def preset_maker(name: str, seed: int, **machine: Any) -> Callable[[Interactions, dict[str, Any]], Scorer]:
+def _attributes_fingerprint(preset: str, attributes: AttributeLoader | None) -> str:
+    """Identity of the attributes a preset's candidates get ("" for a preset that takes none)."""
+    from trainer.models import registry
+
+    kind = registry.PRESETS.get(preset, {}).get("model")
+    if attributes is None or kind is None or not issubclass(registry.model_class(kind), AttributeModel):
+        return ""
+    given = attributes()
+    if given is None:
+        return "+no attributes"
+    digest = zlib.crc32(np.ascontiguousarray(given.offsets).tobytes())
+    digest = zlib.crc32(np.ascontiguousarray(given.values).tobytes(), digest)
+    digest = zlib.crc32("\n".join(given.value_names).encode(), digest)
+    return f"+attributes {given.n_items}:{len(given.values)}:{digest:08x}"
+
+
+def preset_maker(
+    name: str, seed: int, *, attributes: AttributeLoader | None = None, **machine: Any
+) -> Callable[[Interactions, dict[str, Any]], Scorer]:
     """``make(part, params)`` for ``tune``: preset ``name`` with ``params`` fitted on ``part``, as a scorer.
 
-    ``machine`` (``device``, ``threads``) goes to ``build_preset`` unchanged.
+    ``machine`` (``device``, ``threads``) goes to ``build_preset`` unchanged; a preset that takes item
+    attributes gets ``attributes`` (rows of ``part``'s item ids: a split of train keeps train's) before its fit.
     """
     from trainer.models import registry
 
     def make(part: Interactions, params: dict[str, Any]) -> Scorer:
         model = registry.build_preset(name, seed=seed, **machine, **params)
+        give_attributes(model, attributes)
         model.fit(part)
         return EmbeddingScorer(model, part, name=name)
 

@@ -1,0 +1,149 @@
+"""Serving's view of the item catalogue: new items placed at once, unavailable items taken out of lists.
+
+``CatalogueFollower`` follows the shards' change streams (daemon/ingest/catalogue.py writes them):
+* an available item the served model lacks gets vectors from its attributes (trainer/attribute_vectors.py)
+  and joins the index's cold items: it has a similar-items list at once, appears in its neighbours' lists,
+  and can take users' new-item slots. After a model swap the cold items are placed again from the whole
+  catalogue, for the new model;
+* an unavailable item joins the exclusions every list is made with, and a sweep (sweep.py) finds the lists
+  that hold it, a page of keys per step: users' lists are queued for a rewrite, similar-items lists are
+  rewritten on the spot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from daemon.runtime.catalogue import Change, log_heads, read_catalogue, read_changes
+from daemon.runtime.keys import Keys
+from daemon.runtime.redisconn import Topology
+from daemon.serve.index import ColdItems, ServingIndex
+from daemon.serve.sweep import ListSweep
+from schemas.catalogue import from_stored
+from schemas.records import SimilarList
+from trainer.attribute_vectors import AttributeVectors
+from trainer.attributes import ItemAttributes
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.2  # how often the change streams are read
+
+
+class CatalogueFollower:
+    """Keeps the served index's cold items and the unavailable items in step with the catalogue."""
+
+    def __init__(self, topology: Topology, keys: Keys, top_k: int, mark_users: Callable[[list[str]], None]) -> None:
+        self.topology = topology
+        self.keys = keys
+        self.top_k = top_k
+        self.unavailable: set[str] = set()
+        self.sweep = ListSweep(topology, keys, mark_users)
+        self._after: list[str] | None = None  # per shard, the last change-stream entry read
+        self._placer: AttributeVectors | None = None
+        self._polled = 0.0
+
+    def on_swap(self, index: ServingIndex) -> None:
+        """Place every available item the new model lacks, and (re)learn the unavailable items."""
+        heads = log_heads(self.topology, self.keys)  # before the read: later changes are followed
+        catalogue = read_catalogue(self.topology, self.keys)
+        self.unavailable = catalogue.unavailable
+        attributes = ItemAttributes.from_mapping(catalogue.attributes)
+        self._placer = AttributeVectors.of(index.model, attributes)
+        cold = [i for i in catalogue.attributes if i not in index.item_pos and i not in self.unavailable]
+        index.cold = self._placed(ColdItems.of([], *_empty(index)), attributes.align(cold), ())
+        self._after = heads
+        log.info("catalogue: %d items, %d placed by attributes, %d unavailable", len(catalogue.attributes),
+                 len(index.cold.ids), len(self.unavailable))  # fmt: skip
+
+    def poll(self, index: ServingIndex | None, now_ms: int) -> int:
+        """Apply the changes since the last poll (at most every ``POLL_S``); then one page of the sweep.
+        Returns how many changes were applied."""
+        if time.monotonic() - self._polled < POLL_S:
+            self._sweep_page(index, now_ms)
+            return 0
+        self._polled = time.monotonic()
+        if self._after is None:  # no model yet: follow from now, knowing what is unavailable already
+            self._after = log_heads(self.topology, self.keys)
+            self.unavailable = read_catalogue(self.topology, self.keys).unavailable
+        changes = read_changes(self.topology, self.keys, self._after)
+        if changes:
+            self._apply(changes, index, now_ms)
+        self._sweep_page(index, now_ms)
+        return len(changes)
+
+    def _apply(self, changes: list[Change], index: ServingIndex | None, now_ms: int) -> None:
+        gone = {c.item_id for c in changes if not c.available}
+        back = {c.item_id for c in changes if c.available}
+        self.unavailable = (self.unavailable - back) | gone
+        if gone:
+            self.sweep.start(gone)
+        if index is None or self._placer is None or index.cold is None:
+            return
+        fresh = sorted(i for i in back if i not in index.item_pos and i not in self.unavailable)
+        attributes = ItemAttributes.from_mapping(self._records(fresh))
+        before = set(index.cold.ids)
+        index.cold = self._placed(index.cold, attributes.align(fresh), gone)
+        added = [i for i in fresh if i in index.cold.pos and i not in before]
+        if added:
+            self._write_similar(index, added, now_ms)
+
+    def _placed(self, cold: ColdItems, attributes: ItemAttributes, gone: set[str] | tuple[()]) -> ColdItems:
+        """``cold`` with the items of ``attributes`` placed (those that can be) and ``gone`` removed."""
+        assert self._placer is not None
+        placed = self._placer.place(attributes)
+        ids = [attributes.item_ids[r] for r in placed.rows.tolist()]
+        return cold.changed(ids, placed.rec, placed.sim, gone)
+
+    def _records(self, items: list[str]) -> dict[str, dict[str, tuple[str, ...]]]:
+        """The stored attributes of ``items`` (one HMGET per shard)."""
+        by_shard: dict[int, list[str]] = {}
+        for item in items:
+            by_shard.setdefault(self.keys.shard_of(item), []).append(item)
+        out: dict[str, dict[str, tuple[str, ...]]] = {}
+        for shard, names in by_shard.items():
+            key = self.keys.catalogue(shard)
+            for raw in self.topology.node_of(key).hmget(key, names):
+                if raw is not None:
+                    rec = from_stored(raw)
+                    out[rec.item_id] = rec.attributes
+        return out
+
+    def _write_similar(self, index: ServingIndex, added: list[str], now_ms: int) -> None:
+        """Similar-items lists of the new items, and of their neighbours (which now may list them)."""
+        cold = index.cold
+        assert cold is not None
+        rows = np.asarray([cold.pos[i] for i in added], np.int64)
+        lists = index.similar_to(cold.sim[rows], added, self.top_k, self.unavailable)
+        neighbours = sorted({n for items, _ in lists for n in items} - set(added))
+        lists += self.similar_lists(index, neighbours)
+        self._write(index, added + neighbours, lists, now_ms)
+
+    def similar_lists(self, index: ServingIndex, items: list[str]) -> list[tuple[list[str], list[float]]]:
+        """Similar-items lists of ``items`` (the model's or cold ones), unavailable items left out."""
+        return [index.similar(item, self.top_k, self.unavailable) for item in items]
+
+    def _write(
+        self, index: ServingIndex, owners: list[str], lists: list[tuple[list[str], list[float]]], now_ms: int
+    ) -> None:
+        pipe = self.topology.client.pipeline(transaction=False)
+        for owner, (items, scores) in zip(owners, lists, strict=True):
+            pipe.set(self.keys.sim(owner), SimilarList(owner, items, scores, index.version, now_ms).to_json())
+        pipe.execute()
+
+    def _sweep_page(self, index: ServingIndex | None, now_ms: int) -> None:
+        """One page of the sweep; similar-items lists found holding unavailable items are rewritten."""
+        stale = self.sweep.step()
+        if stale and index is not None:
+            known = [i for i in stale if index.knows(i)]
+            self._write(index, known, self.similar_lists(index, known), now_ms)
+
+
+def _empty(index: ServingIndex) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
+    return (
+        np.zeros((0, index.rec_vectors.shape[1]), np.float32),
+        np.zeros((0, index.sim_vectors.shape[1]), np.float32),
+    )
