@@ -96,16 +96,8 @@ def world(settings: Settings, rclient: RedisClient) -> Iterator[World]:
 @contextlib.contextmanager
 def serving_world(settings: Settings, rclient: RedisClient, **overrides: Any) -> Iterator[World]:
     """Events and profiles ingested and served before any model, a profile-only user among them."""
-    settings = settings.replace(
-        **{
-            "train_min_events": 1,
-            "train_threads": 2,
-            "recency_half_life_s": 10 * 86_400,
-            "new_item_slots": 0,
-            "quality_tolerance": 0.5,
-            **overrides,
-        }
-    )
+    defaults = {"train_min_events": 1, "train_threads": 2, "recency_half_life_s": 10 * 86_400, "new_item_slots": 0}
+    settings = settings.replace(**{**defaults, "quality_tolerance": 0.5, **overrides})
     now = int(time.time() * 1000)
     spec = SyntheticSpec(users=80, items=120, clusters=4, seed=5, start_ms=now - 1_800_000, step_ms=600)
     events = list(synthetic_events(spec, 3000))
