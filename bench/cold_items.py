@@ -1,19 +1,23 @@
-"""Cold-item benchmark: ``side_info`` against attribute baselines on items it never saw an event of.
+"""Cold-item benchmark: models placing items they never saw an event of, against attribute baselines.
 
     .venv/bin/python -m bench.cold_items --dataset ml-100k-recbole --seed 0
     .venv/bin/python -m bench.cold_items --dataset movielens-dslabs --seed 1 --set id_dropout=0.5 --set epochs=20
 
 The protocol is ``trainer.evaluation.cold_items``: a seeded 20% of the items
 held out whole, side_info (given the dataset's item attributes,
-``trainer.dataset_attributes``) trained on the rest on the CPU, each test user
-ranking the cold items only. ``--set key=value`` overrides a side_info setting
-(repeatable; values read as JSON, else as text). Progress goes to stderr, a
-table to stdout, and the LAST stdout line is one JSON object::
+``trainer.dataset_attributes``) and ials (at its defaults, ids only) trained on
+the rest on the CPU, the cold items placed from their attributes as serving
+places them (the attribute map; side_info also by its own attribute
+embeddings: row ``side_info_embeddings``), each test user ranking the cold
+items only. ``--set key=value`` overrides a side_info setting (repeatable;
+values read as JSON, else as text). Progress goes to stderr, a table to stdout,
+and the LAST stdout line is one JSON object::
 
     {"dataset": name, "seed": 0, "share": 0.2, "items": {"warm": .., "cold": ..}, "test_users": ..,
      "attributes": {"fields": .., "values": ..}, "settings": {..},
-     "models": {"side_info": {"recall@20": .., "ndcg@20": .., "seconds": ..}, "attribute_popularity": {..}, ...},
-     "ratio": {"vs_attribute_popularity": .., "vs_best_popularity": ..}}
+     "models": {"side_info": {"recall@20": .., "ndcg@20": .., "fit_seconds": ..}, "side_info_embeddings": {..},
+                "ials": {..}, "attribute_popularity": {..}, ...},
+     "ratio": {"vs_attribute_popularity": .., "vs_best_popularity": .., "ials_vs_best_popularity": ..}}
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.quality import dataset_path
+from trainer.attribute_vectors import AttributeVectors
 from trainer.attributes import ItemAttributes
 from trainer.dataset_attributes import load_attributes
 from trainer.datasets import load_dataset
@@ -44,6 +49,7 @@ from trainer.models.registry import build_preset
 
 log = logging.getLogger("bench.cold_items")
 PRESET = "side_info"
+OTHER_MODELS = ("ials",)  # at its preset defaults: the daemon's default model
 
 
 def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
@@ -60,20 +66,28 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def side_info_figures(
-    split: ColdSplit, attributes: ItemAttributes, *, seed: int, threads: int, settings: dict[str, Any]
-) -> dict[str, Any]:
-    """Fit side_info on the split's training events and rank the cold items."""
+def model_figures(
+    preset: str, split: ColdSplit, attributes: ItemAttributes, *, seed: int, threads: int, settings: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Fit ``preset`` on the split's training events and rank the cold items placed by the attribute map (and,
+    for side_info, by its own attribute embeddings): one row each."""
     started = time.perf_counter()
-    model = build_preset(PRESET, seed=seed, device="cpu", threads=threads, **settings)
-    set_attributes = getattr(model, "set_attributes")  # noqa: B009  (SideInfo's, not EmbeddingModel's)
-    set_attributes(attributes)
+    model = build_preset(preset, seed=seed, device="cpu", threads=threads, **settings)
+    if preset == PRESET:
+        set_attributes = getattr(model, "set_attributes")  # noqa: B009  (SideInfo's, not EmbeddingModel's)
+        set_attributes(attributes)
     model.fit(split.train)
-    figures: dict[str, Any] = ranking_figures(model_scores(model, split, attributes), split)
-    weights = getattr(model, "field_weights")()  # noqa: B009
-    figures["seconds"] = round(time.perf_counter() - started, 1)
-    figures["field_weights"] = {name: round(w, 3) for name, w in sorted(weights.items(), key=lambda kv: -kv[1])[:6]}
-    return figures
+    fit_s = round(time.perf_counter() - started, 1)
+    placer = AttributeVectors.of(model, attributes)
+    rows: dict[str, dict[str, Any]] = {
+        preset: ranking_figures(model_scores(model, split, attributes, placer=placer), split)
+    }
+    rows[preset] |= {"fit_seconds": fit_s, "ridge": placer.mapping.ridge}
+    if preset == PRESET:
+        rows[f"{preset}_embeddings"] = ranking_figures(model_scores(model, split, attributes, own=True), split)
+        weights = getattr(model, "field_weights")()  # noqa: B009
+        rows[preset]["field_weights"] = {n: round(w, 3) for n, w in sorted(weights.items(), key=lambda kv: -kv[1])[:6]}
+    return rows
 
 
 def run(path: Path, *, seed: int, share: float, threads: int, settings: dict[str, Any]) -> dict[str, Any]:
@@ -89,9 +103,9 @@ def run(path: Path, *, seed: int, share: float, threads: int, settings: dict[str
         len(split.cold_ids),
         len(split.users),
     )
-    models: dict[str, dict[str, Any]] = {
-        PRESET: side_info_figures(split, attributes, seed=seed, threads=threads, settings=settings)
-    }
+    models = model_figures(PRESET, split, attributes, seed=seed, threads=threads, settings=settings)
+    for preset in OTHER_MODELS:
+        models |= model_figures(preset, split, attributes, seed=seed, threads=threads, settings={})
     for name in BASELINES:
         models[name] = ranking_figures(baseline_scores(name, split, attributes, seed), split)
     key = "recall@20"
@@ -109,6 +123,9 @@ def run(path: Path, *, seed: int, share: float, threads: int, settings: dict[str
         "ratio": {
             "vs_attribute_popularity": round(ours / max(models["attribute_popularity"][key], 1e-12), 3),
             "vs_best_popularity": round(ours / max(popular, 1e-12), 3),
+            **{
+                f"{name}_vs_best_popularity": round(models[name][key] / max(popular, 1e-12), 3) for name in OTHER_MODELS
+            },
         },
     }
 

@@ -226,6 +226,7 @@ def index_stage(overrides: dict[str, Any], users: int, sample: int, seed: int) -
     truth = exact_top(built.rec_vectors, queries, RECALL_K)
     found = search(built.rec_index, queries, RECALL_K)[1]
     timed = measure(built.rec_index, queries, truth, RECALL_K)
+    by_ef = ef_sweep(built.rec_index, queries, truth)
     return {
         "index_kind": built.kind,
         "index_build_s": round(built.build_seconds, 2),
@@ -235,8 +236,31 @@ def index_stage(overrides: dict[str, Any], users: int, sample: int, seed: int) -
         "index_queries": len(queries),
         "index_qps": round(timed["qps"]),
         "index_cpu_qps": round(timed["cpu_qps"]),
+        "index_recall_by_ef_search": by_ef,
         "index_peak_rss_bytes": status_bytes("VmHWM"),
     }
+
+
+EF_SWEEP = (64, 80, 96, 128, 160, 200)
+
+
+def ef_sweep(index: Any, queries: F32, truth: npt.NDArray[np.int64]) -> dict[str, dict[str, float]]:
+    """An HNSW index's recall@10 and one-thread QPS at each efSearch of ``EF_SWEEP`` (the setting restored
+    after); empty for another index kind."""
+    from bench.ann import measure
+
+    hnsw = getattr(index, "hnsw", None)
+    if hnsw is None:
+        return {}
+    chosen, out = hnsw.efSearch, {}
+    try:
+        for ef in EF_SWEEP:
+            hnsw.efSearch = ef
+            timed = measure(index, queries, truth, RECALL_K)
+            out[str(ef)] = {"recall_at_10": round(timed["recall"], 4), "qps": round(timed["qps"])}
+    finally:
+        hnsw.efSearch = chosen
+    return out
 
 
 def recall(found: npt.NDArray[np.int64], truth: npt.NDArray[np.int64]) -> float:

@@ -39,6 +39,7 @@ def test_new_and_unavailable_items(settings: Settings, rclient: RedisClient) -> 
         w.pump(
             lambda: _served(w) and w.server.watcher.current is not None and w.server.watcher.current.cold is not None
         )
+        assert w.server.catalogue.placed_in_build  # the attribute map was fitted beside the index
         world, cluster = SyntheticWorld(SPEC), 2
         new = CatalogueEvent("brand-new", {"genre": (f"g{cluster}",)}, True, now)
         send(w, [new])

@@ -118,9 +118,10 @@ class Settings:
     serve_batch: int = _s(1024, "most changed users served per step (a deep queue fills it)")
     index_kind: str = _s("auto", "faiss index: auto (flat up to 50,000 items, else hnsw), flat, hnsw, ivf")
     # HNSW M 24, efConstruction 100 reaches recall@10 0.968 / 0.973 / 0.977 / 0.982 at efSearch 64 / 80 / 96 / 128
-    # on 1M clustered items x 64 dims (bench/ann.py); 80 is the cheapest over 0.97.
+    # on 1M clustered items x 64 dims (bench/ann.py); on trained iALS vectors of 271k items (bench/scale.py) it
+    # reaches 0.946 / 0.950 / 0.955 / 0.958 at efSearch 64 / 80 / 96 / 128: 128 keeps a margin over 0.95.
     index_hnsw_m: int = _s(24, "HNSW graph degree (memory: ~2 x M x 4 bytes per item beyond the vectors)")
-    index_ef_search: int = _s(80, "HNSW search breadth: higher = better recall, fewer queries per second")
+    index_ef_search: int = _s(128, "HNSW search breadth: higher = better recall, fewer queries per second")
     index_ef_construction: int = _s(100, "HNSW build breadth: higher = better graph, slower build")
     index_ivf_nprobe: int = _s(32, "IVF lists searched per query")
     index_threads: int = _s(1, "faiss threads building an index in a serving process")

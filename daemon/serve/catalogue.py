@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,6 +34,27 @@ log = logging.getLogger(__name__)
 POLL_S = 0.2  # how often the change streams are read
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """The catalogue as one model's swap needs it."""
+
+    version: str  # the model's
+    heads: list[str]  # change-stream positions read before the catalogue
+    unavailable: set[str]
+    placer: AttributeVectors
+    cold: ColdItems  # the catalogue's items the model lacks, placed
+    items: int  # catalogue records read
+
+
+def _placed(
+    placer: AttributeVectors, cold: ColdItems, attributes: ItemAttributes, gone: set[str] | tuple[()]
+) -> ColdItems:
+    """``cold`` with the items of ``attributes`` placed (those that can be) and ``gone`` removed."""
+    placed = placer.place(attributes)
+    ids = [attributes.item_ids[r] for r in placed.rows.tolist()]
+    return cold.changed(ids, placed.rec, placed.sim, gone)
+
+
 class CatalogueFollower:
     """Keeps the served index's cold items and the unavailable items in step with the catalogue."""
 
@@ -44,20 +66,41 @@ class CatalogueFollower:
         self.sweep = ListSweep(topology, keys, mark_users)
         self._after: list[str] | None = None  # per shard, the last change-stream entry read
         self._placer: AttributeVectors | None = None
+        self._prepared: Prepared | None = None  # set in the build thread, taken at the swap (after a join)
+        self.placed_in_build = False  # whether the last swap took the build thread's placement
         self._polled = 0.0
 
-    def on_swap(self, index: ServingIndex) -> None:
-        """Place every available item the new model lacks, and (re)learn the unavailable items."""
+    def prepare(self, index: ServingIndex) -> None:
+        """Read the catalogue and place the items ``index``'s model lacks, for ``on_swap`` to take: run in the
+        index build thread, as fitting the attribute map takes seconds at a large catalogue. A failure here is
+        logged and ``on_swap`` does the work itself."""
+        try:
+            self._prepared = self._prepare(index)
+        except Exception:
+            log.exception("catalogue: cannot place new items for model %s while building; at the swap", index.version)
+            self._prepared = None
+
+    def _prepare(self, index: ServingIndex) -> Prepared:
         heads = log_heads(self.topology, self.keys)  # before the read: later changes are followed
         catalogue = read_catalogue(self.topology, self.keys)
-        self.unavailable = catalogue.unavailable
         attributes = ItemAttributes.from_mapping(catalogue.attributes)
-        self._placer = AttributeVectors.of(index.model, attributes)
-        cold = [i for i in catalogue.attributes if i not in index.item_pos and i not in self.unavailable]
-        index.cold = self._placed(ColdItems.of([], *_empty(index)), attributes.align(cold), ())
-        self._after = heads
-        log.info("catalogue: %d items, %d placed by attributes, %d unavailable", len(catalogue.attributes),
-                 len(index.cold.ids), len(self.unavailable))  # fmt: skip
+        placer = AttributeVectors.of(index.model, attributes)
+        cold = [i for i in catalogue.attributes if i not in index.item_pos and i not in catalogue.unavailable]
+        placed = _placed(placer, ColdItems.of([], *_empty(index)), attributes.align(cold), ())
+        return Prepared(index.version, heads, catalogue.unavailable, placer, placed, len(catalogue.attributes))
+
+    def on_swap(self, index: ServingIndex) -> None:
+        """Place every available item the new model lacks, and (re)learn the unavailable items (from the work
+        ``prepare`` did for this model, or now). Changes logged since are applied again by the next polls."""
+        prepared, self._prepared = self._prepared, None
+        self.placed_in_build = prepared is not None and prepared.version == index.version
+        if prepared is None or not self.placed_in_build:
+            prepared = self._prepare(index)
+        self.unavailable, self._placer = set(prepared.unavailable), prepared.placer
+        index.cold = prepared.cold
+        self._after = prepared.heads
+        log.info("catalogue: %d items, %d placed by attributes (ridge %g), %d unavailable", prepared.items,
+                 len(index.cold.ids), prepared.placer.mapping.ridge, len(self.unavailable))  # fmt: skip
 
     def poll(self, index: ServingIndex | None, now_ms: int) -> int:
         """Apply the changes since the last poll (at most every ``POLL_S``); then one page of the sweep.
@@ -86,17 +129,10 @@ class CatalogueFollower:
         fresh = sorted(i for i in back if i not in index.item_pos and i not in self.unavailable)
         attributes = ItemAttributes.from_mapping(self._records(fresh))
         before = set(index.cold.ids)
-        index.cold = self._placed(index.cold, attributes.align(fresh), gone)
+        index.cold = _placed(self._placer, index.cold, attributes.align(fresh), gone)
         added = [i for i in fresh if i in index.cold.pos and i not in before]
         if added:
             self._write_similar(index, added, now_ms)
-
-    def _placed(self, cold: ColdItems, attributes: ItemAttributes, gone: set[str] | tuple[()]) -> ColdItems:
-        """``cold`` with the items of ``attributes`` placed (those that can be) and ``gone`` removed."""
-        assert self._placer is not None
-        placed = self._placer.place(attributes)
-        ids = [attributes.item_ids[r] for r in placed.rows.tolist()]
-        return cold.changed(ids, placed.rec, placed.sim, gone)
 
     def _records(self, items: list[str]) -> dict[str, dict[str, tuple[str, ...]]]:
         """The stored attributes of ``items`` (one HMGET per shard)."""

@@ -65,6 +65,7 @@ class Server:
         self.cold = ColdStart(self.reader, options.trending_half_life_s)
         self.maker = ListMaker(options, self.cold, self.reader.item_ids)
         self.catalogue = CatalogueFollower(topology, keys, options.top_k, self._mark)
+        watcher.on_built.append(self.catalogue.prepare)  # new items placed in the build thread
         self._similar_todo: list[int] = []
         self._exclusions: tuple[float, set[str]] | None = None  # (read at, items)
         # A step's lists go out on this thread while the next step claims and computes (see step()).

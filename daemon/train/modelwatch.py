@@ -3,8 +3,8 @@
 The training role publishes a snapshot folder and then sets ``model:current``
 to ``{"version", "path", "published_at", "kind"}``. Every serving replica polls
 that pointer; on a change it loads the snapshot and builds the new indexes in a
-background thread while the old ones keep serving, then swaps the whole bundle
-in one assignment. A rollback is just the pointer moving back.
+background thread while the old ones keep serving (``on_built`` hooks run there
+too), then swaps the whole bundle in one assignment. A rollback is just the pointer moving back.
 """
 
 from __future__ import annotations
@@ -48,13 +48,19 @@ class ModelWatcher:
         self._building: threading.Thread | None = None
         self._built: ServingIndex | None = None
         self._failed: set[str] = set()
+        # Called in the build thread with each built index before it is swapped in: work a swap needs that
+        # should not stall serving (placing the catalogue's new items). A hook that raises fails the build.
+        self.on_built: list[Callable[[ServingIndex], None]] = []
 
     def _build(self, pointer: Pointer) -> None:
         try:
             model = self.loader(pointer.path)
             progress = Progress(self.metrics, "index_build", 2 * model.n_items, "vectors")
-            self._built = ServingIndex.build(pointer.version, model, pointer.published_at, self.spec, progress.advance)
+            built = ServingIndex.build(pointer.version, model, pointer.published_at, self.spec, progress.advance)
             progress.finish()
+            for hook in self.on_built:
+                hook(built)
+            self._built = built
         except Exception:
             log.exception("cannot serve model %s from %s", pointer.version, pointer.path)
             self.metrics.errors.labels("serve").inc()

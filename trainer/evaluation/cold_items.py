@@ -10,9 +10,11 @@
 * **Ranking.** Every test user ranks the cold items only (all of them; none can
   be "already seen" in training). Recall@K = hits in the top K / relevant cold
   items, averaged over test users (``metrics.recall_at_k``), NDCG@K beside it.
-* **Scorers.** ``side_info``: the user's query vector (from their training
-  positives, equal weights) times each cold item's attribute-only index row
-  (``SideInfo.vectors_for_attributes``). Baselines, all but the last two the
+* **Scorers.** A model (``side_info``, ``ials``): the user's query vector
+  (from their training positives, equal weights) times each cold item's row
+  placed from its attributes as serving places it (the attribute map,
+  ``trainer.attribute_vectors``), or by ``side_info``'s own attribute
+  embeddings (``SideInfo.vectors_for_attributes``). Baselines, all but the last two the
   same for every user: ``attribute_popularity`` - the training popularity of
   the warm items sharing the cold item's values, averaged with weights = the
   Jaccard similarity of the two items' value sets (the strongest of these on
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from trainer.attribute_vectors import AttributeVectors
 from trainer.attributes import ItemAttributes
 from trainer.evaluation.metrics import ItemSets, hits_at, ndcg_at_k, recall_at_k, top_k
 from trainer.interactions import FloatArray, IntArray, Interactions
@@ -122,10 +125,26 @@ def histories(split: ColdSplit, model_ids: list[str]) -> list[History]:
     return out
 
 
-def model_scores(model: Any, split: ColdSplit, attributes: ItemAttributes) -> FloatArray:
-    """(U, n_cold) query rows times the cold items' attribute-only rows of a fitted ``SideInfo``."""
+def model_scores(
+    model: Any,
+    split: ColdSplit,
+    attributes: ItemAttributes,
+    *,
+    own: bool = False,
+    placer: AttributeVectors | None = None,
+) -> FloatArray:
+    """(U, n_cold) query rows of a fitted model times the cold items' rows placed by their attributes as
+    serving places them (``AttributeVectors``: the attribute map); ``own``: by ``side_info``'s own attribute
+    embeddings instead (``SideInfo.vectors_for_attributes``); ``placer``: one already fitted for ``model``. An
+    item that cannot be placed scores 0."""
     query = np.asarray(model.query_vectors(histories(split, model.item_ids)), np.float32)  # (U, d)
-    cold = np.asarray(model.vectors_for_attributes(attributes.align(split.cold_ids)), np.float32)  # (n_cold, d)
+    cold_attributes = attributes.align(split.cold_ids)
+    if own:
+        cold = np.asarray(model.vectors_for_attributes(cold_attributes), np.float32)  # (n_cold, d)
+    else:
+        placed = (placer or AttributeVectors.of(model, attributes)).place(cold_attributes)
+        cold = np.zeros((len(split.cold_ids), query.shape[1]), np.float32)
+        cold[placed.rows] = placed.rec
     return np.asarray(query @ cold.T, np.float32)
 
 
