@@ -80,9 +80,8 @@ class Pairs:
         """(len(rows), d) the rows predicted for items ``rows`` (sorted item indices; one carrying no feature
         gets the base row)."""
         keep = np.isin(self.owners, rows)
-        out = np.zeros((len(rows), weights.shape[1]), np.float64)
-        np.add.at(out, np.searchsorted(rows, self.owners[keep]), weights[self.features[keep]])
-        return np.asarray(out + (solved.t_mean - solved.mean @ weights), np.float32)
+        local = np.searchsorted(rows, self.owners[keep])
+        return linear_rows(local, self.features[keep], len(rows), weights, solved.mean, solved.t_mean)
 
 
 @dataclass(frozen=True)
@@ -134,13 +133,25 @@ class AttributeMap:
         owners, features = known.owners()[keep], features[keep]
         rows = np.unique(owners)
         local = np.searchsorted(rows, owners)
-        out = []
-        for weights, t_mean in zip(self.weights, self.target_mean, strict=True):
-            base = t_mean.astype(np.float64) - self.feature_mean @ weights.astype(np.float64)
-            total = np.zeros((len(rows), weights.shape[1]), np.float64)
-            np.add.at(total, local, weights[features])
-            out.append((total + base).astype(np.float32))
+        out = [
+            linear_rows(local, features, len(rows), w.astype(np.float64), self.feature_mean, t.astype(np.float64))
+            for w, t in zip(self.weights, self.target_mean, strict=True)
+        ]
         return rows.astype(np.int64), out
+
+
+def linear_rows(
+    owners: IntArray,
+    features: IntArray,
+    n_rows: int,
+    weights: npt.NDArray[np.float64],
+    feature_mean: npt.NDArray[np.float64],
+    target_mean: npt.NDArray[np.float64],
+) -> FloatArray:
+    """(n_rows, d) row(x) = (x - x̄) M + t̄ for the rows given as (owner row, feature) pairs."""
+    out = np.zeros((n_rows, weights.shape[1]), np.float64)
+    np.add.at(out, owners, weights[features])
+    return np.asarray(out + (target_mean - feature_mean @ weights), np.float32)
 
 
 def choose_ridge(pairs: Pairs, target: FloatArray, ridges: tuple[float, ...]) -> float:
@@ -197,10 +208,10 @@ def _pair_counts(features: IntArray, starts: IntArray, k: int) -> npt.NDArray[np
     """(k*k,) how often each ordered (feature, feature) pair occurs within the items between ``starts``."""
     lengths = np.diff(starts)
     first = np.repeat(np.arange(starts[0], starts[-1], dtype=np.int64), np.repeat(lengths, lengths))
-    item_start = np.repeat(starts[:-1], lengths * lengths)
-    within = np.arange(len(first), dtype=np.int64) - np.repeat(np.cumsum(lengths * lengths) - lengths * lengths,
-                                                               lengths * lengths)  # fmt: skip
-    second = item_start + within % np.repeat(lengths, lengths * lengths)
+    squares = lengths * lengths
+    item_start = np.repeat(starts[:-1], squares)
+    within = np.arange(len(first), dtype=np.int64) - np.repeat(np.cumsum(squares) - squares, squares)
+    second = item_start + within % np.repeat(lengths, squares)
     return np.bincount(features[first] * k + features[second], minlength=k * k).astype(np.float64)
 
 
