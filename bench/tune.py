@@ -6,7 +6,9 @@
 The same protocol ``bench.quality`` gives the ALS/BPR/gensim baselines
 (``trainer.evaluation.tuning.tune``: validation Recall@20 inside train, the test
 split never looked at while choosing), so a tuned preset and a tuned
-baseline are compared on equal terms. Each trial's validation recall and fit
+baseline are compared on equal terms. A preset that takes item attributes
+(``side_info``) gets the dataset's, aligned to train, as ``recd evaluate``
+gives them. Each trial's validation recall and fit
 seconds go to stdout; the LAST line is one JSON object with the grid, the
 trials, the chosen parameters and the chosen model's test figures.
 """
@@ -20,9 +22,10 @@ from typing import Any
 
 from bench.quality import dataset_path
 from trainer.datasets import load_dataset
+from trainer.evaluation.report import attribute_loader
 from trainer.evaluation.scoring import Scorer, evaluate
 from trainer.evaluation.splits import protocol_split
-from trainer.evaluation.tuning import preset_maker, tune
+from trainer.evaluation.tuning import BOUNDS, EXTRA_FITS, preset_maker, tune
 from trainer.fit import resolve_device
 from trainer.interactions import Interactions
 from trainer.models import registry
@@ -48,13 +51,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", help="the dataset's file format (default: detect)")
+    p.add_argument(
+        "--extend",
+        type=int,
+        default=EXTRA_FITS,
+        help=f"fits allowed past the grid's edges while the best sits at one (default {EXTRA_FITS}; 0: the grid)",
+    )
     args = p.parse_args(argv)
     grid = parse_grid(args.grid)
     data = load_dataset(dataset_path(args.dataset), fmt=args.format)
     train, test, protocol = protocol_split(data, args.seed)
     print(f"{data.name}: {protocol}; preset {args.preset}; device {resolve_device(args.device)}", flush=True)
 
-    fit = preset_maker(args.preset, args.seed, device=args.device, threads=args.threads)
+    attributes = attribute_loader(dataset_path(args.dataset), train)  # for a preset that takes them (side_info)
+    fit = preset_maker(args.preset, args.seed, attributes=attributes, device=args.device, threads=args.threads)
 
     def make(part: Interactions, params: dict[str, Any]) -> Scorer:
         started = time.perf_counter()
@@ -62,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  fitted {params} in {time.perf_counter() - started:.1f}s", flush=True)
         return scorer
 
-    best, trials = tune(make, train, grid, seed=args.seed, valid=data.valid)  # the dataset's valid split if any
+    best, trials = tune(make, train, grid, seed=args.seed, valid=data.valid, extend=args.extend, bounds=BOUNDS)
     for params, recall in trials:
         print(f"  validation recall@20 {recall:.4f}  {params}", flush=True)
     scorer = make(train, best)

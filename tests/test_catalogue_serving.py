@@ -10,6 +10,8 @@ from collections import Counter
 import pytest
 
 from daemon.dev.synthetic import SyntheticSpec, SyntheticWorld, synthetic_catalogue
+from daemon.ingest.catalogue import CatalogueStore
+from daemon.runtime.options import topology_of
 from daemon.runtime.redisconn import RedisClient
 from daemon.runtime.settings import Settings
 from schemas.catalogue import CatalogueEvent
@@ -81,3 +83,23 @@ def assert_unavailable_leaves_lists(w: World, rclient: RedisClient, now: int) ->
     took = w.pump(removed, timeout_s=30)
     assert took <= 10.0, took
     assert gone in w.server.catalogue.unavailable
+
+
+def test_catalogue_items_without_events_get_similar_lists_from_each_model(
+    settings: Settings, rclient: RedisClient
+) -> None:
+    """An item in the catalogue before the model (never had by anyone) and one that arrives while the model's
+    index builds are both placed at the swap and get similar-items lists of that model."""
+    with serving_world(settings, rclient) as w:
+        now = int(time.time() * 1000)
+        send(w, [*synthetic_catalogue(SPEC, now - 60_000), CatalogueEvent("never-sold", {"genre": ("g1",)}, True, now)])
+        shard = w.keys.catalogue(w.keys.shard_of("never-sold"))
+        w.pump(lambda: bool(rclient.hexists(shard, "never-sold")))
+        store = CatalogueStore(topology_of(w.settings), w.keys, 10_000)
+        mid_build = CatalogueEvent("mid-build", {"genre": ("g2",)}, True, now)
+        w.server.watcher.on_built.insert(0, lambda _index: store.apply([mid_build]) and None)
+        version = _train(w)
+        w.pump(lambda: all(similar(w, rclient, i) is not None for i in ("never-sold", "mid-build")), timeout_s=30)
+        for item in ("never-sold", "mid-build"):
+            found = similar(w, rclient, item)
+            assert found is not None and found.model_version == version and len(found.items) == w.settings.top_k

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from daemon.dev.synthetic import SyntheticSpec, SyntheticWorld
 from tests.test_refresh import write_dataset
 
 pytestmark = pytest.mark.integration
@@ -29,6 +30,16 @@ def demo(out: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProc
     )
 
 
+def assert_new_item_placed(text: str, spec: SyntheticSpec) -> None:
+    """The demo's new catalogue item, sent with no events, is listed beside items of the genre it names."""
+    found = re.search(r"items like demo-new-item, new in the catalogue with no events \(genre: g(\d+);", text)
+    assert found, text
+    listed = re.findall(r"^\s+\d+\. i(\d+)\s", text[found.end() :].split("\n\n")[0], flags=re.M)[:10]
+    assert len(listed) == 10, text[found.start() :]
+    home = sum(int(SyntheticWorld(spec).item_cluster[int(i)]) == int(found.group(1)) for i in listed)
+    assert home >= 6, text[found.start() :]  # a random placement lists about 1 in 10 of its genre
+
+
 def test_demo_runs_to_completion(broker: str, redis_url: str, tmp_path: Path) -> None:
     env = {**os.environ, "RECD_KAFKA_BOOTSTRAP": broker, "RECD_REDIS_URL": redis_url}
     env.pop("RECD_LOG_LEVEL", None)
@@ -40,6 +51,7 @@ def test_demo_runs_to_completion(broker: str, redis_url: str, tmp_path: Path) ->
     assert "with only a profile - source coldstart:" in text, text
     assert "items like the most popular one" in text, text
     assert "metrics: http://127.0.0.1:" in text
+    assert_new_item_placed(text, SyntheticSpec(users=300, items=150, seed=0))
     assert (out / "embedding_map.png").stat().st_size > 10_000
     versions = list((out / "models" / "versions").iterdir())
     assert len(versions) == 1 and (versions[0] / "manifest.json").exists()

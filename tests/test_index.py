@@ -9,16 +9,18 @@ missing results (-1) never turn into items, similar() leaves the item out.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import faiss
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from daemon.runtime.options import index_spec
 from daemon.runtime.settings import load_settings
-from daemon.serve.index import FLAT_MAX_ITEMS, IndexSpec, ServingIndex, build_index, choose_kind, search
+from daemon.serve.index import FLAT_MAX_ITEMS, IndexSpec, ServingIndex, build_index, choose_kind, search, top_columns
 from trainer.interactions import Interactions
 from trainer.models.base import EmbeddingModel, EpochCallback, FitReport, History
 
@@ -245,3 +247,29 @@ def test_exact_search_in_row_chunks_gives_what_one_chunk_gives(monkeypatch: pyte
     for r, (positions, _) in enumerate(chunked):
         allowed = [p for p in truth[r].tolist() if p not in set(seen[r].tolist()) | set(excluded.tolist())]
         assert positions == allowed[:10]
+
+
+def test_top_columns_is_a_partial_sort() -> None:
+    scores = np.random.default_rng(4).standard_normal((7, 300)).astype(np.float32)
+    full = np.argsort(-scores, axis=1)
+    for k in (1, 10, 299, 300, 1000):
+        assert np.array_equal(top_columns(scores, k), full[:, : min(k, 300)])
+    assert top_columns(scores, 0).shape == (7, 0)
+
+
+def test_a_search_runs_on_one_thread_in_any_calling_thread() -> None:
+    """OpenMP's thread count is per thread: a serving thread must not search with a team of every core."""
+    index = faiss.IndexFlatIP(8)
+    index.add(np.eye(8, dtype=np.float32))
+    seen: list[int] = []
+
+    def worker() -> None:
+        faiss.omp_set_num_threads(4)
+        scores, pos = search(index, np.eye(8, dtype=np.float32)[:2], 3)
+        assert pos[:, 0].tolist() == [0, 1] and scores[:, 0].tolist() == [1.0, 1.0]
+        seen.append(faiss.omp_get_max_threads())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [1]

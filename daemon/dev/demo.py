@@ -1,9 +1,13 @@
 """``recd demo``: the whole system on one machine, with no configuration.
 
 Starts the embedded Kafka-protocol broker (and a local redis-server when none
-answers at RECD_REDIS_URL), publishes synthetic events and profiles (or replays
-a dataset), runs ingest, training and serving in this process, prints a few
-users' lists, a cold-start list and similar items, then shuts everything down.
+answers at RECD_REDIS_URL), publishes synthetic profiles, item catalogue and
+events (or replays a dataset, with its catalogue where it has item metadata),
+runs ingest, training and serving in this process, prints a few users' lists,
+a cold-start list and similar items; then sends a catalogue record for an item
+nobody has seen yet, with the attributes of the most popular item, and prints
+its similar items (placed by its attributes, no retraining), then shuts
+everything down.
 """
 
 from __future__ import annotations
@@ -25,17 +29,21 @@ from typing import Any
 import redis
 
 from daemon.dev.embedded import EmbeddedError, LocalProcess, redis_answers, start_broker, start_redis
-from daemon.dev.publish import make_producer, publish, publish_dataset, publish_synthetic
+from daemon.dev.publish import make_producer, publish, publish_catalogue, publish_dataset, publish_synthetic
+from daemon.dev.report import Shown
 from daemon.dev.synthetic import SyntheticSpec
 from daemon.runtime.app import App, create_topics
+from daemon.runtime.catalogue import record_of
 from daemon.runtime.keys import glob_escape
 from daemon.runtime.options import keys_of, topology_of
 from daemon.runtime.redisconn import redis_client
 from daemon.runtime.roles import add_roles
 from daemon.runtime.settings import Settings
 from daemon.runtime.state import StateReader
+from schemas.catalogue import CatalogueEvent
 
 COLD_USER = "demo-cold-user"
+NEW_ITEM = "demo-new-item"
 
 
 class Interrupted(Exception):
@@ -98,7 +106,11 @@ def start_services(settings: Settings, out: Path) -> tuple[Settings, list[LocalP
         started.append(start_broker(out))
         changes["kafka_bootstrap"] = started[-1].address
     else:
-        changes.update(events_topic=f"recd-demo-{tag}.events", profiles_topic=f"recd-demo-{tag}.profiles")
+        changes.update(
+            events_topic=f"recd-demo-{tag}.events",
+            profiles_topic=f"recd-demo-{tag}.profiles",
+            items_topic=f"recd-demo-{tag}.items",
+        )
     if not redis_answers(settings.redis_url):
         started.append(start_redis(out))
         changes["redis_url"] = started[-1].address
@@ -112,9 +124,7 @@ def produce(settings: Settings, args: argparse.Namespace, stop: Stop) -> tuple[i
         from trainer.datasets import load_dataset
 
         titles = load_dataset(args.dataset).item_titles
-        sent = publish_dataset(
-            settings, args.dataset, limit=args.events, progress=lambda _n: stop.check(), catalogue=False
-        )
+        sent = publish_dataset(settings, args.dataset, limit=args.events, progress=lambda _n: stop.check())
         return sent.events, titles
     spec = SyntheticSpec(
         users=args.users,
@@ -129,7 +139,7 @@ def produce(settings: Settings, args: argparse.Namespace, stop: Stop) -> tuple[i
         stop.check()
         bar.update(bar.done + n)
 
-    sent = publish_synthetic(settings, spec, args.events, progress=progress, catalogue=False)
+    sent = publish_synthetic(settings, spec, args.events, progress=progress)
     bar.close()
     return sent.events, {}
 
@@ -143,6 +153,21 @@ def add_cold_user(settings: Settings) -> None:
     }
     publish(producer, settings.profiles_topic, [profile])
     producer.close()
+
+
+def add_new_item(settings: Settings, reader: StateReader) -> CatalogueEvent | None:
+    """A catalogue record for ``NEW_ITEM``, with the attributes of the most popular item that has any (None
+    where no popular item has a catalogue record: a dataset without item metadata)."""
+    topology = topology_of(settings)
+    for item, _ in reader.popularity(20):
+        known = record_of(topology, reader.keys, item)
+        if known is not None and known.attributes:
+            record = CatalogueEvent(NEW_ITEM, known.attributes, True, int(time.time() * 1000))
+            producer = make_producer(settings)
+            publish_catalogue(producer, settings.items_topic, [record])
+            producer.close()
+            return record
+    return None
 
 
 def handled(reader: StateReader) -> int:
@@ -199,8 +224,12 @@ def _demo(settings: Settings, args: argparse.Namespace, out: Path, stop: Stop) -
         add_cold_user(settings)
         wait_for("training the first model", 100, lambda: _training(app, reader), stop)
         wait_for("serving fresh lists", 1, lambda: int(_settled(reader, app)), stop)
+        new_item = add_new_item(settings, reader)
+        if new_item is not None:
+            wait_for("placing a new item", 1, lambda: int(reader.client.exists(reader.keys.sim(NEW_ITEM))), stop, 60)
         url = f"http://127.0.0.1:{http.port}"
-        print_report(settings, app, reader, titles, COLD_USER, out, url, live=args.keep_serving)
+        shown = Shown(titles, COLD_USER, new_item)
+        print_report(settings, app, reader, shown, out, url, live=args.keep_serving)
         if args.keep_serving:
             stop.event.wait()
     finally:

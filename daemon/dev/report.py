@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from daemon.runtime.app import App
 from daemon.runtime.settings import Settings
 from daemon.runtime.state import StateReader
+from schemas.catalogue import CatalogueEvent
 from schemas.records import RecommendationList, SimilarList
 
 RUN_PORT = Settings().metrics_port  # where `recd run` listens by default
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What the report names: item titles, the user with only a profile, the new item sent to the catalogue."""
+
+    titles: dict[str, str]
+    cold_user: str
+    new_item: CatalogueEvent | None
 
 
 def _name(item: str, titles: dict[str, str]) -> str:
@@ -35,32 +46,41 @@ def _warm_lists(reader: StateReader, n: int) -> list[RecommendationList]:
 
 
 def print_report(
-    settings: Settings,
-    app: App,
-    reader: StateReader,
-    titles: dict[str, str],
-    cold_user: str,
-    out: Path,
-    metrics_url: str,
-    live: bool,
+    settings: Settings, app: App, reader: StateReader, shown: Shown, out: Path, metrics_url: str, live: bool
 ) -> None:
-    """Three warm users' lists, the cold user's, the most popular item's neighbours, plots, where to look next."""
-    client, keys = reader.client, reader.keys
+    """Three warm users' lists, the cold user's, the most popular item's neighbours, the new item's, plots,
+    where to look next."""
+    client, keys, titles = reader.client, reader.keys, shown.titles
     print()
     _print_warm(reader, titles)
-    raw_cold: Any = client.get(keys.rec(cold_user))
+    raw_cold: Any = client.get(keys.rec(shown.cold_user))
     if raw_cold:
         cold = RecommendationList.from_json(raw_cold)
-        _print_list(f"new user {cold_user} with only a profile - source {cold.source}", cold.items, cold.scores, titles)
+        header = f"new user {shown.cold_user} with only a profile - source {cold.source}"
+        _print_list(header, cold.items, cold.scores, titles)
     top = reader.popularity(1)
     raw_sim: Any = client.get(keys.sim(top[0][0])) if top else None
     if raw_sim:
         sim = SimilarList.from_json(raw_sim)
         _print_list(f"items like the most popular one, {_name(sim.item_id, titles)}", sim.items, sim.scores, titles)
+    _print_new_item(reader, shown)
     plots = write_plots(reader, app, titles, out)
     if plots:
         print(f"\nplots: {', '.join(str(p) for p in plots)}")
     _print_routes(settings, metrics_url, live)
+
+
+def _print_new_item(reader: StateReader, shown: Shown) -> None:
+    """The similar items of the item sent to the catalogue with no events: placed by its attributes."""
+    if shown.new_item is None:
+        return
+    raw: Any = reader.client.get(reader.keys.sim(shown.new_item.item_id))
+    if raw:
+        sim = SimilarList.from_json(raw)
+        fields = list(shown.new_item.attributes.items())[:3]  # a dataset's item may carry dozens of values
+        attributes = "; ".join(f"{f}: {', '.join(vs[:3])}" for f, vs in fields)
+        header = f"items like {sim.item_id}, new in the catalogue with no events ({attributes})"
+        _print_list(header, sim.items, sim.scores, shown.titles)
 
 
 def _print_warm(reader: StateReader, titles: dict[str, str]) -> None:

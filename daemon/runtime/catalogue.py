@@ -42,6 +42,13 @@ def records(topology: Topology, keys: Keys) -> Iterator[CatalogueEvent]:
             yield from_stored(raw)
 
 
+def record_of(topology: Topology, keys: Keys, item_id: str) -> CatalogueEvent | None:
+    """One item's newest record, None for an item the catalogue lacks."""
+    key = keys.catalogue(keys.shard_of(item_id))
+    raw = topology.node_of(key).hget(key, item_id)
+    return from_stored(raw) if raw is not None else None
+
+
 def read_catalogue(topology: Topology, keys: Keys) -> Catalogue:
     """The whole catalogue: attributes of every item and the unavailable ones."""
     out = Catalogue()

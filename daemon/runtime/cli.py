@@ -18,7 +18,7 @@ from daemon.runtime.settings import Settings, describe, load_settings
 
 EPILOG = "settings (environment variable, or the same name in lower case in the --config TOML file):\n"
 OUR_LOGGERS = ("daemon", "trainer", "schemas", "bench")
-DEFAULT_EVALUATION = "ials,ials_tail,item2vec,popularity,als"
+DEFAULT_EVALUATION = "ials,ials_tail,item2vec,side_info,popularity,als"
 
 log = logging.getLogger("daemon.runtime.cli")
 

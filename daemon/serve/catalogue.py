@@ -67,8 +67,18 @@ class CatalogueFollower:
         self._after: list[str] | None = None  # per shard, the last change-stream entry read
         self._placer: AttributeVectors | None = None
         self._prepared: Prepared | None = None  # set in the build thread, taken at the swap (after a join)
+        self._build_heads: list[str] | None = None  # the change streams' ends when the build began
         self.placed_in_build = False  # whether the last swap took the build thread's placement
         self._polled = 0.0
+
+    def build_started(self, _version: str) -> None:
+        """A model's index build begins: note the change streams' ends, so that what changes while it builds
+        (new items: placed at the swap, and their similar-items lists written) is applied again after it."""
+        try:
+            self._build_heads = log_heads(self.topology, self.keys)
+        except Exception:
+            log.exception("catalogue: cannot read the change streams' ends; the swap reads them")
+            self._build_heads = None
 
     def prepare(self, index: ServingIndex) -> None:
         """Read the catalogue and place the items ``index``'s model lacks, for ``on_swap`` to take: run in the
@@ -81,7 +91,8 @@ class CatalogueFollower:
             self._prepared = None
 
     def _prepare(self, index: ServingIndex) -> Prepared:
-        heads = log_heads(self.topology, self.keys)  # before the read: later changes are followed
+        # before the read (from the build's start where known): later changes are applied again after the swap
+        heads = self._build_heads or log_heads(self.topology, self.keys)
         catalogue = read_catalogue(self.topology, self.keys)
         attributes = ItemAttributes.from_mapping(catalogue.attributes)
         placer = AttributeVectors.of(index.model, attributes)
@@ -96,6 +107,7 @@ class CatalogueFollower:
         self.placed_in_build = prepared is not None and prepared.version == index.version
         if prepared is None or not self.placed_in_build:
             prepared = self._prepare(index)
+        self._build_heads = None
         self.unavailable, self._placer = set(prepared.unavailable), prepared.placer
         index.cold = prepared.cold
         self._after = prepared.heads
@@ -128,11 +140,10 @@ class CatalogueFollower:
             return
         fresh = sorted(i for i in back if i not in index.item_pos and i not in self.unavailable)
         attributes = ItemAttributes.from_mapping(self._records(fresh))
-        before = set(index.cold.ids)
         index.cold = _placed(self._placer, index.cold, attributes.align(fresh), gone)
-        added = [i for i in fresh if i in index.cold.pos and i not in before]
-        if added:
-            self._write_similar(index, added, now_ms)
+        placed = [i for i in fresh if i in index.cold.pos]  # new, changed, or placed at the swap already
+        if placed:
+            self._write_similar(index, placed, now_ms)
 
     def _records(self, items: list[str]) -> dict[str, dict[str, tuple[str, ...]]]:
         """The stored attributes of ``items`` (one HMGET per shard)."""
@@ -149,7 +160,8 @@ class CatalogueFollower:
         return out
 
     def _write_similar(self, index: ServingIndex, added: list[str], now_ms: int) -> None:
-        """Similar-items lists of the new items, and of their neighbours (which now may list them)."""
+        """Similar-items lists of the items just placed (their vectors may be new), and of their neighbours
+        (which now may list them)."""
         cold = index.cold
         assert cold is not None
         rows = np.asarray([cold.pos[i] for i in added], np.int64)
@@ -160,7 +172,7 @@ class CatalogueFollower:
 
     def similar_lists(self, index: ServingIndex, items: list[str]) -> list[tuple[list[str], list[float]]]:
         """Similar-items lists of ``items`` (the model's or cold ones), unavailable items left out."""
-        return [index.similar(item, self.top_k, self.unavailable) for item in items]
+        return index.similar_items(items, self.top_k, self.unavailable)
 
     def _write(
         self, index: ServingIndex, owners: list[str], lists: list[tuple[list[str], list[float]]], now_ms: int

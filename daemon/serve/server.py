@@ -19,8 +19,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
 from daemon.runtime.keys import Keys, text
 from daemon.runtime.metrics import Metrics
 from daemon.runtime.redisconn import Topology
@@ -65,8 +63,10 @@ class Server:
         self.cold = ColdStart(self.reader, options.trending_half_life_s)
         self.maker = ListMaker(options, self.cold, self.reader.item_ids)
         self.catalogue = CatalogueFollower(topology, keys, options.top_k, self._mark)
+        watcher.on_start.append(self.catalogue.build_started)
         watcher.on_built.append(self.catalogue.prepare)  # new items placed in the build thread
-        self._similar_todo: list[int] = []
+        self._similar_todo: list[str] = []  # after a swap, the items whose similar-items lists are rewritten
+        self._similar_done = 0  # ... how many of them are
         self._exclusions: tuple[float, set[str]] | None = None  # (read at, items)
         # A step's lists go out on this thread while the next step claims and computes (see step()).
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="recd-serve-write")
@@ -108,7 +108,8 @@ class Server:
         self._build_started_ms, self._served_while_building = None, False
         self.queue.reset_pacing()
         self.catalogue.on_swap(swapped)
-        self._similar_todo = list(range(len(swapped.item_ids)))
+        cold = swapped.cold.ids if swapped.cold is not None else []
+        self._similar_todo, self._similar_done = [*cold, *swapped.item_ids], 0  # cold first: some have no list
         log.info("model %s: refreshing %d active users' lists", swapped.version, queued)
 
     def serve(self, claims: list[Claim], now_ms: int) -> list[RecommendationList]:
@@ -182,18 +183,20 @@ class Server:
         return list(groups.values())
 
     def _write_similar(self) -> None:
-        """After a swap, when idle: item-to-item lists, a chunk per step."""
+        """After a swap, when idle: item-to-item lists of the catalogue's cold items and the model's items, a
+        chunk per step."""
         index = self.watcher.current
-        if index is None or not self._similar_todo:
+        if index is None or self._similar_done >= len(self._similar_todo):
             return
-        chunk, self._similar_todo = (self._similar_todo[:SIMILAR_CHUNK], self._similar_todo[SIMILAR_CHUNK:])
+        chunk = self._similar_todo[self._similar_done : self._similar_done + SIMILAR_CHUNK]
+        self._similar_done += len(chunk)
         now_ms = int(self.clock() * 1000)
         pipe = self.client.pipeline(transaction=False)
-        for pos, (items, scores) in zip(
-            chunk, index.similar_batch(np.asarray(chunk, np.int64), self.options.top_k, self._excluded()), strict=True
+        for item, (items, scores) in zip(
+            chunk, index.similar_items(chunk, self.options.top_k, self._excluded()), strict=True
         ):
-            item = index.item_ids[pos]
-            pipe.set(self.keys.sim(item), SimilarList(item, items, scores, index.version, now_ms).to_json())
+            if items or item in index.item_pos:  # a cold item made unavailable since the swap is gone
+                pipe.set(self.keys.sim(item), SimilarList(item, items, scores, index.version, now_ms).to_json())
         pipe.execute()
 
     def shutdown(self) -> None:

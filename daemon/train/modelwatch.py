@@ -51,6 +51,9 @@ class ModelWatcher:
         # Called in the build thread with each built index before it is swapped in: work a swap needs that
         # should not stall serving (placing the catalogue's new items). A hook that raises fails the build.
         self.on_built: list[Callable[[ServingIndex], None]] = []
+        # Called in the polling thread as a build starts, with the model's version (where a follower notes
+        # how far it had read, to apply again what changes while the index builds).
+        self.on_start: list[Callable[[str], None]] = []
 
     def _build(self, pointer: Pointer) -> None:
         try:
@@ -89,6 +92,8 @@ class ModelWatcher:
         if pointer is None or pointer.version == current or pointer.version in self._failed:
             return None
         log.info("model %s published; building its index beside %s", pointer.version, current)
+        for hook in self.on_start:
+            hook(pointer.version)
         self._building = threading.Thread(target=self._build, args=(pointer,), name="recd-index-build", daemon=True)
         self._building.start()
         return self.poll(wait=True) if wait else None

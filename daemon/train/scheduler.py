@@ -7,6 +7,8 @@ time (a Redis lock). A model that learns from item attributes (``side_info``)
 is given the catalogue's attributes of the snapshot's items, read with the
 snapshot. The candidate warm-starts from the served model, is fitted
 on the data minus a held-out latest event of a sample of users, scored on those,
+(a tail-favouring preset, ``ials_tail``, first gets the strongest tilt whose held-out
+recall stays within ``TAIL_RECALL_FLOOR`` of the untilted model's: trainer/tilt.py)
 and published only if the gate accepts it against the served model's recorded
 score. Publishing = snapshot folder, the store's CURRENT, then the Redis pointer
 every serving replica watches.
@@ -36,8 +38,9 @@ from trainer.evaluation.scoring import holdout_metrics
 from trainer.evaluation.splits import holdout_split
 from trainer.fit import TakesAttributes
 from trainer.models.base import EmbeddingModel
-from trainer.models.registry import build_preset
+from trainer.models.registry import TAIL_RECALL_FLOOR, build_preset, tilt_candidates
 from trainer.snapshot import ModelStore, load_snapshot, read_manifest, save_snapshot
+from trainer.tilt import METRIC, Tilted, calibrate_tilt
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,7 @@ class TrainRole:
         self._last_run = 0.0
         # a bad RECD_MODEL_KIND / RECD_MODEL_PARAMS fails at start, not at the first fit
         self.takes_attributes = isinstance(self._new_model(), TakesAttributes)
+        self.tilts = tilt_candidates(options.model_kind, dict(options.model_params))  # chosen at every fit
 
     def _new_model(self) -> EmbeddingModel:
         params: dict[str, Any] = {
@@ -181,9 +185,21 @@ class TrainRole:
         if report.losses:
             self.metrics.train_loss.set(report.losses[-1])
         progress = self._progress("evaluate", None, "models")
-        scores = holdout_metrics(model, snap.data)
+        if self.tilts and isinstance(model, Tilted):
+            scores = self._calibrate(model, snap)
+        else:
+            scores = holdout_metrics(model, snap.data)
         progress.finish()
         return scores
+
+    def _calibrate(self, model: EmbeddingModel, snap: Snapshot) -> dict[str, float]:
+        """The strongest tilt among ``self.tilts`` that keeps the held-out recall within the floor of the
+        untilted model's (trainer/tilt.py); the held-out figures at that tilt."""
+        assert isinstance(model, Tilted)
+        found = calibrate_tilt(model, lambda: holdout_metrics(model, snap.data), self.tilts, TAIL_RECALL_FLOOR)
+        log.info("tilt %g: held-out %s %.4f, untilted %.4f (floor %g)",
+                 found.weight, METRIC, found.chosen, found.untilted, TAIL_RECALL_FLOOR)  # fmt: skip
+        return dict(found.metrics)
 
     def _train(self, snap: Snapshot) -> Outcome:
         current, current_metrics, current_version = self._current()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from trainer.evaluation.scoring import Scorer
-from trainer.evaluation.tuning import tune
+from trainer.evaluation.tuning import BOUNDS, EXTRA_FITS, tune
 from trainer.interactions import FloatArray, Int32Array, Interactions
 
 BASELINES = ("popularity", "als", "bpr", "gensim")
@@ -170,7 +170,8 @@ def tune_baseline(
     grid: dict[str, list[Any]] | None = None,
     valid: Interactions | None = None,
 ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], float]]]:
-    """Pick the baseline's parameters by validation Recall@20 inside ``train`` (see ``tune``)."""
+    """Pick the baseline's parameters by validation Recall@20 inside ``train`` (see ``tune``), going past the
+    grid's edges as a preset's search does."""
     grid = TUNING_GRIDS.get(name, {}) if grid is None else grid
 
     return tune(
@@ -180,4 +181,6 @@ def tune_baseline(
         seed=seed,
         max_users=max_users,
         valid=valid,
+        extend=EXTRA_FITS,
+        bounds=BOUNDS,
     )

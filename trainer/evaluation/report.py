@@ -57,7 +57,7 @@ def run_evaluation(
     data = load_dataset(dataset_path, fmt=fmt)
     train, test, protocol = protocol_split(data, seed)
     log.info("%s: %s, %d train rows, %d test rows", data.name, protocol, len(train), len(test))
-    attributes = _attribute_loader(dataset_path, train)
+    attributes = attribute_loader(dataset_path, train)
     results: dict[str, dict[str, Any]] = {}
     fitted: dict[str, EmbeddingModel] = {}
     curves: dict[str, FitReport] = {}  # model name -> its fit's report (loss curve)
@@ -127,7 +127,7 @@ def _summary(
     }
 
 
-def _attribute_loader(path: str | Path, train: Interactions) -> AttributeLoader:
+def attribute_loader(path: str | Path, train: Interactions) -> AttributeLoader:
     """The dataset's item attributes aligned to ``train``'s item ids, read on the first call (None: it has none)."""
 
     @functools.cache

@@ -2,9 +2,11 @@
 
 ``tune`` is the grid search every tuned model shares, ALS/BPR/gensim
 (``trainer.baselines.tune_baseline``) and recd's presets alike, so a tuned
-preset and a tuned baseline are compared on equal terms. ``tune_preset``
-adds, for tail-favouring presets, the Lit2Vec2 trade: the strongest tail
-setting whose validation recall stays within 95% of the untilted model's.
+preset and a tuned baseline are compared on equal terms: both searches go up
+to ``EXTRA_FITS`` fits past an edge of their grid while the best setting sits
+at one (``beyond``), within ``BOUNDS``. ``tune_preset`` adds, for
+tail-favouring presets, the Lit2Vec2 trade: the strongest tail setting whose
+validation recall stays within 95% of the untilted model's.
 A model that takes item attributes (``AttributeModel``: side_info) gets the
 dataset's before every fit, candidates included (``give_attributes``).
 """
@@ -26,6 +28,15 @@ from trainer.interactions import Interactions
 log = logging.getLogger(__name__)
 
 Trials = list[tuple[dict[str, Any], float]]
+Bounds = dict[str, tuple[float, float]]
+"""Per tuned setting, the (lowest, highest) value a search may try beyond its grid."""
+EXTRA_FITS = 6
+"""Fits a preset's or a baseline's search may add beyond its grid while its best sits at an edge."""
+BOUNDS: Bounds = {
+    **dict.fromkeys(("dim", "factors", "vector_size", "ideal_dim"), (4.0, 1024.0)),  # memory grows with them
+    **dict.fromkeys(("epochs", "iterations"), (1.0, 300.0)),  # so does fit time
+}
+"""How far a search may go beyond its grid, by setting name; settings not named are bounded only by > 0."""
 AttributeLoader = Callable[[], "ItemAttributes | None"]
 """The dataset's item attributes aligned to the training split's item rows, or None (read on the first call)."""
 NO_ATTRIBUTES = "none: ids only (plain skip-gram)"
@@ -72,8 +83,14 @@ def tune(
     seed: int = 0,
     max_users: int = 5000,
     valid: Interactions | None = None,
+    extend: int = 0,
+    bounds: Bounds | None = None,
 ) -> tuple[dict[str, Any], Trials]:
     """Grid search by validation Recall@20 inside ``train``; the test split is never looked at.
+
+    ``extend``: at most that many fits beyond the grid, while the best setting sits at an end of a numeric
+    axis (``beyond``): one step further along that axis, the others at the best, until every axis's best is
+    inside the values tried (or the budget is spent). ``bounds`` caps an axis's values (dims, by memory).
 
     With ``valid`` (a dataset's own validation split) candidates fit on all of
     ``train`` and are scored on ``valid``. Otherwise the validation split is
@@ -96,11 +113,52 @@ def tune(
     if len(users) > max_users:
         users = np.random.default_rng(seed).choice(users, max_users, replace=False)
     trials: Trials = []
-    for combo in itertools.product(*grid.values()):
-        params = dict(zip(grid, combo, strict=True))
+
+    def trial(params: dict[str, Any]) -> None:
         scorer = make(fit_part, params)
         trials.append((params, evaluate(scorer, fit_part, valid, ks=(20,), users=users, seed=seed)["recall@20"]))
+
+    for combo in itertools.product(*grid.values()):
+        trial(dict(zip(grid, combo, strict=True)))
+    _extend_edges(trial, trials, grid, extend, bounds or {})
     return max(trials, key=lambda t: t[1])[0], trials
+
+
+def _extend_edges(
+    trial: Callable[[dict[str, Any]], None], trials: Trials, grid: dict[str, list[Any]], budget: int, bounds: Bounds
+) -> None:
+    """Up to ``budget`` more trials, each one step past the end of the first axis whose best value is an end."""
+    tried = {name: list(values) for name, values in grid.items()}
+    for _ in range(budget):
+        best = max(trials, key=lambda t: t[1])[0]
+        step = next(((n, v) for n in tried if (v := beyond(tried[n], best[n], bounds.get(n))) is not None), None)
+        if step is None:
+            return
+        log.info("tuning: best %s at the edge of %s; trying %s", best, step[0], step[1])
+        tried[step[0]].append(step[1])
+        trial({**best, step[0]: step[1]})
+
+
+def beyond(values: list[Any], best: Any, limits: tuple[float, float] | None = None) -> Any | None:
+    """The next value past ``best`` when it is the largest or smallest of ``values`` (>= 2 positive numbers):
+    the end's value times the ratio of the two outermost values there (integers rounded); None when ``best``
+    is inside, the axis is not numeric, or the next value is tried already or outside ``limits`` (low, high)."""
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values)
+    if len(set(values)) < 2 or not numeric:
+        return None
+    ordered = sorted(set(values))
+    if best == ordered[-1]:
+        nxt = best * best / ordered[-2]
+    elif best == ordered[0]:
+        nxt = best * best / ordered[1]
+    else:
+        return None
+    if all(isinstance(v, int) for v in values):
+        nxt = round(nxt)
+    low, high = limits or (0.0, float("inf"))
+    if nxt in values or nxt <= 0 or not low <= nxt <= high:
+        return None
+    return nxt
 
 
 def tune_preset(
@@ -126,7 +184,8 @@ def tune_preset(
     data = _fingerprint(train) + ("" if valid is None else _fingerprint(valid))
     memo = (base_name, seed, repr(grid), data + _attributes_fingerprint(base_name, attributes))
     if memo not in _TUNED:  # a tail preset reuses its base's search from the same run
-        _TUNED[memo] = tune(preset_maker(base_name, seed, attributes=attributes), train, grid, seed=seed, valid=valid)
+        make = preset_maker(base_name, seed, attributes=attributes)
+        _TUNED[memo] = tune(make, train, grid, seed=seed, valid=valid, extend=EXTRA_FITS, bounds=BOUNDS)
         log.info("%s tuning: %s", base_name, _TUNED[memo][1])
     best = _TUNED[memo][0]
     if sweep is None:

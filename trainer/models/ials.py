@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -246,6 +246,14 @@ class ImplicitALS(EmbeddingModel):
         if cfg.tail_weight:
             out[lengths.numpy() > 0, cfg.dim] = 1.0
         return out
+
+    def tilt(self) -> float:
+        """The popularity penalty's weight in the index (``tail_weight``; trainer/tilt.py chooses it)."""
+        return self.config.tail_weight
+
+    def set_tilt(self, weight: float) -> None:
+        """Serve with this ``tail_weight`` from now on; the fitted rows stay as they are."""
+        self.config = replace(self.config, tail_weight=float(weight))
 
     def similar_vectors(self) -> FloatArray:
         norms = np.linalg.norm(self.items, axis=1, keepdims=True)

@@ -78,6 +78,15 @@ TAIL_SWEEPS: dict[str, tuple[str, str, list[float]]] = {
 TAIL_RECALL_FLOOR = 0.95
 
 
+def tilt_candidates(preset: str, params: dict[str, Any]) -> list[float]:
+    """The tilts the trainer chooses among after each fit of ``preset`` (``trainer.tilt``): its tail sweep's
+    values, unless ``params`` fixes the tail setting ([] then, and for a preset without a sweep)."""
+    sweep = TAIL_SWEEPS.get(preset)
+    if sweep is None or sweep[1] in params:
+        return []
+    return list(sweep[2])
+
+
 def kind_of(preset: str) -> str:
     """The model kind a preset name stands for (its part before the first ``_``)."""
     return preset.split("_")[0]
