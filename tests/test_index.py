@@ -20,7 +20,16 @@ import pytest
 
 from daemon.runtime.options import index_spec
 from daemon.runtime.settings import load_settings
-from daemon.serve.index import FLAT_MAX_ITEMS, IndexSpec, ServingIndex, build_index, choose_kind, search, top_columns
+from daemon.serve.index import (
+    FLAT_MAX_ITEMS,
+    ColdItems,
+    IndexSpec,
+    ServingIndex,
+    build_index,
+    choose_kind,
+    search,
+    top_scored,
+)
 from trainer.interactions import Interactions
 from trainer.models.base import EmbeddingModel, EpochCallback, FitReport, History
 
@@ -249,12 +258,16 @@ def test_exact_search_in_row_chunks_gives_what_one_chunk_gives(monkeypatch: pyte
         assert positions == allowed[:10]
 
 
-def test_top_columns_is_a_partial_sort() -> None:
-    scores = np.random.default_rng(4).standard_normal((7, 300)).astype(np.float32)
-    full = np.argsort(-scores, axis=1)
+def test_top_scored_is_a_partial_sort() -> None:
+    rng = np.random.default_rng(4)
+    queries, vectors = rng.standard_normal((7, 8)).astype(np.float32), rng.standard_normal((300, 8)).astype(np.float32)
+    exact = queries @ vectors.T
+    full = np.argsort(-exact, axis=1)
     for k in (1, 10, 299, 300, 1000):
-        assert np.array_equal(top_columns(scores, k), full[:, : min(k, 300)])
-    assert top_columns(scores, 0).shape == (7, 0)
+        scores, rows = top_scored(queries, vectors, k)
+        assert np.array_equal(rows, full[:, : min(k, 300)])
+        assert np.allclose(scores, np.take_along_axis(exact, rows, axis=1), atol=1e-5)
+    assert top_scored(queries, vectors, 0)[1].shape == (7, 0)
 
 
 def test_a_search_runs_on_one_thread_in_any_calling_thread() -> None:
@@ -273,3 +286,14 @@ def test_a_search_runs_on_one_thread_in_any_calling_thread() -> None:
     thread.start()
     thread.join()
     assert seen == [1]
+
+
+def test_cold_items_rank_only_the_new_ones_for_the_slots() -> None:
+    unit = np.eye(4, dtype=np.float32)
+    cold = ColdItems.of(["old-a", "old-b"], unit[:2], unit[:2], [1_000, 2_000])
+    cold = cold.changed(["new-c"], unit[2:3], unit[2:3], [9_000], gone=["old-b"])
+    assert cold.ids == ["old-a", "new-c"] and cold.since.tolist() == [1_000, 9_000]
+    queries = np.asarray([[1.0, 0.0, 0.5, 0.0]], np.float32)
+    assert cold.ranked(queries, 2) == [["old-a", "new-c"]]  # every cold item, by score
+    assert cold.ranked(queries, 2, since_ms=5_000) == [["new-c"]]  # the record of old-a is older
+    assert cold.ranked(queries, 2, since_ms=10_000) == [[]]

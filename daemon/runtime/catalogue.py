@@ -21,6 +21,7 @@ class Catalogue:
 
     attributes: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     unavailable: set[str] = field(default_factory=set)
+    since: dict[str, int] = field(default_factory=dict)  # each item's record time (epoch ms)
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,11 @@ def record_of(topology: Topology, keys: Keys, item_id: str) -> CatalogueEvent | 
 
 
 def read_catalogue(topology: Topology, keys: Keys) -> Catalogue:
-    """The whole catalogue: attributes of every item and the unavailable ones."""
+    """The whole catalogue: attributes and record time of every item, and the unavailable ones."""
     out = Catalogue()
     for rec in records(topology, keys):
         out.attributes[rec.item_id] = rec.attributes
+        out.since[rec.item_id] = rec.ts
         if not rec.available:
             out.unavailable.add(rec.item_id)
     return out

@@ -24,7 +24,7 @@ from daemon.runtime.keys import Keys
 from daemon.runtime.redisconn import Topology
 from daemon.serve.index import ColdItems, ServingIndex
 from daemon.serve.sweep import ListSweep
-from schemas.catalogue import from_stored
+from schemas.catalogue import CatalogueEvent, from_stored
 from schemas.records import SimilarList
 from trainer.attribute_vectors import AttributeVectors
 from trainer.attributes import ItemAttributes
@@ -47,12 +47,17 @@ class Prepared:
 
 
 def _placed(
-    placer: AttributeVectors, cold: ColdItems, attributes: ItemAttributes, gone: set[str] | tuple[()]
+    placer: AttributeVectors,
+    cold: ColdItems,
+    attributes: ItemAttributes,
+    since: dict[str, int],
+    gone: set[str] | tuple[()],
 ) -> ColdItems:
-    """``cold`` with the items of ``attributes`` placed (those that can be) and ``gone`` removed."""
+    """``cold`` with the items of ``attributes`` placed (those that can be; ``since``: their records' times)
+    and ``gone`` removed."""
     placed = placer.place(attributes)
     ids = [attributes.item_ids[r] for r in placed.rows.tolist()]
-    return cold.changed(ids, placed.rec, placed.sim, gone)
+    return cold.changed(ids, placed.rec, placed.sim, [since.get(i, 0) for i in ids], gone)
 
 
 class CatalogueFollower:
@@ -97,7 +102,7 @@ class CatalogueFollower:
         attributes = ItemAttributes.from_mapping(catalogue.attributes)
         placer = AttributeVectors.of(index.model, attributes)
         cold = [i for i in catalogue.attributes if i not in index.item_pos and i not in catalogue.unavailable]
-        placed = _placed(placer, ColdItems.of([], *_empty(index)), attributes.align(cold), ())
+        placed = _placed(placer, ColdItems.of([], *_empty(index)), attributes.align(cold), catalogue.since, ())
         return Prepared(index.version, heads, catalogue.unavailable, placer, placed, len(catalogue.attributes))
 
     def on_swap(self, index: ServingIndex) -> None:
@@ -139,24 +144,26 @@ class CatalogueFollower:
         if index is None or self._placer is None or index.cold is None:
             return
         fresh = sorted(i for i in back if i not in index.item_pos and i not in self.unavailable)
-        attributes = ItemAttributes.from_mapping(self._records(fresh))
-        index.cold = _placed(self._placer, index.cold, attributes.align(fresh), gone)
+        records = self._records(fresh)
+        attributes = ItemAttributes.from_mapping({item: rec.attributes for item, rec in records.items()})
+        since = {item: rec.ts for item, rec in records.items()}
+        index.cold = _placed(self._placer, index.cold, attributes.align(fresh), since, gone)
         placed = [i for i in fresh if i in index.cold.pos]  # new, changed, or placed at the swap already
         if placed:
             self._write_similar(index, placed, now_ms)
 
-    def _records(self, items: list[str]) -> dict[str, dict[str, tuple[str, ...]]]:
-        """The stored attributes of ``items`` (one HMGET per shard)."""
+    def _records(self, items: list[str]) -> dict[str, CatalogueEvent]:
+        """The stored records of ``items`` (one HMGET per shard)."""
         by_shard: dict[int, list[str]] = {}
         for item in items:
             by_shard.setdefault(self.keys.shard_of(item), []).append(item)
-        out: dict[str, dict[str, tuple[str, ...]]] = {}
+        out: dict[str, CatalogueEvent] = {}
         for shard, names in by_shard.items():
             key = self.keys.catalogue(shard)
             for raw in self.topology.node_of(key).hmget(key, names):
                 if raw is not None:
                     rec = from_stored(raw)
-                    out[rec.item_id] = rec.attributes
+                    out[rec.item_id] = rec
         return out
 
     def _write_similar(self, index: ServingIndex, added: list[str], now_ms: int) -> None:

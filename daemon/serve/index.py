@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,34 +174,51 @@ def search(
     return scores, pos
 
 
-def top_columns(scores: npt.NDArray[np.float32], k: int) -> IntArray:
-    """Per row of ``scores``, the columns of its ``k`` highest scores (all of them when fewer), best first:
-    a partition, then a sort of those k only (linear in the row's width, not n log n)."""
-    k = min(k, scores.shape[1])
+def top_scored(
+    queries: npt.NDArray[np.float32], vectors: npt.NDArray[np.float32], k: int
+) -> tuple[npt.NDArray[np.float32], IntArray]:
+    """Per query row, the ``k`` rows of ``vectors`` of the highest inner product (all when fewer), best first:
+    (scores, rows). One product and a partial sort (torch, one thread): linear in the rows, not n log n."""
+    k = min(k, len(vectors))
     if k <= 0:
-        return np.zeros((len(scores), 0), np.int64)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.indices(scores.shape)[1]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1).astype(np.int64)
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    with torch_threads(1):
+        scores = torch.from_numpy(np.ascontiguousarray(queries, np.float32)) @ torch.from_numpy(vectors).T
+        best = torch.topk(scores, k, dim=1)
+    return best.values.numpy(), best.indices.numpy()
 
 
 @dataclass(frozen=True)
 class ColdItems:
     """Items the served model lacks, with vectors from their catalogue attributes (both spaces): new items and
-    catalogue items nobody has had yet, which can be many; searched exactly (a product with every cold row and
-    a partial sort per query). Immutable: a change makes a new one, swapped in by one assignment."""
+    catalogue items nobody has had yet, which can be many; searched exactly (``top_scored``: its cost grows
+    with their number, see docs/operations.md). Immutable: a change makes a new one, swapped in by one
+    assignment."""
 
     ids: list[str]
     rec: npt.NDArray[np.float32]  # (n, d) in the model's recommendation space
     sim: npt.NDArray[np.float32]  # (n, d) in its similar-items space
+    since: npt.NDArray[np.int64]  # (n,) epoch ms of each item's catalogue record
     pos: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, ids: list[str], rec: npt.NDArray[np.float32], sim: npt.NDArray[np.float32]) -> ColdItems:
-        return cls(ids, rec, sim, {item: k for k, item in enumerate(ids)})
+    def of(
+        cls,
+        ids: list[str],
+        rec: npt.NDArray[np.float32],
+        sim: npt.NDArray[np.float32],
+        since: Sequence[int] | npt.NDArray[np.int64] = (),
+    ) -> ColdItems:
+        stamps = np.asarray(since if len(since) else np.zeros(len(ids)), np.int64)
+        return cls(ids, rec, sim, stamps, {item: k for k, item in enumerate(ids)})
 
     def changed(
-        self, ids: list[str], rec: npt.NDArray[np.float32], sim: npt.NDArray[np.float32], gone: Collection[str] = ()
+        self,
+        ids: list[str],
+        rec: npt.NDArray[np.float32],
+        sim: npt.NDArray[np.float32],
+        since: Sequence[int],
+        gone: Collection[str] = (),
     ) -> ColdItems:
         """These cold items with ``ids`` added (or their vectors replaced) and ``gone`` removed."""
         drop = set(ids) | set(gone)
@@ -210,24 +227,26 @@ class ColdItems:
             [self.ids[k] for k in keep] + list(ids),
             np.concatenate([self.rec[keep], rec]).astype(np.float32),
             np.concatenate([self.sim[keep], sim]).astype(np.float32),
+            np.concatenate([self.since[keep], np.asarray(since, np.int64)]),
         )
 
-    def ranked(self, queries: npt.NDArray[np.float32], depth: int) -> list[list[str]]:
-        """Per query row, the ``depth`` cold items of the highest score, best first."""
-        if not self.ids:
+    def ranked(self, queries: npt.NDArray[np.float32], depth: int, since_ms: int = 0) -> list[list[str]]:
+        """Per query row, the ``depth`` cold items of the highest score whose record is from ``since_ms`` on
+        (the new ones: the cost is that of the rows ranked, not of every cold item), best first."""
+        rows = np.flatnonzero(self.since >= since_ms) if since_ms > 0 else np.arange(len(self.ids))
+        if not len(rows):
             return [[] for _ in range(len(queries))]
-        scores = np.asarray(queries, np.float32) @ self.rec.T
-        return [[self.ids[c] for c in row] for row in top_columns(scores, depth).tolist()]
+        _, found = top_scored(queries, self.rec[rows] if len(rows) < len(self.ids) else self.rec, depth)
+        return [[self.ids[c] for c in row] for row in rows[found].tolist()]
 
     def similar(self, vectors: npt.NDArray[np.float32], k: int, banned: set[str]) -> list[list[tuple[str, float]]]:
         """Per row of ``vectors`` (similar-items space), its k most similar cold items not ``banned``."""
         if not self.ids:
             return [[] for _ in range(len(vectors))]
-        scores = np.asarray(vectors, np.float32) @ self.sim.T
-        order = top_columns(scores, k + len(banned))
+        scores, rows = top_scored(vectors, self.sim, k + len(banned))
         return [
-            [(self.ids[c], float(scores[r, c])) for c in row if self.ids[c] not in banned][:k]
-            for r, row in enumerate(order.tolist())
+            [(self.ids[c], s) for c, s in zip(row, row_scores, strict=True) if self.ids[c] not in banned][:k]
+            for row, row_scores in zip(rows.tolist(), scores.tolist(), strict=True)
         ]
 
 

@@ -117,7 +117,8 @@ class ListMaker:
         found = index.top_unseen_batch(queries, seen, banned, self.options.top_k)
         fresh = self.cold.new_items(index.item_pos, self.options.new_item_window_ms, now_ms)
         slots = self.options.new_item_slots
-        ranked = index.cold.ranked(queries, slots + NEW_ITEM_DEPTH) if index.cold is not None and slots else None
+        since = now_ms - self.options.new_item_window_ms  # only new cold items compete for the slots
+        ranked = index.cold.ranked(queries, slots + NEW_ITEM_DEPTH, since) if index.cold is not None and slots else None
         ids, k, out = index.item_ids, self.options.top_k, []
         for j, (row, (positions, scores)) in enumerate(zip(rows, found, strict=True)):
             user, lo, hi = batch.users[row], bounds[row], bounds[row + 1]
