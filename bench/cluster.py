@@ -22,8 +22,10 @@ import argparse
 import os
 import shutil
 import tempfile
+import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,14 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
+from bench.common import drop_prefix
 from bench.groundtruth import Expected
 from daemon.dev.cluster import LocalCluster, start_redis_cluster
+from daemon.dev.embedded import LocalProcess, start_broker
 from daemon.runtime.keys import Keys
+from daemon.runtime.options import topology_of
 from daemon.runtime.redisconn import Topology
+from daemon.runtime.settings import Settings, load_settings
 from daemon.runtime.state import StateReader
 
 _WRITE_NAMES = (  # the write commands recd or a benchmark may send, or a script may run
@@ -110,6 +116,52 @@ def redis_target(args: argparse.Namespace, single_url: str) -> RedisTarget:
     if os.environ.get("RECD_REDIS_CLUSTER", "").strip().lower() in ("1", "true", "yes", "on"):
         return RedisTarget(os.environ["RECD_REDIS_URL"], True, wait)
     return RedisTarget(single_url, False, wait)
+
+
+@dataclass
+class BenchWorld:
+    """What one daemon benchmark run works in (``bench_world``)."""
+
+    settings: Settings
+    folder: Path  # the broker's log and the model snapshots
+    target: RedisTarget
+    broker: LocalProcess | None  # the embedded broker started for the run (None: RECD_KAFKA_BOOTSTRAP)
+
+
+@contextmanager
+def bench_world(args: argparse.Namespace, name: str) -> Iterator[BenchWorld]:
+    """A folder, the embedded broker (unless RECD_KAFKA_BOOTSTRAP is set), the run's Redis (``redis_target``)
+    and settings with topics, group and key prefix of the run's own. At the end its keys are deleted (a
+    cluster started here goes whole), what it started is stopped and the folder removed."""
+    tag = uuid.uuid4().hex[:8]
+    folder = Path(f"var/bench-{name}-{tag}")
+    folder.mkdir(parents=True, exist_ok=True)
+    broker = None if "RECD_KAFKA_BOOTSTRAP" in os.environ else start_broker(folder)
+    target = None
+    try:
+        target = redis_target(args, os.environ.get("RECD_REDIS_URL", "redis://127.0.0.1:6379/0"))
+        settings = load_settings(
+            None,
+            None,
+            **({"kafka_bootstrap": broker.address} if broker else {}),
+            **target.settings(),
+            redis_prefix=f"bench-{name}-{tag}:",
+            events_topic=f"{name}-{tag}",
+            profiles_topic=f"{name}-{tag}.profiles",
+            items_topic=f"{name}-{tag}.items",
+            consumer_group=f"{name}-{tag}",
+        )
+        try:
+            yield BenchWorld(settings, folder, target, broker)
+        finally:
+            if target.local is None:
+                drop_prefix(topology_of(settings).client, settings.redis_prefix)
+    finally:
+        if broker:
+            broker.stop()
+        if target:
+            target.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def node_name(node: redis.Redis) -> str:

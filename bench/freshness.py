@@ -36,12 +36,10 @@ import argparse
 import gc
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -50,15 +48,14 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cluster import RedisTarget, add_cluster_args, redis_target
-from bench.common import drop_prefix, python_loop_seconds
+from bench.cluster import RedisTarget, add_cluster_args, bench_world
+from bench.common import python_loop_seconds
 from bench.freshness_stats import PhaseMeter, Tracer, latency_summary, process_ids, verify_run
-from daemon.dev.embedded import start_broker
 from daemon.dev.publish import make_producer, publish_synthetic
 from daemon.dev.synthetic import SyntheticSpec, encode, synthetic_events
 from daemon.runtime.app import create_topics
 from daemon.runtime.options import keys_of, topology_of
-from daemon.runtime.settings import Settings, load_settings
+from daemon.runtime.settings import Settings
 from daemon.runtime.state import StateReader
 
 
@@ -205,36 +202,9 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     loop_before = python_loop_seconds()
-    tag = uuid.uuid4().hex[:8]
-    folder = Path(f"var/bench-fresh-{tag}")
-    folder.mkdir(parents=True, exist_ok=True)
-    broker = None if "RECD_KAFKA_BOOTSTRAP" in os.environ else start_broker(folder)
-    bootstrap: dict[str, Any] = {"kafka_bootstrap": broker.address} if broker else {}
-    target = None
-    try:
-        target = redis_target(args, os.environ.get("RECD_REDIS_URL", "redis://127.0.0.1:6379/0"))
-        settings = load_settings(
-            None,
-            None,
-            **bootstrap,
-            **target.settings(),
-            redis_prefix=f"bench-fresh-{tag}:",
-            events_topic=f"fresh-{tag}",
-            profiles_topic=f"fresh-{tag}.profiles",
-            items_topic=f"fresh-{tag}.items",
-            consumer_group=f"fresh-{tag}",
-        )
-        try:
-            result = run(settings, args, folder / "models", broker.proc.pid if broker else None, target)
-        finally:
-            if target.local is None:  # a cluster started here goes with its keys
-                drop_prefix(topology_of(settings).client, settings.redis_prefix)
-    finally:
-        if broker:
-            broker.stop()
-        if target:
-            target.stop()
-        shutil.rmtree(folder, ignore_errors=True)  # the broker's log and the model snapshots
+    with bench_world(args, "fresh") as world:
+        broker_pid = world.broker.proc.pid if world.broker else None
+        result = run(world.settings, args, world.folder / "models", broker_pid, world.target)
     print(json.dumps({**result, "python_loop_s": [loop_before, python_loop_seconds()]}))
 
 

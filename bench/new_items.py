@@ -29,13 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,15 +41,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cluster import RedisTarget, add_cluster_args, redis_target
-from bench.common import drop_prefix, process_cpu_seconds, python_loop_seconds
+from bench.cluster import RedisTarget, add_cluster_args, bench_world
+from bench.common import process_cpu_seconds, python_loop_seconds
 from bench.freshness import LoadProducer, encoded, env_for, first_model, stop_daemons
-from daemon.dev.embedded import start_broker
 from daemon.dev.publish import make_producer, publish_catalogue, publish_synthetic
 from daemon.dev.synthetic import PRICE_BANDS, SyntheticSpec, SyntheticWorld, synthetic_events
 from daemon.runtime.app import create_topics
 from daemon.runtime.options import keys_of, topology_of
-from daemon.runtime.settings import Settings, load_settings
+from daemon.runtime.settings import Settings
 from daemon.runtime.state import StateReader
 from daemon.train.publish import read_pointer
 from schemas.catalogue import CatalogueEvent
@@ -262,33 +258,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    loop_before, tag = python_loop_seconds(), uuid.uuid4().hex[:8]
-    folder = Path(f"var/bench-items-{tag}")
-    folder.mkdir(parents=True, exist_ok=True)
-    broker = None if "RECD_KAFKA_BOOTSTRAP" in os.environ else start_broker(folder)
-    target = redis_target(args, os.environ.get("RECD_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    try:
-        settings = load_settings(
-            None,
-            None,
-            **({"kafka_bootstrap": broker.address} if broker else {}),
-            **target.settings(),
-            redis_prefix=f"bench-items-{tag}:",
-            events_topic=f"items-{tag}",
-            profiles_topic=f"items-{tag}.profiles",
-            items_topic=f"items-{tag}.items",
-            consumer_group=f"items-{tag}",
-        )
-        try:
-            result = run(settings, args, folder / "models", target)
-        finally:
-            if target.local is None:  # a cluster started here goes with its keys
-                drop_prefix(topology_of(settings).client, settings.redis_prefix)
-    finally:
-        if broker:
-            broker.stop()
-        target.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+    loop_before = python_loop_seconds()
+    with bench_world(args, "items") as world:
+        result = run(world.settings, args, world.folder / "models", world.target)
     print(json.dumps({**result, "python_loop_s": [loop_before, python_loop_seconds()]}))
 
 
