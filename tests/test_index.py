@@ -297,3 +297,17 @@ def test_cold_items_rank_only_the_new_ones_for_the_slots() -> None:
     assert cold.ranked(queries, 2) == [["old-a", "new-c"]]  # every cold item, by score
     assert cold.ranked(queries, 2, since_ms=5_000) == [["new-c"]]  # the record of old-a is older
     assert cold.ranked(queries, 2, since_ms=10_000) == [[]]
+
+
+@pytest.mark.parametrize("per_list", [0, 1, 3])
+def test_a_similar_list_holds_at_most_per_list_cold_items(per_list: int) -> None:
+    """Cold rows (predicted from attributes) near each other must not fill a list: at most ``per_list`` each."""
+    items = clustered(40)
+    index = serving(items, "flat")
+    unit = (items / np.linalg.norm(items, axis=1, keepdims=True)).astype(np.float32)
+    twins = np.repeat(unit[:1], 6, axis=0)  # six cold items on item i0's own direction
+    index.cold = ColdItems.of([f"new{n}" for n in range(6)], twins, twins, per_list=per_list)
+    for item in ("i0", "new0"):
+        found, _ = index.similar(item, 10)
+        assert len(found) == 10 and sum(i.startswith("new") for i in found) == per_list
+        assert item not in found

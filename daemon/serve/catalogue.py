@@ -63,10 +63,13 @@ def _placed(
 class CatalogueFollower:
     """Keeps the served index's cold items and the unavailable items in step with the catalogue."""
 
-    def __init__(self, topology: Topology, keys: Keys, top_k: int, mark_users: Callable[[list[str]], None]) -> None:
+    def __init__(
+        self, topology: Topology, keys: Keys, top_k: int, mark_users: Callable[[list[str]], None], per_list: int = 1
+    ) -> None:
         self.topology = topology
         self.keys = keys
         self.top_k = top_k
+        self.per_list = per_list  # the most cold items a similar-items list holds
         self.unavailable: set[str] = set()
         self.sweep = ListSweep(topology, keys, mark_users)
         self._after: list[str] | None = None  # per shard, the last change-stream entry read
@@ -102,7 +105,8 @@ class CatalogueFollower:
         attributes = ItemAttributes.from_mapping(catalogue.attributes)
         placer = AttributeVectors.of(index.model, attributes)
         cold = [i for i in catalogue.attributes if i not in index.item_pos and i not in catalogue.unavailable]
-        placed = _placed(placer, ColdItems.of([], *_empty(index)), attributes.align(cold), catalogue.since, ())
+        empty = ColdItems.of([], *_empty(index), per_list=self.per_list)
+        placed = _placed(placer, empty, attributes.align(cold), catalogue.since, ())
         return Prepared(index.version, heads, catalogue.unavailable, placer, placed, len(catalogue.attributes))
 
     def on_swap(self, index: ServingIndex) -> None:

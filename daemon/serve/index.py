@@ -200,6 +200,7 @@ class ColdItems:
     sim: npt.NDArray[np.float32]  # (n, d) in its similar-items space
     since: npt.NDArray[np.int64]  # (n,) epoch ms of each item's catalogue record
     pos: dict[str, int] = field(default_factory=dict)
+    per_list: int = 1  # the most cold items a similar-items list holds (RECD_NEW_ITEM_SLOTS)
 
     @classmethod
     def of(
@@ -208,9 +209,10 @@ class ColdItems:
         rec: npt.NDArray[np.float32],
         sim: npt.NDArray[np.float32],
         since: Sequence[int] | npt.NDArray[np.int64] = (),
+        per_list: int = 1,
     ) -> ColdItems:
         stamps = np.asarray(since if len(since) else np.zeros(len(ids)), np.int64)
-        return cls(ids, rec, sim, stamps, {item: k for k, item in enumerate(ids)})
+        return cls(ids, rec, sim, stamps, {item: k for k, item in enumerate(ids)}, per_list)
 
     def changed(
         self,
@@ -228,6 +230,7 @@ class ColdItems:
             np.concatenate([self.rec[keep], rec]).astype(np.float32),
             np.concatenate([self.sim[keep], sim]).astype(np.float32),
             np.concatenate([self.since[keep], np.asarray(since, np.int64)]),
+            self.per_list,
         )
 
     def ranked(self, queries: npt.NDArray[np.float32], depth: int, since_ms: int = 0) -> list[list[str]]:
@@ -331,14 +334,18 @@ class ServingIndex:
         skip = {self.item_pos[i] for i in banned if i in self.item_pos}
         depth = min(k + 1 + len(skip), len(self.item_ids))
         scores, found = search(self.sim_index, vectors, depth)
-        cold = self.cold.similar(vectors, k + 1, set(banned)) if self.cold is not None else None
+        # cold items' rows are predictions from attributes, nearer each other than trained rows are: a list
+        # holds at most ``per_list`` of them, so that new items neither fill each other's lists nor others'
+        per_list = min(k, self.cold.per_list) if self.cold is not None else 0
+        cold = self.cold.similar(vectors, per_list + 1, set(banned)) if self.cold is not None and per_list else None
         out = []
         for row, (owner, row_pos, row_scores) in enumerate(zip(owners, found, scores, strict=True)):
             own = self.item_pos.get(owner, -1)
             kept, kept_scores = top_unseen(row_pos.tolist(), row_scores.tolist(), skip | {own}, k)
             pairs = list(zip((self.item_ids[p] for p in kept), kept_scores, strict=True))
             if cold is not None:
-                pairs = sorted(pairs + [p for p in cold[row] if p[0] != owner], key=lambda p: -p[1])[:k]
+                mine = [p for p in cold[row] if p[0] != owner][:per_list]
+                pairs = sorted(pairs + mine, key=lambda p: -p[1])[:k]
             out.append(([i for i, _ in pairs], [s for _, s in pairs]))
         return out
 

@@ -62,7 +62,7 @@ class Server:
         self.reader = StateReader(topology, keys, options.segment_keys)
         self.cold = ColdStart(self.reader, options.trending_half_life_s)
         self.maker = ListMaker(options, self.cold, self.reader.item_ids)
-        self.catalogue = CatalogueFollower(topology, keys, options.top_k, self._mark)
+        self.catalogue = CatalogueFollower(topology, keys, options.top_k, self._mark, options.new_item_slots)
         watcher.on_start.append(self.catalogue.build_started)
         watcher.on_built.append(self.catalogue.prepare)  # new items placed in the build thread
         self._similar_todo: list[str] = []  # after a swap, the items whose similar-items lists are rewritten
