@@ -33,7 +33,7 @@ from daemon.dev.publish import make_producer, publish, publish_catalogue, publis
 from daemon.dev.report import Shown
 from daemon.dev.synthetic import SyntheticSpec
 from daemon.runtime.app import App, create_topics
-from daemon.runtime.catalogue import record_of
+from daemon.runtime.catalogue import records_of
 from daemon.runtime.keys import glob_escape
 from daemon.runtime.options import keys_of, topology_of
 from daemon.runtime.redisconn import redis_client
@@ -158,11 +158,11 @@ def add_cold_user(settings: Settings) -> None:
 def add_new_item(settings: Settings, reader: StateReader) -> CatalogueEvent | None:
     """A catalogue record for ``NEW_ITEM``, with the attributes of the most popular item that has any (None
     where no popular item has a catalogue record: a dataset without item metadata)."""
-    topology = topology_of(settings)
-    for item, _ in reader.popularity(20):
-        known = record_of(topology, reader.keys, item)
-        if known is not None and known.attributes:
-            record = CatalogueEvent(NEW_ITEM, known.attributes, True, int(time.time() * 1000))
+    popular = [item for item, _ in reader.popularity(20)]
+    known = records_of(topology_of(settings), reader.keys, popular)
+    for item in popular:
+        if item in known and known[item].attributes:
+            record = CatalogueEvent(NEW_ITEM, known[item].attributes, True, int(time.time() * 1000))
             producer = make_producer(settings)
             publish_catalogue(producer, settings.items_topic, [record])
             producer.close()

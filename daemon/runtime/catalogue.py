@@ -43,11 +43,19 @@ def records(topology: Topology, keys: Keys) -> Iterator[CatalogueEvent]:
             yield from_stored(raw)
 
 
-def record_of(topology: Topology, keys: Keys, item_id: str) -> CatalogueEvent | None:
-    """One item's newest record, None for an item the catalogue lacks."""
-    key = keys.catalogue(keys.shard_of(item_id))
-    raw = topology.node_of(key).hget(key, item_id)
-    return from_stored(raw) if raw is not None else None
+def records_of(topology: Topology, keys: Keys, items: list[str]) -> dict[str, CatalogueEvent]:
+    """The newest records of ``items`` the catalogue has (one HMGET per shard); items it lacks are left out."""
+    by_shard: dict[int, list[str]] = {}
+    for item in items:
+        by_shard.setdefault(keys.shard_of(item), []).append(item)
+    out: dict[str, CatalogueEvent] = {}
+    for shard, names in by_shard.items():
+        key = keys.catalogue(shard)
+        for raw in topology.node_of(key).hmget(key, names):
+            if raw is not None:
+                rec = from_stored(raw)
+                out[rec.item_id] = rec
+    return out
 
 
 def read_catalogue(topology: Topology, keys: Keys) -> Catalogue:

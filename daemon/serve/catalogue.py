@@ -19,12 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daemon.runtime.catalogue import Change, log_heads, read_catalogue, read_changes
+from daemon.runtime.catalogue import Change, log_heads, read_catalogue, read_changes, records_of
 from daemon.runtime.keys import Keys
 from daemon.runtime.redisconn import Topology
 from daemon.serve.index import ColdItems, ServingIndex
 from daemon.serve.sweep import ListSweep
-from schemas.catalogue import CatalogueEvent, from_stored
 from schemas.records import SimilarList
 from trainer.attribute_vectors import AttributeVectors
 from trainer.attributes import ItemAttributes
@@ -148,27 +147,13 @@ class CatalogueFollower:
         if index is None or self._placer is None or index.cold is None:
             return
         fresh = sorted(i for i in back if i not in index.item_pos and i not in self.unavailable)
-        records = self._records(fresh)
+        records = records_of(self.topology, self.keys, fresh)
         attributes = ItemAttributes.from_mapping({item: rec.attributes for item, rec in records.items()})
         since = {item: rec.ts for item, rec in records.items()}
         index.cold = _placed(self._placer, index.cold, attributes.align(fresh), since, gone)
         placed = [i for i in fresh if i in index.cold.pos]  # new, changed, or placed at the swap already
         if placed:
             self._write_similar(index, placed, now_ms)
-
-    def _records(self, items: list[str]) -> dict[str, CatalogueEvent]:
-        """The stored records of ``items`` (one HMGET per shard)."""
-        by_shard: dict[int, list[str]] = {}
-        for item in items:
-            by_shard.setdefault(self.keys.shard_of(item), []).append(item)
-        out: dict[str, CatalogueEvent] = {}
-        for shard, names in by_shard.items():
-            key = self.keys.catalogue(shard)
-            for raw in self.topology.node_of(key).hmget(key, names):
-                if raw is not None:
-                    rec = from_stored(raw)
-                    out[rec.item_id] = rec
-        return out
 
     def _write_similar(self, index: ServingIndex, added: list[str], now_ms: int) -> None:
         """Similar-items lists of the items just placed (their vectors may be new), and of their neighbours
