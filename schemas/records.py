@@ -1,5 +1,5 @@
 """Records recd writes for others to read: recommendation lists, similar-item
-lists and model manifests. Each carries the model version and time that made it."""
+lists, model manifests and the model search's choice. Each carries the model version or time that made it."""
 
 from __future__ import annotations
 
@@ -86,7 +86,9 @@ class ModelManifest:
 
     ``files`` names the weight files (npz) relative to the snapshot folder;
     ``data_watermark`` says what data the model saw (event count, last event ms);
-    ``metrics`` holds held-out quality figures the quality gate compares.
+    ``metrics`` holds held-out quality figures the quality gate compares;
+    ``setting`` the preset and settings it was trained with and what chose them
+    (``ModelChoice.as_setting``).
     """
 
     version: str
@@ -100,6 +102,7 @@ class ModelManifest:
     metrics: dict[str, float] = field(default_factory=dict)
     parent_version: str | None = None
     schema_version: int = MANIFEST_SCHEMA_VERSION
+    setting: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -110,3 +113,37 @@ class ModelManifest:
         if data.get("schema_version") != MANIFEST_SCHEMA_VERSION:
             raise ValueError(f"manifest schema_version {data.get('schema_version')!r} is not supported")
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Value of ``model:choice``: the preset and settings the train role fine-tunes with, and the search that
+    chose them. ``metrics`` are the winner's held-out figures, ``baseline`` those of the configured setting
+    (``RECD_MODEL_KIND`` with ``RECD_MODEL_PARAMS``) on the same held-out events."""
+
+    preset: str
+    params: dict[str, float]
+    metric: str  # the figure compared (the quality gate's)
+    metrics: dict[str, float]
+    baseline: dict[str, float]
+    trials: int
+    seconds: float
+    searched_at: int  # epoch ms
+    data_users: int  # users in the data searched on
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> ModelChoice:
+        return cls(**json.loads(raw))
+
+    def as_setting(self) -> dict[str, Any]:
+        """What a manifest records of a model trained with this choice."""
+        return {
+            "preset": self.preset,
+            "params": dict(self.params),
+            "chosen_by": "search",
+            "searched_at": self.searched_at,
+            "validation": {self.metric: self.metrics.get(self.metric), "baseline": self.baseline.get(self.metric)},
+        }

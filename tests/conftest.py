@@ -143,6 +143,7 @@ def make_settings(target: RedisTarget, broker: str, prefix: str, folder: Path) -
         session_timeout_ms=6000,
         metrics_port=0,
         model_dir=str(folder / "models"),
+        search_interval_s=0,  # runs fit the configured setting; tests/test_model_search.py turns the search on
     )
 
 

@@ -106,7 +106,7 @@ def test_model_params_override_the_preset_and_bad_ones_fail_at_start(
     redis = {"redis_url": redis_url, "redis_prefix": prefix}
     loaded = load_settings(environ=env, **redis)
     assert dict(loaded.model_params) == {"dim": 128.0, "unobserved": 0.004}
-    model: Any = build_trainer(loaded, Metrics(CollectorRegistry()))._new_model()
+    model: Any = build_trainer(loaded, Metrics(CollectorRegistry())).new_model()
     assert model.config.dim == 128 and isinstance(model.config.dim, int) and model.config.unobserved == 0.004
     bad = load_settings(environ={**env, "RECD_MODEL_PARAMS": "dimension=128"}, **redis)
     with pytest.raises(ConfigError, match=r"RECD_MODEL_PARAMS.*dimension"):

@@ -213,6 +213,7 @@ DASHBOARD_NEEDS = [
     ("time left of long steps", "recd_step_eta_seconds", "step"),
     ("training duration", "recd_train_seconds_sum", None),
     ("held-out metrics", "recd_model_quality", "metric"),
+    ("model search: winner and configured setting", "recd_model_search_quality", "setting"),
     ("Redis memory", "recd_redis_used_memory_bytes", None),
 ]
 

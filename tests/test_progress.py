@@ -102,7 +102,7 @@ def test_a_training_run_and_an_index_build_report_each_step(world: World, caplog
             assert _gauge(world.metrics, "recd_step_progress_ratio", step) == 1.0, (run, step)
     users = len({e["user_id"] for e in world.events})
     assert re.search(rf"snapshot: {users},?\d*/{users} users \(100%\)", terminal.getvalue()), terminal.getvalue()
-    epochs = trainer._new_model().planned_epochs(True)
+    epochs = trainer.new_model().planned_epochs(True)
     assert f"fit: {epochs}/{epochs} epochs (100%)" in terminal.getvalue()
     done = {r.getMessage().split(" done in ")[0] for r in caplog.records if " done in " in r.getMessage()}
     assert done == {"snapshot", "fit", "evaluate"}

@@ -122,6 +122,7 @@ def save_snapshot(
     data_watermark: dict[str, Any],
     metrics: dict[str, float],
     parent_version: str | None,
+    setting: dict[str, Any] | None = None,
 ) -> ModelManifest:
     """Write ``model`` as a complete snapshot folder ``folder`` (which must not exist) and return its manifest."""
     folder = Path(folder)
@@ -139,6 +140,7 @@ def save_snapshot(
         data_watermark=_plain(data_watermark),
         metrics={str(k): float(v) for k, v in metrics.items()},
         parent_version=parent_version,
+        setting=_plain(setting or {}),
     )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{secrets.token_hex(4)}")

@@ -155,6 +155,11 @@ class Keys:
         return f"{self.prefix}model:refreshed"
 
     @property
+    def model_choice(self) -> str:
+        """The model search's choice of preset and settings (``schemas.records.ModelChoice``)."""
+        return f"{self.prefix}model:choice"
+
+    @property
     def train_watermark(self) -> str:
         return f"{self.prefix}model:events"
 

@@ -105,5 +105,17 @@ class Metrics:
         self.model_quality = Gauge(
             "recd_model_quality", "Held-out quality of the last trained model, by metric", ["metric"], registry=r
         )
+        self.search_runs = Counter(
+            "recd_model_search_runs", "Model searches, by outcome (chosen, failed)", ["outcome"], registry=r
+        )
+        self.search_trials = Gauge("recd_model_search_trials", "Settings fitted by the last model search", registry=r)
+        self.search_seconds = Gauge("recd_model_search_seconds", "Duration of the last model search", registry=r)
+        self.search_quality = Gauge(
+            "recd_model_search_quality",
+            "Held-out recall@20 of the last search's winner (setting=chosen) and of the configured setting"
+            " (setting=configured)",
+            ["setting"],
+            registry=r,
+        )
         self.redis_memory = Gauge("recd_redis_used_memory_bytes", "Redis used_memory (sampled)", registry=r)
         self.ready = Gauge("recd_ready", "1 when the /readyz checks pass (Redis and broker reachable)", registry=r)

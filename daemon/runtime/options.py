@@ -20,6 +20,7 @@ from daemon.runtime.settings import Settings
 from daemon.serve.index import IndexSpec
 from daemon.serve.lists import ServeOptions
 from daemon.train.scheduler import TrainOptions
+from daemon.train.search import SearchOptions
 from schemas.events import Limits
 
 
@@ -134,4 +135,7 @@ def train_options(settings: Settings) -> TrainOptions:
         keep_versions=settings.keep_versions,
         weights=settings.event_weights,
         rating_threshold=settings.rating_threshold,
+        search=SearchOptions(
+            settings.search_interval_s, settings.search_budget_s, settings.search_presets, settings.search_min_users
+        ),
     )

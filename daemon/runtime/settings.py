@@ -111,6 +111,14 @@ class Settings:
     train_threads: int = _s(2, "CPU threads for training")
     train_interval_s: int = _s(600, "fine-tune at least this often when new events arrived")
     train_min_events: int = _s(1000, "...or as soon as this many new events arrived")
+    search_interval_s: int = _s(
+        86400,
+        "search presets and settings on held-out latest events at most this often (first after the first model);"
+        " 0 = never: train RECD_MODEL_KIND with RECD_MODEL_PARAMS",
+    )
+    search_budget_s: int = _s(600, "wall-clock seconds one model search may spend fitting candidates")
+    search_presets: tuple[str, ...] = _s((), "presets searched besides RECD_MODEL_KIND, e.g. 'ials_tail,gfcf'")
+    search_min_users: int = _s(200, "users with two or more positive events needed before a model search")
     quality_tolerance: float = _s(0.05, "publish only if held-out recall@20 >= current * (1 - this)")
     keep_versions: int = _s(5, "model versions kept for rollback")
     # --- Serving
@@ -146,6 +154,8 @@ class Settings:
             raise ConfigError("RECD_POLL_MAX_RECORDS and RECD_POLL_TIMEOUT_MS must be positive")
         if not 0 <= self.dlq_max_payload_bytes <= MAX_DLQ_PAYLOAD_BYTES:
             raise ConfigError(f"RECD_DLQ_MAX_PAYLOAD_BYTES must be within 0..{MAX_DLQ_PAYLOAD_BYTES}")
+        if self.search_budget_s < 1 or self.search_min_users < 1:
+            raise ConfigError("RECD_SEARCH_BUDGET_S and RECD_SEARCH_MIN_USERS must be positive")
         if self.top_k < 1:
             raise ConfigError("RECD_TOP_K must be positive")
         if "{" in self.redis_prefix or "}" in self.redis_prefix:

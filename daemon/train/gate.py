@@ -12,6 +12,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+GATE_METRIC = "recall@20"
+"""The held-out figure the gate compares (and the model search ranks settings by)."""
+
 
 @dataclass(frozen=True)
 class GateDecision:

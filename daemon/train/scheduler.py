@@ -11,7 +11,10 @@ on the data minus a held-out latest event of a sample of users, scored on those,
 recall stays within ``TAIL_RECALL_FLOOR`` of the untilted model's: trainer/tilt.py)
 and published only if the gate accepts it against the served model's recorded
 score. Publishing = snapshot folder, the store's CURRENT, then the Redis pointer
-every serving replica watches.
+every serving replica watches. The preset and settings fitted are the model
+search's choice when one is stored, else ``RECD_MODEL_KIND`` with
+``RECD_MODEL_PARAMS``; a run searches first when the search is due
+(daemon/train/search.py).
 """
 
 from __future__ import annotations
@@ -31,20 +34,21 @@ from daemon.runtime.progress import Progress
 from daemon.runtime.redisconn import Topology
 from daemon.runtime.settings import ConfigError
 from daemon.runtime.state import StateReader
-from daemon.train.gate import gate
+from daemon.train.gate import GATE_METRIC, gate
 from daemon.train.publish import publish
+from daemon.train.search import ModelSearch, SearchOptions, Setting
 from daemon.train.source import Snapshot, read_attributes, read_snapshot
+from schemas.records import ModelChoice
+from trainer.attributes import ItemAttributes
 from trainer.evaluation.scoring import holdout_metrics
 from trainer.evaluation.splits import holdout_split
 from trainer.fit import TakesAttributes
 from trainer.models.base import EmbeddingModel
-from trainer.models.registry import TAIL_RECALL_FLOOR, build_preset, tilt_candidates
+from trainer.models.registry import TAIL_RECALL_FLOOR, build_preset, kind_of, tilt_candidates
 from trainer.snapshot import ModelStore, load_snapshot, read_manifest, save_snapshot
 from trainer.tilt import METRIC, Tilted, calibrate_tilt
 
 log = logging.getLogger(__name__)
-
-GATE_METRIC = "recall@20"
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class TrainOptions:
     keep_versions: int  # snapshots kept for rollback
     weights: Mapping[str, float]  # by event type (history.event_weight)
     rating_threshold: float
+    search: SearchOptions  # the model search (daemon/train/search.py)
 
 
 class TrainRole:
@@ -93,22 +98,33 @@ class TrainRole:
         self.weights = weight_table(options.weights, options.rating_threshold)
         self.holder = uuid.uuid4().hex
         self._last_run = 0.0
-        # a bad RECD_MODEL_KIND / RECD_MODEL_PARAMS fails at start, not at the first fit
-        self.takes_attributes = isinstance(self._new_model(), TakesAttributes)
-        self.tilts = tilt_candidates(options.model_kind, dict(options.model_params))  # chosen at every fit
+        self._attributes: ItemAttributes | None = None  # the snapshot's, for every model that takes them
+        configured = Setting(options.model_kind, options.model_params)
+        self.search = ModelSearch(options.search, configured, self._build, self.client, keys, metrics, clock)
+        # a bad RECD_MODEL_KIND / RECD_MODEL_PARAMS / RECD_SEARCH_PRESETS fails at start, not at the first fit
+        self.takes_attributes = any(
+            isinstance(self._build(p, options.model_params if p == options.model_kind else {}), TakesAttributes)
+            for p in self.search.presets
+        )
 
-    def _new_model(self) -> EmbeddingModel:
-        params: dict[str, Any] = {
-            k: int(v) if float(v).is_integer() else v for k, v in self.options.model_params.items()
-        }
+    def _build(self, preset: str, overrides: Mapping[str, float]) -> EmbeddingModel:
+        """A fresh model of ``preset`` with numeric ``overrides``, given the snapshot's attributes if it takes
+        them; ConfigError naming the settings when they cannot build one."""
+        params: dict[str, Any] = {k: int(v) if float(v).is_integer() else v for k, v in overrides.items()}
         try:
-            return build_preset(
-                self.options.model_kind, device=self.options.device, threads=self.options.threads, **params
-            )
+            model = build_preset(preset, device=self.options.device, threads=self.options.threads, **params)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(
-                f"RECD_MODEL_KIND={self.options.model_kind!r} with RECD_MODEL_PARAMS={params}: {exc}"
+                f"RECD_MODEL_KIND / RECD_MODEL_PARAMS / RECD_SEARCH_PRESETS: preset {preset!r} with {params}: {exc}"
             ) from None
+        if isinstance(model, TakesAttributes) and self._attributes is not None:
+            model.set_attributes(self._attributes)
+        return model
+
+    def new_model(self) -> EmbeddingModel:
+        """A fresh, unfitted model of the setting the next run fits (the search's choice, else the configured)."""
+        setting, _ = self.search.setting()
+        return self._build(setting.preset, setting.params)
 
     def due(self) -> bool:
         applied = self.reader.totals()["applied"]
@@ -131,15 +147,15 @@ class TrainRole:
         return 1
 
     def _lock(self) -> bool:
-        ttl_ms = max(60_000, self.options.interval_s * 2000)
+        ttl_ms = max(60_000, self.options.interval_s * 2000) + int(self.options.search.budget_s * 1000)
         return bool(self.client.set(self.keys.train_lock, self.holder, nx=True, px=ttl_ms))
 
-    def _current(self) -> tuple[EmbeddingModel | None, dict[str, float], str | None]:
+    def _current(self, preset: str) -> tuple[EmbeddingModel | None, dict[str, float], str | None]:
         version = self.store.current()
         if version is None:
             return None, {}, None
         model, manifest = load_snapshot(self.store.root / "versions" / version)
-        if model.kind != self.options.model_kind.split("_")[0]:
+        if model.kind != kind_of(preset):
             return None, manifest.metrics, version  # another model kind: gate against it, start fresh
         return model, manifest.metrics, version
 
@@ -150,7 +166,10 @@ class TrainRole:
             if len(snap.data.positives()) < 2:
                 self.metrics.train_runs.labels("skipped").inc()
                 return Outcome("skipped", reason="no positive events yet")
-            outcome = self._train(snap)
+            self._attributes = snap.attributes
+            if self.store.current() is not None and self.search.due(snap.data):
+                self._search(snap)
+            outcome = self._train(snap, *self.search.setting())
         except Exception as exc:
             log.exception("training failed")
             self.metrics.train_runs.labels("failed").inc()
@@ -175,7 +194,22 @@ class TrainRole:
         progress.finish()
         return snap
 
-    def _fit(self, model: EmbeddingModel, snap: Snapshot, current: EmbeddingModel | None) -> dict[str, float]:
+    def _search(self, snap: Snapshot) -> None:
+        """The model search, as a step; a failed search is logged and counted, and the run goes on with the
+        setting it had."""
+        progress = self._progress("search", None, "settings")
+        try:
+            self.search.run(snap.data)
+        except ConfigError:
+            raise
+        except Exception:
+            log.exception("model search failed; training with the current setting")
+            self.metrics.errors.labels("train").inc()
+        progress.finish()
+
+    def _fit(
+        self, model: EmbeddingModel, snap: Snapshot, current: EmbeddingModel | None, tilts: list[float]
+    ) -> dict[str, float]:
         """Fit on all but the hold-out, then score on it; each a step with its progress."""
         train_part, _ = holdout_split(snap.data)
         progress = self._progress("fit", model.planned_epochs(current is not None), "epochs")
@@ -185,28 +219,32 @@ class TrainRole:
         if report.losses:
             self.metrics.train_loss.set(report.losses[-1])
         progress = self._progress("evaluate", None, "models")
-        if self.tilts and isinstance(model, Tilted):
-            scores = self._calibrate(model, snap)
+        if tilts and isinstance(model, Tilted):
+            scores = self._calibrate(model, snap, tilts)
         else:
             scores = holdout_metrics(model, snap.data)
         progress.finish()
         return scores
 
-    def _calibrate(self, model: EmbeddingModel, snap: Snapshot) -> dict[str, float]:
-        """The strongest tilt among ``self.tilts`` that keeps the held-out recall within the floor of the
+    def _calibrate(self, model: EmbeddingModel, snap: Snapshot, tilts: list[float]) -> dict[str, float]:
+        """The strongest tilt among ``tilts`` that keeps the held-out recall within the floor of the
         untilted model's (trainer/tilt.py); the held-out figures at that tilt."""
         assert isinstance(model, Tilted)
-        found = calibrate_tilt(model, lambda: holdout_metrics(model, snap.data), self.tilts, TAIL_RECALL_FLOOR)
+        found = calibrate_tilt(model, lambda: holdout_metrics(model, snap.data), tilts, TAIL_RECALL_FLOOR)
         log.info("tilt %g: held-out %s %.4f, untilted %.4f (floor %g)",
                  found.weight, METRIC, found.chosen, found.untilted, TAIL_RECALL_FLOOR)  # fmt: skip
         return dict(found.metrics)
 
-    def _train(self, snap: Snapshot) -> Outcome:
-        current, current_metrics, current_version = self._current()
-        model = self._new_model()
-        if isinstance(model, TakesAttributes) and snap.attributes is not None:
-            model.set_attributes(snap.attributes)
-        scores = self._fit(model, snap, current)
+    def _train(self, snap: Snapshot, setting: Setting, choice: ModelChoice | None) -> Outcome:
+        current, current_metrics, current_version = self._current(setting.preset)
+        model = self._build(setting.preset, setting.params)
+        if current is not None and _shape(current) != _shape(model):
+            log.info(
+                "the setting changed the model's shape %s -> %s: fitting from scratch", _shape(current), _shape(model)
+            )
+            current = None
+        tilts = tilt_candidates(setting.preset, dict(setting.params))  # chosen at every fit
+        scores = self._fit(model, snap, current, tilts)
         for name, value in scores.items():
             self.metrics.model_quality.labels(name).set(value)
         self.client.set(self.keys.train_watermark, snap.applied_events)
@@ -227,6 +265,7 @@ class TrainRole:
             },
             metrics=scores,
             parent_version=current_version,
+            setting=choice.as_setting() if choice else _configured(setting),
         )
         publish(self.client, self.keys, self.store, version)
         self.store.prune(self.options.keep_versions)
@@ -234,6 +273,17 @@ class TrainRole:
 
     def shutdown(self) -> None:
         """A run in progress finishes inside step(); nothing is held between steps."""
+
+
+def _shape(model: EmbeddingModel) -> tuple[Any, ...]:
+    """The settings that size a model's tables: a warm start needs the same ones."""
+    config = model.to_arrays()[0]
+    return tuple(config.get(name) for name in ("dim", "ideal_dim", "layers", "tied"))
+
+
+def _configured(setting: Setting) -> dict[str, Any]:
+    """What a manifest records of a model trained with the configured setting."""
+    return {"preset": setting.preset, "params": dict(setting.params), "chosen_by": "settings"}
 
 
 def _described(snap: Snapshot) -> dict[str, int]:

@@ -87,6 +87,12 @@ def tilt_candidates(preset: str, params: dict[str, Any]) -> list[float]:
     return list(sweep[2])
 
 
+def search_grid(preset: str) -> dict[str, list[Any]]:
+    """The grid a search sweeps for ``preset``: its own, or for a tail preset its base preset's ({} if none)."""
+    sweep = TAIL_SWEEPS.get(preset)
+    return copy.deepcopy(TUNING_GRIDS.get(sweep[0] if sweep else preset, {}))
+
+
 def kind_of(preset: str) -> str:
     """The model kind a preset name stands for (its part before the first ``_``)."""
     return preset.split("_")[0]
