@@ -19,11 +19,13 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import numpy.typing as npt
 
 from trainer.attributes import ItemAttributes
 from trainer.evaluation.scoring import EmbeddingScorer, Scorer, evaluate
 from trainer.evaluation.splits import leave_latest_out, random_holdout
 from trainer.interactions import Interactions
+from trainer.tilt import METRIC, Tilted, calibrate_tilt
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +105,7 @@ def tune(
 
     if not grid:
         return {}, []
-    if valid is not None:
-        fit_part = train
-    elif bool((train.ts > 0).any()):
-        fit_part, valid = leave_latest_out(train)
-    else:
-        fit_part, valid = random_holdout(train, 0.2, seed + 1)
-    users = np.unique(valid.users[valid.weights > 0])
-    if len(users) > max_users:
-        users = np.random.default_rng(seed).choice(users, max_users, replace=False)
+    fit_part, valid, users = validation_split(train, valid, seed, max_users)
     trials: Trials = []
 
     def trial(params: dict[str, Any]) -> None:
@@ -122,6 +116,24 @@ def tune(
         trial(dict(zip(grid, combo, strict=True)))
     _extend_edges(trial, trials, grid, extend, bounds or {})
     return max(trials, key=lambda t: t[1])[0], trials
+
+
+def validation_split(
+    train: Interactions, valid: Interactions | None, seed: int, max_users: int = 5000
+) -> tuple[Interactions, Interactions, npt.NDArray[np.int64]]:
+    """(fit part, validation part, the users scored) of a search: ``valid`` itself beside all of ``train`` when
+    the dataset gives one, else leave-latest-out inside ``train`` when it has timestamps, else a seeded random
+    80/20 per-user holdout; up to ``max_users`` users with validation positives (a seeded sample)."""
+    if valid is not None:
+        fit_part = train
+    elif bool((train.ts > 0).any()):
+        fit_part, valid = leave_latest_out(train)
+    else:
+        fit_part, valid = random_holdout(train, 0.2, seed + 1)
+    users = np.unique(valid.users[valid.weights > 0]).astype(np.int64)
+    if len(users) > max_users:
+        users = np.random.default_rng(seed).choice(users, max_users, replace=False)
+    return fit_part, valid, users
 
 
 def _extend_edges(
@@ -171,9 +183,10 @@ def tune_preset(
     """Overrides for registry preset ``name`` chosen on validation ({} when it has no grid or tail sweep).
 
     A preset in ``registry.TAIL_SWEEPS`` first tunes its base preset's grid,
-    then sweeps its tail setting (0 = no tilt, the reference) at those base
-    settings and keeps the largest value whose validation Recall@20 is at
-    least ``TAIL_RECALL_FLOOR`` times the reference's. Each candidate of a
+    then fits the tail preset once at those base settings and chooses its
+    tilt on validation by the trainer's own rule (``trainer.tilt.calibrate_tilt``:
+    the largest value whose validation Recall@20 is at least
+    ``TAIL_RECALL_FLOOR`` times the untilted model's, else 0). Each candidate of a
     preset that takes item attributes gets ``attributes`` (``give_attributes``).
     """
     from trainer.models import registry
@@ -191,11 +204,19 @@ def tune_preset(
     if sweep is None:
         return best
     _, key, values = sweep
-    tilt = {**{k: [v] for k, v in best.items()}, key: [0.0, *values]}
-    _, tilted = tune(preset_maker(name, seed, attributes=attributes), train, tilt, seed=seed, valid=valid)
-    log.info("%s tail sweep: %s", name, tilted)
-    floor = registry.TAIL_RECALL_FLOOR * tilted[0][1]
-    return max((p for p, recall in tilted if recall >= floor), key=lambda p: float(p[key]))
+    fit_part, held, users = validation_split(train, valid, seed)
+    scorer = preset_maker(name, seed, attributes=attributes)(fit_part, best)
+    model = scorer.model if isinstance(scorer, EmbeddingScorer) else None
+    if not isinstance(model, Tilted):
+        raise TypeError(f"tail preset {name!r} does not build a model with a tilt")
+
+    def score() -> dict[str, float]:  # a new scorer each time: it keeps the index vectors of its first call
+        now = EmbeddingScorer(model, fit_part, name=name)
+        return evaluate(now, fit_part, held, ks=(20,), users=users, seed=seed)
+
+    found = calibrate_tilt(model, score, values, registry.TAIL_RECALL_FLOOR)
+    log.info("%s tilt %g: validation %s %.4f, untilted %.4f", name, found.weight, METRIC, found.chosen, found.untilted)
+    return {**best, key: found.weight}
 
 
 _TUNED: dict[tuple[str, int, str, str], tuple[dict[str, Any], Trials]] = {}
