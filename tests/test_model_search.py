@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,14 @@ from daemon.runtime.metrics import Metrics
 from daemon.runtime.options import keys_of, store_options, topology_of
 from daemon.runtime.settings import Settings
 from daemon.train.scheduler import TrainRole
+from daemon.train.search import Setting, space_of
 from schemas.events import InteractionEvent
 from schemas.records import ModelChoice
 from tests.conftest import RedisTarget, make_settings
 from tests.planted import planted
 from trainer.evaluation.search import Space, search
+from trainer.models.base import EmbeddingModel
+from trainer.models.registry import PRESETS, build_preset, search_grid
 from trainer.snapshot import read_manifest
 
 
@@ -80,6 +84,21 @@ def test_the_search_stops_before_a_trial_that_would_overrun_its_budget() -> None
     result = search(spaces, bowl(clock, cost=2.0), 5.0, clock=clock)
     assert result.stopped_by_budget and len(result.trials) == 2 and clock.now <= 5.0  # 2 s each: a third overruns
     assert search(spaces, bowl(Clock(), cost=2.0), 0.5, clock=Clock()).trials[0].params == spaces[0].start
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_tells_its_settings_unfitted(preset: str) -> None:
+    """The search reads where it starts, and the scheduler a warm start's shape, before any fit."""
+
+    def build(name: str, overrides: Mapping[str, float]) -> EmbeddingModel:
+        given = {k: int(v) if float(v).is_integer() else v for k, v in overrides.items()}
+        return build_preset(name, device="cpu", threads=1, **given)
+
+    model = build(preset, {"dim": 512.0})
+    assert model.setting("dim") == 512 and model.setting("no_such_setting") is None
+    assert all(model.setting(axis) is not None for axis in search_grid(preset))
+    space = space_of(preset, Setting(preset, {"dim": 512.0}), build)
+    assert space.start.get("dim") == 512.0 and "dim" not in space.grid  # fixed: kept, not searched
 
 
 CLUSTERS, USERS = 200, 800
@@ -172,7 +191,7 @@ def test_a_fixed_setting_stays_fixed_and_a_choice_for_other_settings_is_ignored(
     choice = ModelChoice.from_json(role.client.get(role.keys.model_choice))  # type: ignore[arg-type]
     assert choice.params["dim"] == 32.0 and second["config"]["dim"] == 32 and choice.trials >= 2
     other = build_trainer(search_settings.replace(model_params={"dim": 16.0}), Metrics(CollectorRegistry()))
-    assert other.search.choice() is None and other.new_model().to_arrays()[0]["dim"] == 16
+    assert other.search.choice() is None and other.new_model().setting("dim") == 16
 
 
 @pytest.mark.integration
@@ -187,9 +206,9 @@ def test_a_choice_that_changes_the_models_shape_fits_from_scratch(search_setting
     second = published(role)  # a 24-dim model cannot warm-start from a 64-dim one
     assert second["config"]["dim"] == 24 and second["setting"]["chosen_by"] == "search"
     assert read_manifest(role.store.path(second["version"])).parent_version == first["version"]
-    assert role.new_model().to_arrays()[0]["dim"] == 24
+    assert role.new_model().setting("dim") == 24
     off = build_trainer(search_settings.replace(search_interval_s=0), Metrics(CollectorRegistry()))
-    assert off.search.choice() is None and off.new_model().to_arrays()[0]["dim"] == 64  # search off: configured
+    assert off.search.choice() is None and off.new_model().setting("dim") == 64  # search off: configured
 
 
 def _cli_environment(settings: Settings) -> dict[str, str]:

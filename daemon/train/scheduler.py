@@ -277,8 +277,7 @@ class TrainRole:
 
 def _shape(model: EmbeddingModel) -> tuple[Any, ...]:
     """The settings that size a model's tables: a warm start needs the same ones."""
-    config = model.to_arrays()[0]
-    return tuple(config.get(name) for name in ("dim", "ideal_dim", "layers", "tied"))
+    return tuple(model.setting(name) for name in ("dim", "ideal_dim", "layers", "tied"))
 
 
 def _configured(setting: Setting) -> dict[str, Any]:

@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -133,8 +132,8 @@ def space_of(preset: str, configured: Setting, build: Builder) -> Space:
     """``preset``'s search: its grid without the settings ``configured`` fixes, from its configured setting."""
     fixed = dict(configured.params) if preset == configured.preset else {}
     grid = {axis: values for axis, values in search_grid(preset).items() if axis not in fixed}
-    config: dict[str, Any] = build(preset, fixed).to_arrays()[0]
-    start = {axis: config[axis] for axis in grid if axis in config}
+    model = build(preset, fixed)
+    start = {axis: value for axis in grid if (value := model.setting(axis)) is not None}
     return Space(preset, {**start, **fixed}, grid)
 
 

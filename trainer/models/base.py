@@ -15,6 +15,7 @@ and refines everything on the new data.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -82,6 +83,18 @@ class EmbeddingModel(ABC):
         """Epochs the next ``fit`` runs (a warm start when ``warm``), for progress and ETA; None when the
         model does not count in epochs."""
         return None
+
+    def setting(self, name: str) -> Any:
+        """The value of constructor setting ``name`` (``dim``, ``reg``...), fitted or not; None if the model
+        has no such setting. Read from a dataclass ``config``, a ``config()`` method, or an attribute."""
+        config = getattr(self, "config", None)
+        if callable(config):
+            config = config()
+        elif dataclasses.is_dataclass(config) and not isinstance(config, type):
+            config = dataclasses.asdict(config)
+        if isinstance(config, dict) and name in config:
+            return config[name]
+        return getattr(self, name, None)
 
     @abstractmethod
     def index_vectors(self) -> FloatArray:
