@@ -204,8 +204,23 @@ def tune_preset(
     if sweep is None:
         return best
     _, key, values = sweep
+    return {**best, key: _tilt(name, best, values, train, valid, seed, attributes)}
+
+
+def _tilt(
+    name: str,
+    params: dict[str, Any],
+    values: list[float],
+    train: Interactions,
+    valid: Interactions | None,
+    seed: int,
+    attributes: AttributeLoader | None,
+) -> float:
+    """Tail preset ``name`` fitted once with ``params``; the tilt among ``values`` the trainer's rule keeps."""
+    from trainer.models import registry
+
     fit_part, held, users = validation_split(train, valid, seed)
-    scorer = preset_maker(name, seed, attributes=attributes)(fit_part, best)
+    scorer = preset_maker(name, seed, attributes=attributes)(fit_part, params)
     model = scorer.model if isinstance(scorer, EmbeddingScorer) else None
     if not isinstance(model, Tilted):
         raise TypeError(f"tail preset {name!r} does not build a model with a tilt")
@@ -216,7 +231,7 @@ def tune_preset(
 
     found = calibrate_tilt(model, score, values, registry.TAIL_RECALL_FLOOR)
     log.info("%s tilt %g: validation %s %.4f, untilted %.4f", name, found.weight, METRIC, found.chosen, found.untilted)
-    return {**best, key: found.weight}
+    return found.weight
 
 
 _TUNED: dict[tuple[str, int, str, str], tuple[dict[str, Any], Trials]] = {}
