@@ -33,7 +33,7 @@ from daemon.serve.histories import HistoryBatch, PositionMap
 from daemon.serve.index import ServingIndex, search
 from daemon.train.source import Snapshot, read_snapshot
 from trainer.models.base import EmbeddingModel, History
-from trainer.models.registry import build_preset
+from trainer.models.registry import build_preset, typed_overrides
 from trainer.snapshot import ModelStore, load_snapshot
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,7 @@ def _epoch_logger(label: str, epochs: int) -> Callable[[int, float], None]:
 def new_model(settings: Settings, preset: str, device: str) -> EmbeddingModel:
     """A fresh model of ``preset`` as the train role builds it (the settings' overrides for its own preset)."""
     params = settings.model_params if preset == settings.model_kind else {}
-    numeric: dict[str, Any] = {k: int(v) if float(v).is_integer() else v for k, v in params.items()}
-    return build_preset(preset, device=device, threads=settings.train_threads, **numeric)
+    return build_preset(preset, device=device, threads=settings.train_threads, **typed_overrides(params))
 
 
 def fit_stage(overrides: dict[str, Any], preset: str, device: str) -> Figures:

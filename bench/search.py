@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{data.name}: {protocol}; search on train's held-out latest events", flush=True)
 
     def build(preset: str, params: Mapping[str, float]) -> EmbeddingModel:
-        given: dict[str, Any] = {k: int(v) if float(v).is_integer() else v for k, v in params.items()}
+        given = registry.typed_overrides(params)
         return registry.build_preset(preset, device=args.device, threads=args.threads, **given)
 
     fixed = {k: float(v) for k, v in (kv.split("=") for kv in args.params.split(",") if kv)}

@@ -27,7 +27,7 @@ from tests.conftest import RedisTarget, make_settings
 from tests.planted import planted
 from trainer.evaluation.search import Space, search
 from trainer.models.base import EmbeddingModel
-from trainer.models.registry import PRESETS, build_preset, search_grid
+from trainer.models.registry import PRESETS, build_preset, search_grid, typed_overrides
 from trainer.snapshot import read_manifest
 
 
@@ -91,8 +91,7 @@ def test_every_preset_tells_its_settings_unfitted(preset: str) -> None:
     """The search reads where it starts, and the scheduler a warm start's shape, before any fit."""
 
     def build(name: str, overrides: Mapping[str, float]) -> EmbeddingModel:
-        given = {k: int(v) if float(v).is_integer() else v for k, v in overrides.items()}
-        return build_preset(name, device="cpu", threads=1, **given)
+        return build_preset(name, device="cpu", threads=1, **typed_overrides(overrides))
 
     model = build(preset, {"dim": 512.0})
     assert model.setting("dim") == 512 and model.setting("no_such_setting") is None
@@ -169,9 +168,8 @@ def test_the_train_role_searches_its_own_data_and_trains_with_the_winner(
     ingest(search_settings, seed=1, n_users=100)  # new events inside the interval: no new search, same setting
     third = published(role)
     assert role.client.get(role.keys.model_choice) == choice.to_json().encode()
-    assert {k: third["config"][k] for k in DEFAULTS} == choice.params and sample(
-        metrics, "recd_model_search_runs_total", outcome="chosen"
-    )
+    assert {k: third["config"][k] for k in DEFAULTS} == choice.params
+    assert sample(metrics, "recd_model_search_runs_total", outcome="chosen") == 1.0
 
     for name, value in _cli_environment(search_settings).items():
         monkeypatch.setenv(name, value)

@@ -44,7 +44,7 @@ from trainer.evaluation.scoring import holdout_metrics
 from trainer.evaluation.splits import holdout_split
 from trainer.fit import TakesAttributes
 from trainer.models.base import EmbeddingModel
-from trainer.models.registry import TAIL_RECALL_FLOOR, build_preset, kind_of, tilt_candidates
+from trainer.models.registry import TAIL_RECALL_FLOOR, build_preset, kind_of, tilt_candidates, typed_overrides
 from trainer.snapshot import ModelStore, load_snapshot, read_manifest, save_snapshot
 from trainer.tilt import METRIC, Tilted, calibrate_tilt
 
@@ -110,7 +110,7 @@ class TrainRole:
     def _build(self, preset: str, overrides: Mapping[str, float]) -> EmbeddingModel:
         """A fresh model of ``preset`` with numeric ``overrides``, given the snapshot's attributes if it takes
         them; ConfigError naming the settings when they cannot build one."""
-        params: dict[str, Any] = {k: int(v) if float(v).is_integer() else v for k, v in overrides.items()}
+        params = typed_overrides(overrides)
         try:
             model = build_preset(preset, device=self.options.device, threads=self.options.threads, **params)
         except (KeyError, TypeError, ValueError) as exc:
@@ -238,10 +238,8 @@ class TrainRole:
     def _train(self, snap: Snapshot, setting: Setting, choice: ModelChoice | None) -> Outcome:
         current, current_metrics, current_version = self._current(setting.preset)
         model = self._build(setting.preset, setting.params)
-        if current is not None and _shape(current) != _shape(model):
-            log.info(
-                "the setting changed the model's shape %s -> %s: fitting from scratch", _shape(current), _shape(model)
-            )
+        if current is not None and (old := _shape(current)) != (new := _shape(model)):
+            log.info("the setting changed the model's shape %s -> %s: fitting from scratch", old, new)
             current = None
         tilts = tilt_candidates(setting.preset, dict(setting.params))  # chosen at every fit
         scores = self._fit(model, snap, current, tilts)

@@ -22,16 +22,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import numpy as np
-
 from daemon.runtime.keys import Keys
 from daemon.runtime.metrics import Metrics
 from daemon.runtime.redisconn import RedisClient
 from daemon.train.gate import GATE_METRIC as METRIC
 from schemas.records import ModelChoice
 from trainer.evaluation.scoring import holdout_metrics
-from trainer.evaluation.search import Params, Space, search
-from trainer.evaluation.splits import holdout_split
+from trainer.evaluation.search import Params, Space, TrialKey, search, trial_key
+from trainer.evaluation.splits import holdout_split, holdout_users
 from trainer.interactions import Interactions
 from trainer.models.base import EmbeddingModel
 from trainer.models.registry import search_grid, tilt_candidates
@@ -106,7 +104,7 @@ class ModelSearch:
         choice = self.choice()
         if choice is not None and self.clock() * 1000 - choice.searched_at < self.options.interval_s * 1000:
             return False
-        return _searchable_users(data) >= self.options.min_users
+        return len(holdout_users(data)) >= self.options.min_users
 
     def run(self, data: Interactions) -> ModelChoice:
         """Search on ``data``, store and export the winner; the figures of the stored choice."""
@@ -149,7 +147,7 @@ def choose(
     held-out figures and those of ``baseline_preset``'s configured setting."""
     started = time.perf_counter()
     train_part, _ = holdout_split(data, seed=SEARCH_SEED)
-    figures: dict[tuple[str, str], dict[str, float]] = {}
+    figures: dict[TrialKey, dict[str, float]] = {}
 
     def score(preset: str, params: Params) -> float:
         model = build(preset, params)
@@ -157,7 +155,7 @@ def choose(
         if tilt_candidates(preset, dict(params)) and isinstance(model, Tilted):
             model.set_tilt(0.0)  # the scheduler tilts the winner within its recall floor
         metrics = holdout_metrics(model, data, seed=SEARCH_SEED)
-        figures[(preset, repr(sorted(params.items())))] = metrics
+        figures[trial_key(preset, params)] = metrics
         return metrics[METRIC]
 
     result = search(spaces, score, budget_s)
@@ -166,16 +164,10 @@ def choose(
         preset=best.preset,
         params={k: float(v) for k, v in best.params.items()},
         metric=METRIC,
-        metrics=figures[(best.preset, repr(sorted(best.params.items())))],
-        baseline=figures[(baseline.preset, repr(sorted(baseline.params.items())))],
+        metrics=figures[trial_key(best.preset, best.params)],
+        baseline=figures[trial_key(baseline.preset, baseline.params)],
         trials=len(result.trials),
         seconds=round(time.perf_counter() - started, 3),
         searched_at=int(clock() * 1000),
         data_users=data.n_users,
     )
-
-
-def _searchable_users(data: Interactions) -> int:
-    """Users with at least two positives: those a held-out sample is drawn from."""
-    counts = np.bincount(data.users[data.weights > 0], minlength=data.n_users)
-    return int((counts >= 2).sum())

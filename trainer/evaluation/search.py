@@ -62,6 +62,14 @@ class SearchResult:
         return next(t for t in self.trials if t.preset == preset)
 
 
+TrialKey = tuple[str, str]
+
+
+def trial_key(preset: str, params: Mapping[str, Any]) -> TrialKey:
+    """Identity of a candidate: the same preset and settings, in any order, are one trial."""
+    return preset, repr(sorted(params.items()))
+
+
 class _Budget:
     def __init__(self, seconds: float, clock: Callable[[], float]) -> None:
         self.seconds, self.clock, self.started, self.slowest = seconds, clock, clock(), 0.0
@@ -80,10 +88,10 @@ def search(
 ) -> SearchResult:
     """Search ``spaces`` by ``score(preset, params)`` (higher is better) within ``budget_s`` seconds."""
     result, budget = SearchResult(), _Budget(budget_s, clock)
-    seen: dict[tuple[str, str], float] = {}
+    seen: dict[TrialKey, float] = {}
 
     def trial(preset: str, params: Params, forced: bool = False) -> float | None:
-        key = (preset, repr(sorted(params.items())))
+        key = trial_key(preset, params)
         if key in seen:
             return seen[key]
         if not forced and not budget.allows_another():

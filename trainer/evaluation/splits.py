@@ -62,10 +62,15 @@ def protocol_split(data: Dataset, seed: int = 0) -> tuple[Interactions, Interact
     return train, test, f"random 80/20 per-user holdout, seed {seed} (no timestamps)"
 
 
+def holdout_users(data: Interactions) -> npt.NDArray[np.int64]:
+    """Users with at least two positives: those ``holdout_split`` draws its sample from."""
+    counts = np.bincount(data.users[data.weights > 0], minlength=data.n_users)
+    return np.flatnonzero(counts >= 2)
+
+
 def holdout_split(data: Interactions, max_users: int = 2000, seed: int = 0) -> tuple[Interactions, Interactions]:
     """Leave-latest-out for a seeded sample of up to ``max_users`` users with >= 2 positives."""
-    counts = np.bincount(data.users[data.weights > 0], minlength=data.n_users)
-    eligible = np.flatnonzero(counts >= 2)
+    eligible = holdout_users(data)
     rng = np.random.default_rng(seed)
     chosen = rng.choice(eligible, min(max_users, len(eligible)), replace=False) if len(eligible) else eligible
     return leave_latest_out(data, chosen)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from trainer.models.base import EmbeddingModel
@@ -116,6 +116,11 @@ def preset_config(name: str) -> dict[str, Any]:
         return copy.deepcopy(PRESETS[name])
     except KeyError:
         raise KeyError(f"unknown model preset {name!r}; presets: {sorted(PRESETS)}") from None
+
+
+def typed_overrides(params: Mapping[str, float]) -> dict[str, Any]:
+    """Numeric overrides (``RECD_MODEL_PARAMS``, a search's choice) as constructor kwargs: whole numbers as int."""
+    return {k: int(v) if float(v).is_integer() else v for k, v in params.items()}
 
 
 def build_preset(
